@@ -1,0 +1,52 @@
+"""What every stage script shares: argument parsing, logging, params loading and clean errors.
+
+A user mistake (``UserError``: bad params, bad data, unreachable store) prints one
+paragraph and exits with status 2, with no traceback; Ctrl-C exits with 130. Anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+
+# Before TensorFlow is imported by any stage module: keep its C++ INFO/WARNING chatter out of the logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from nerf_pipeline import config  # noqa: E402
+from nerf_pipeline.errors import UserError  # noqa: E402
+
+
+def parse_paths(stage_module, *names: str) -> argparse.Namespace:
+    """Parse ``--params`` and one required ``--<name>`` path per name (``out_model`` → ``--out-model``)."""
+    doc = (stage_module.__doc__ or "").strip().splitlines()
+    parser = argparse.ArgumentParser(description=doc[0] if doc else None)
+    parser.add_argument("--params", default=config.DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    for name in names:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, required=True, metavar="PATH")
+    return parser.parse_args()
+
+
+def run_stage(stage_module, args: argparse.Namespace, *names: str) -> None:
+    """Load the params, then call ``stage_module.run(cfg, *paths)``; report user errors cleanly."""
+    stage = stage_module.__name__.rsplit(".", 1)[-1]
+    logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "tensorflow", "alembic", "mlflow.store"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = config.load(args.params)
+        stage_module.run(cfg, *(getattr(args, name) for name in names))
+    except UserError as e:
+        print(textwrap.fill(f"error: {e}", width=100), file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"[{stage}] interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def main(stage_module, *names: str) -> None:
+    """The whole of a stage script: ``--params`` plus the named paths, then ``run``."""
+    run_stage(stage_module, parse_paths(stage_module, *names), *names)

@@ -1,0 +1,50 @@
+"""Stage ``render``: a 360° orbit video of the trained model, its depth video, and a GIF of training.
+
+Reads the trained model, the rays folder (``val.npz``: image size and focal length), the
+training-progress frames and the MLflow run file. Writes:
+
+* ``video``: mp4 (H.264), ``render.num_frames`` frames (120: every one of the Keras
+  example's, theta 0…360° at elevation ``render.elevation_deg``, radius ``render.radius``);
+* ``depth_video``: the same orbit's depth, inferno, near bright;
+* ``gif``: one frame per epoch, val view 0 as it looked after that epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from nerf_pipeline import camera, media, rays, tracking
+from nerf_pipeline.config import Config
+from nerf_pipeline.model import ChunkedRenderer, load_model
+from nerf_pipeline.scene import read_npz
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, in_model, in_rays, in_progress, in_run_file, out_video, out_depth_video, out_gif) -> dict:
+    val = rays.load(in_rays, "val")
+    height, width = val["rgb"].shape[1:3]
+    progress = read_npz(in_progress, required=("frames",))["frames"]
+    model = load_model(in_model)
+    renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.model.jit_compile)
+    r = cfg.render
+    poses = camera.orbit_poses(r.num_frames, r.elevation_deg, r.radius)
+    ray_origins, ray_directions = camera.generate_rays(poses, height, width, float(val["focal"]))
+    with tracking.reopen_run(cfg, in_run_file) as mlflow:
+        start = time.perf_counter()
+        out = renderer(ray_origins, ray_directions)
+        render_s = time.perf_counter() - start
+        lo, hi = media.depth_range(out["depth"], out["acc"])
+        media.write_mp4(out_video, media.to_uint8(out["rgb"]), r.fps)
+        media.write_mp4(out_depth_video, media.colorize_depth(out["depth"], out["acc"], lo, hi), r.fps)
+        media.write_gif(out_gif, np.asarray(progress), r.gif_frame_ms)
+        metrics = {"render_s": render_s, "render_fps": r.num_frames / render_s}
+        mlflow.log_metrics(metrics)
+        for path in (out_video, out_depth_video, out_gif):
+            mlflow.log_artifact(str(path), artifact_path="render")
+    log.info("rendered %d frames of %dx%d in %.1f s (%.1f frames/s)", r.num_frames, height, width, render_s,
+             metrics["render_fps"])
+    return metrics

@@ -1,0 +1,161 @@
+"""The normalised scene file that the ``download`` stage writes and ``split``/``rays`` read.
+
+``scene.npz`` holds:
+
+=========  ======================  ================================================
+key        shape, dtype            meaning
+=========  ======================  ================================================
+images     [N, H, W, 3] float32    RGB in [0, 1]
+poses      [N, 4, 4] float32       camera-to-world, OpenGL convention (see camera.py)
+focal      [] float32              focal length in pixels
+near, far  [] float32              sampling bounds along each unit-length ray
+depth      [N, H, W] float32       optional: ground-truth distance along the pixel-centre
+                                   ray to the first surface, 0 where the ray hits nothing
+=========  ======================  ================================================
+
+``validate`` checks every property a stage relies on and raises ``DataError`` naming the
+file, the key and what was expected; ``read_tiny_nerf_npz`` reads a file in the layout of
+``tiny_nerf_data.npz`` (``images``, ``poses``, ``focal``; uint8 images are normalised).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from nerf_pipeline import atomic
+from nerf_pipeline.camera import rotation_error
+from nerf_pipeline.errors import DataError
+
+ROTATION_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Scene:
+    images: np.ndarray  # [N, H, W, 3] float32 in [0, 1]
+    poses: np.ndarray  # [N, 4, 4] float32
+    focal: float
+    near: float
+    far: float
+    depth: Optional[np.ndarray] = None  # [N, H, W] float32
+
+    @property
+    def num_views(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.images.shape[2]
+
+    def save(self, path) -> None:
+        arrays = dict(images=self.images, poses=self.poses, focal=np.float32(self.focal),
+                      near=np.float32(self.near), far=np.float32(self.far))
+        if self.depth is not None:
+            arrays["depth"] = self.depth
+        atomic.save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "Scene":
+        arrays = read_npz(path, required=("images", "poses", "focal", "near", "far"))
+        return validate(arrays["images"], arrays["poses"], arrays["focal"], arrays["near"], arrays["far"],
+                        arrays.get("depth"), source=str(path))
+
+
+def read_npz(path, required) -> dict:
+    """All arrays of an ``.npz`` file, with clear errors for a missing, corrupt or incomplete file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected an .npz file).")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e}); it may be truncated or corrupt. "
+                        "Download or write it again.") from None
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'none'}. "
+                        f"Expected {', '.join(required)}.")
+    return arrays
+
+
+def _scalar(value, name: str, source: str) -> float:
+    value = np.asarray(value)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise DataError(f"{source}: '{name}' must be a single number; got shape {value.shape}, dtype {value.dtype}.")
+    return float(value.reshape(()))
+
+
+def validate(images, poses, focal, near, far, depth=None, source: str = "scene") -> Scene:
+    """Check and normalise a scene's arrays. Raises ``DataError`` with ``source`` in the message.
+
+    uint8 images are divided by 255; float images must already lie in [0, 1]; an RGBA
+    image is refused (its alpha must be composited first).
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"{source}: 'images' must have shape (N, H, W, 3); got {images.shape}.")
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    elif np.issubdtype(images.dtype, np.floating):
+        images = images.astype(np.float32)
+        if not np.all(np.isfinite(images)):
+            raise DataError(f"{source}: 'images' contains NaN or Inf values.")
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            raise DataError(f"{source}: float 'images' must lie in [0, 1]; found values in [{low:.4g}, {high:.4g}] "
+                            "(uint8 images are normalised automatically; scale floats yourself).")
+    else:
+        raise DataError(f"{source}: 'images' must be uint8 or float; got dtype {images.dtype}.")
+
+    poses = np.asarray(poses)
+    if poses.ndim != 3 or poses.shape[1:] not in ((4, 4), (3, 4)):
+        raise DataError(f"{source}: 'poses' must have shape (N, 4, 4) (camera-to-world); got {poses.shape}.")
+    if not np.issubdtype(poses.dtype, np.floating):
+        raise DataError(f"{source}: 'poses' must be floats; got dtype {poses.dtype}.")
+    if poses.shape[0] != images.shape[0]:
+        raise DataError(f"{source}: {images.shape[0]} images but {poses.shape[0]} poses; there must be one pose per image.")
+    if not np.all(np.isfinite(poses)):
+        raise DataError(f"{source}: 'poses' contains NaN or Inf values.")
+    if poses.shape[1] == 3:
+        poses = np.concatenate([poses, np.broadcast_to([[[0, 0, 0, 1]]], (len(poses), 1, 4))], axis=1)
+    errors = rotation_error(poses)
+    if np.any(errors > ROTATION_TOLERANCE):
+        worst = int(np.argmax(errors))
+        raise DataError(f"{source}: the rotation part of pose {worst} is not orthonormal "
+                        f"(max |R^T R - I| = {errors[worst]:.3g}, tolerance {ROTATION_TOLERANCE}); "
+                        "poses must be rigid camera-to-world matrices.")
+
+    focal = _scalar(focal, "focal", source)
+    if not np.isfinite(focal) or focal <= 0:
+        raise DataError(f"{source}: 'focal' must be a positive number of pixels; got {focal}.")
+    near, far = _scalar(near, "near", source), _scalar(far, "far", source)
+    if not (0 <= near < far) or not np.isfinite(far):
+        raise DataError(f"{source}: need 0 <= near < far; got near={near}, far={far}.")
+
+    if depth is not None:
+        depth = np.asarray(depth, dtype=np.float32)
+        if depth.shape != images.shape[:3]:
+            raise DataError(f"{source}: 'depth' must have shape {images.shape[:3]} (one value per pixel); got {depth.shape}.")
+        if not np.all(np.isfinite(depth)) or np.any(depth < 0):
+            raise DataError(f"{source}: 'depth' must be finite and >= 0 (0 where nothing is hit).")
+    return Scene(images=images, poses=poses.astype(np.float32), focal=focal, near=near, far=far, depth=depth)
+
+
+def read_tiny_nerf_npz(path, near: float, far: float) -> Scene:
+    """A scene from an ``.npz`` in the layout of ``tiny_nerf_data.npz``.
+
+    Keys ``images`` [N, H, W, 3] (float in [0, 1] or uint8), ``poses`` [N, 4, 4],
+    ``focal`` []; optional ``near``, ``far`` (else the given ones) and ``depth``.
+    """
+    arrays = read_npz(path, required=("images", "poses", "focal"))
+    return validate(arrays["images"], arrays["poses"], arrays["focal"], arrays.get("near", near),
+                    arrays.get("far", far), arrays.get("depth"), source=str(path))

@@ -1,0 +1,157 @@
+"""Stage ``train``: fit the NeRF of the chosen preset with ``model.fit``.
+
+Reads the rays folder (``rays.py``: ``train.npz`` and ``val.npz``). Writes:
+
+* ``model``: the trained Keras model (``.keras``: config, weights, optimizer state);
+* ``metrics``: ``train.json`` — final loss/PSNR (train and val), steps, wall time;
+* ``history``: per-epoch CSV (``epoch, loss, psnr, val_loss, val_psnr, epoch_s``) for ``dvc plots``;
+* ``progress``: ``progress.npz`` with ``frames [E, H, W, 3]`` uint8, val view 0 rendered
+  after each epoch (the render stage turns it into a GIF);
+* ``run_file``: the MLflow run id (``tracking.py``), which evaluate and render reopen.
+
+Batches: ``rays`` mode draws ``batch.size`` random rays from all training views each step
+(a ``tf.data`` pipeline that gathers from the precomputed rays; no Python per ray);
+``images`` mode takes ``batch.size`` whole shuffled training views (the Keras example).
+Validation renders every val view, one view per batch, with deterministic samples, so
+``val_psnr`` is the mean per-view PSNR.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nerf_pipeline import atomic, rays, tracking
+from nerf_pipeline.media import to_uint8
+from nerf_pipeline.config import Config
+from nerf_pipeline.errors import DataError
+from nerf_pipeline.model import ChunkedRenderer, build_model
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "loss", "psnr", "val_loss", "val_psnr", "epoch_s")
+
+
+def flat_rays(part: dict):
+    """``(ray_origins, ray_directions, rgb)``, each ``[V * H * W, 3]`` float32."""
+    return tuple(part[key].reshape(-1, 3) for key in ("ray_origins", "ray_directions", "rgb"))
+
+
+def train_dataset(train: dict, mode: str, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Endless batches ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])``."""
+    if mode == "rays":
+        origins, directions, rgb = (tf.constant(a) for a in flat_rays(train))
+        num_rays = int(origins.shape[0])
+        indices = tf.data.Dataset.random(seed=seed).batch(batch_size).map(
+            lambda r: tf.cast(r % num_rays, tf.int32))
+        return indices.map(lambda i: ((tf.gather(origins, i), tf.gather(directions, i)),
+                                      tf.gather(rgb, i))).prefetch(tf.data.AUTOTUNE)
+    origins, directions, rgb = (tf.constant(train[key]) for key in ("ray_origins", "ray_directions", "rgb"))
+    num_views = int(origins.shape[0])
+    views = tf.data.Dataset.range(num_views).shuffle(num_views, seed=seed, reshuffle_each_iteration=True)
+    return views.repeat().batch(batch_size, drop_remainder=True).map(
+        lambda v: ((tf.reshape(tf.gather(origins, v), [-1, 3]), tf.reshape(tf.gather(directions, v), [-1, 3])),
+                   tf.reshape(tf.gather(rgb, v), [-1, 3]))).prefetch(tf.data.AUTOTUNE)
+
+
+def val_dataset(val: dict) -> tf.data.Dataset:
+    """One batch per val view: ``((ray_origins [H*W, 3], ray_directions [H*W, 3]), rgb [H*W, 3])``."""
+    num_views = val["rgb"].shape[0]
+    origins, directions, rgb = (val[key].reshape(num_views, -1, 3) for key in ("ray_origins", "ray_directions", "rgb"))
+    return tf.data.Dataset.from_tensor_slices(((origins, directions), rgb))
+
+
+def steps_per_epoch(cfg: Config, num_train_views: int, num_train_rays: int) -> int:
+    preset = cfg.model
+    if preset.steps_per_epoch is not None:
+        return preset.steps_per_epoch
+    per_batch = preset.batch.size
+    return max(1, (num_train_rays if preset.batch.mode == "rays" else num_train_views) // per_batch)
+
+
+def check_batch(cfg: Config, num_train_views: int, num_train_rays: int) -> None:
+    batch = cfg.model.batch
+    available = num_train_rays if batch.mode == "rays" else num_train_views
+    unit = "rays" if batch.mode == "rays" else "views"
+    if batch.size > available:
+        raise DataError(f"params.yaml: 'presets.{cfg.preset}.batch.size' is {batch.size} but the training "
+                        f"split has only {available} {unit}; use a batch of at most {available}.")
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Per epoch: time, history row, MLflow metrics (step = epoch number), and a progress frame."""
+
+    def __init__(self, mlflow, renderer: ChunkedRenderer, view_origins, view_directions):
+        super().__init__()
+        self.mlflow, self.renderer = mlflow, renderer
+        self.view_origins, self.view_directions = view_origins, view_directions
+        self.history: list[dict] = []
+        self.frames: list[np.ndarray] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items() if k in HISTORY_COLUMNS}}
+        row["epoch_s"] = time.perf_counter() - self._start
+        self.history.append(row)
+        self.mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        self.frames.append(to_uint8(self.renderer(self.view_origins, self.view_directions)["rgb"]))
+
+
+def history_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress, out_run_file) -> dict:
+    train, val = rays.load(in_rays, "train"), rays.load(in_rays, "val")
+    num_train_views = train["rgb"].shape[0]
+    num_train_rays = num_train_views * train["rgb"].shape[1] * train["rgb"].shape[2]
+    check_batch(cfg, num_train_views, num_train_rays)
+    preset = cfg.model
+    steps = steps_per_epoch(cfg, num_train_views, num_train_rays)
+    total_steps = steps * cfg.epochs
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(preset, near=float(train["near"]), far=float(train["far"]),
+                        background=cfg.data.background, seed=cfg.seed, total_steps=total_steps)
+    renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
+    mlflow = tracking.connect(cfg)  # fails now, not after training, if the store is unreachable
+    with tracking.start_run(cfg) as run:
+        recorder = EpochRecorder(mlflow, renderer, val["ray_origins"][0], val["ray_directions"][0])
+        log.info("training preset '%s': %d epochs of %d steps, batches of %d %s", cfg.preset, cfg.epochs, steps,
+                 preset.batch.size, preset.batch.mode)
+        start = time.perf_counter()
+        model.fit(train_dataset(train, preset.batch.mode, preset.batch.size, cfg.seed), epochs=cfg.epochs,
+                  steps_per_epoch=steps, validation_data=val_dataset(val), callbacks=[recorder], shuffle=False,
+                  verbose=1 if sys.stdout.isatty() else 2)
+        train_s = time.perf_counter() - start
+
+        last = recorder.history[-1]
+        metrics = {"epochs": cfg.epochs, "steps": total_steps, "train_s": round(train_s, 2),
+                   "steps_per_s": round(total_steps / train_s, 3), "loss": last["loss"], "psnr": last["psnr"],
+                   "val_loss": last["val_loss"], "val_psnr": last["val_psnr"]}
+        with atomic.atomic_path(out_model, suffix=".keras") as tmp:
+            model.save(tmp)
+        atomic.write_json(out_metrics, metrics)
+        atomic.write_text(out_history, history_csv(recorder.history))
+        atomic.save_npz(out_progress, frames=np.stack(recorder.frames),
+                        epochs=np.arange(1, cfg.epochs + 1, dtype=np.int32))
+        mlflow.log_metrics({"train_s": train_s, "steps_per_s": total_steps / train_s})
+        mlflow.log_artifact(str(out_model), artifact_path="model")
+        tracking.write_run_file(out_run_file, run)
+    log.info("trained in %.1f s: val PSNR %.2f dB", train_s, metrics["val_psnr"])
+    return metrics

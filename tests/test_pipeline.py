@@ -1,0 +1,122 @@
+"""End to end: the real `dvc repro` / `dvc exp run` on a tiny scene, with a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from conftest import make_project, run, tiny_params
+from nerf_pipeline import media
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """One tiny project, reproduced once; the tests below read it in order."""
+    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(epochs=2))
+    result = run(DVC + ["repro"], path)
+    return path, result
+
+
+def mlflow_runs(path):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("nerf-pipeline")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_repro_writes_every_out(project):
+    path, _ = project
+    for out in ("data/scene.npz", "data/split.json", "data/rays/train.npz", "data/rays/val.npz",
+                "models/model.keras", "models/progress.npz", "models/mlflow_run.json", "metrics/train.json",
+                "metrics/train_history.csv", "metrics/eval.json", "metrics/eval_per_view.csv", "eval/grid.png",
+                "render/orbit.mp4", "render/orbit_depth.mp4", "render/progress.gif"):
+        assert (path / out).is_file() and (path / out).stat().st_size > 0, out
+
+
+def test_metrics_are_real(project):
+    path, _ = project
+    train = json.loads((path / "metrics/train.json").read_text())
+    evaluation = json.loads((path / "metrics/eval.json").read_text())
+    assert train["epochs"] == 2 and train["steps"] == 50
+    val = np.load(path / "data/rays/val.npz")
+    black_psnr = -10 * np.log10(np.mean(val["rgb"] ** 2))  # the score of an all-black prediction
+    assert evaluation["psnr"] > black_psnr + 2.0, (evaluation, black_psnr)
+    assert 0.0 < evaluation["ssim"] <= 1.0
+    assert evaluation["num_views"] == len(val["view_ids"]) == 2  # 20% of 8 views
+    assert evaluation["depth_mae"] > 0.0
+    history = (path / "metrics/train_history.csv").read_text().splitlines()
+    assert history[0].split(",")[:5] == ["epoch", "loss", "psnr", "val_loss", "val_psnr"]
+    assert len(history) == 1 + 2
+
+
+def test_media_decode(project):
+    path, _ = project
+    assert media.count_video_frames(path / "render/orbit.mp4") == 12
+    assert media.count_video_frames(path / "render/orbit_depth.mp4") == 12
+    gif = imageio.mimread(path / "render/progress.gif")
+    assert len(gif) == 2  # one frame per epoch
+    grid = imageio.imread(path / "eval/grid.png")
+    assert grid.shape[:2] == (2 * 24, 3 * 24)  # 2 val views x (truth | prediction | depth)
+
+
+def test_one_mlflow_run_with_everything(project):
+    path, _ = project
+    client, runs = mlflow_runs(path)
+    assert len(runs) == 1
+    run_info = runs[0]
+    assert run_info.info.run_id == json.loads((path / "models/mlflow_run.json").read_text())["run_id"]
+    assert run_info.info.status == "FINISHED"
+    assert run_info.data.params["epochs"] == "2"
+    assert run_info.data.params["presets.hashgrid.field.num_levels"] == "4"
+    for key in ("loss", "psnr", "val_loss", "val_psnr", "eval_psnr", "eval_ssim", "render_fps"):
+        assert key in run_info.data.metrics, key
+    history = client.get_metric_history(run_info.info.run_id, "val_psnr")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id)}
+    assert {"model", "eval", "render"} <= artifacts
+    render_files = {a.path for a in client.list_artifacts(run_info.info.run_id, "render")}
+    assert "render/orbit.mp4" in render_files
+
+
+def test_second_repro_does_nothing(project):
+    path, _ = project
+    result = run(DVC + ["repro"], path)
+    assert "Data and pipelines are up to date" in result.stdout + result.stderr
+    _, runs = mlflow_runs(path)
+    assert len(runs) == 1
+
+
+def test_exp_run_reruns_only_training_and_lands_in_mlflow(project):
+    path, _ = project
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "first repro"], path)
+    result = run(DVC + ["exp", "run", "-S", "epochs=3"], path)
+    output = result.stdout + result.stderr
+    for stage in ("download", "split", "rays"):
+        assert f"Stage '{stage}' didn't change, skipping" in output, stage
+    for stage in ("train", "evaluate", "render"):
+        assert f"Running stage '{stage}'" in output, stage
+
+    shown = json.loads(run(DVC + ["exp", "show", "--json"], path).stdout)
+    experiments = [exp for baseline in shown for exp in (baseline.get("experiments") or [])]
+    assert len(experiments) == 1
+    name = experiments[0]["name"]
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["epochs"] == 3
+    eval_metrics = data["metrics"]["metrics/eval.json"]["data"]
+    assert eval_metrics["psnr"] > 0
+
+    _, runs = mlflow_runs(path)
+    assert len(runs) == 2
+    latest = runs[-1]
+    assert latest.info.run_name == name
+    assert latest.data.tags["dvc.experiment"] == name
+    assert latest.data.params["epochs"] == "3"
+    assert latest.data.metrics["eval_psnr"] == pytest.approx(eval_metrics["psnr"], rel=1e-6)
