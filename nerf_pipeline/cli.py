@@ -40,7 +40,8 @@ def run_stage(stage_module, args: argparse.Namespace, *names: str) -> None:
         cfg = config.load(args.params)
         stage_module.run(cfg, *(getattr(args, name) for name in names))
     except UserError as e:
-        print(textwrap.fill(f"error: {e}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"error: {e}", width=100, break_long_words=False, break_on_hyphens=False),
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"[{stage}] interrupted", file=sys.stderr)

@@ -348,6 +348,19 @@ class NeRF(keras.Model):
         sigma = tf.reshape(sigma, [num_rays, num_samples])
         return rendering.composite(rgb, sigma, t_vals, deltas, self.background)
 
+    def rays_hit_occupied(self, ray_origins, ray_directions):
+        """``[R]`` bool: whether a ray crosses any occupied cell (always true without an occupancy grid).
+
+        A ray that crosses none gets zero weight on every sample, so it renders as the
+        background exactly; renderers skip such rays.
+        """
+        if not self.use_occupancy:
+            return tf.ones(tf.shape(ray_origins)[:1], tf.bool)
+        _, bin_width, bin_occupied = sampling.march_occupancy(
+            ray_origins, ray_directions, self.near, self.far, self.occupied, self.scene_bound,
+            self.sampler_config["num_march"])
+        return tf.logical_and(tf.reduce_any(bin_occupied > 0, axis=-1), bin_width > 0)
+
     def call(self, inputs, training=False):
         ray_origins, ray_directions = inputs
         return self.render_rays(ray_origins, ray_directions, training=training)["rgb"]
@@ -439,12 +452,15 @@ def build_model(preset, near: float, far: float, background: float = 0.0, seed: 
 class ChunkedRenderer:
     """Renders any number of rays in fixed-size compiled chunks, with deterministic sampling.
 
-    One compiled function per renderer: the last chunk is padded so every call has the
-    same shape. Call with ``ray_origins, ray_directions: [..., 3]`` float32 numpy arrays;
-    returns a numpy dict ``rgb [..., 3]``, ``depth [...]``, ``acc [...]`` float32.
+    Rays that cross no occupied cell are not sent through the field: they are the
+    background, exactly (see ``NeRF.rays_hit_occupied``). The last chunk is padded so every
+    call of the compiled function has the same shape. Call with ``ray_origins,
+    ray_directions: [..., 3]`` float32 numpy arrays; returns a numpy dict ``rgb [..., 3]``,
+    ``depth [...]``, ``acc [...]`` float32.
     """
 
     def __init__(self, model: NeRF, chunk_rays: int = 16384, jit_compile: bool = True):
+        self.model = model
         self.chunk_rays = int(chunk_rays)
 
         def render_chunk(ray_origins, ray_directions):
@@ -452,25 +468,35 @@ class ChunkedRenderer:
             return out["rgb"], out["depth"], out["acc"]
 
         self._render_chunk = tf.function(render_chunk, jit_compile=jit_compile)
+        self._hit_chunk = tf.function(model.rays_hit_occupied, jit_compile=jit_compile)
 
-    def __call__(self, ray_origins, ray_directions) -> dict:
-        shape = ray_origins.shape[:-1]
-        origins = np.asarray(ray_origins, np.float32).reshape(-1, 3)
-        directions = np.asarray(ray_directions, np.float32).reshape(-1, 3)
+    def _in_chunks(self, function, origins, directions) -> list[np.ndarray]:
+        """``function`` over [N, 3] rays in chunks of at most ``chunk_rays``; outputs concatenated."""
         num_rays = origins.shape[0]
         chunk = min(self.chunk_rays, num_rays)  # small inputs: no padding to a large chunk
-        outputs = {"rgb": [], "depth": [], "acc": []}
+        pieces = []
         for start in range(0, num_rays, chunk):
             o, d = origins[start:start + chunk], directions[start:start + chunk]
             valid = o.shape[0]
             if valid < chunk:
                 o = np.concatenate([o, np.repeat(o[-1:], chunk - valid, 0)])
                 d = np.concatenate([d, np.repeat(d[-1:], chunk - valid, 0)])
-            for name, value in zip(("rgb", "depth", "acc"), self._render_chunk(tf.constant(o), tf.constant(d))):
-                outputs[name].append(value.numpy()[:valid])
-        return {"rgb": np.concatenate(outputs["rgb"]).reshape(*shape, 3),
-                "depth": np.concatenate(outputs["depth"]).reshape(shape),
-                "acc": np.concatenate(outputs["acc"]).reshape(shape)}
+            outputs = function(tf.constant(o), tf.constant(d))
+            pieces.append([value.numpy()[:valid] for value in tf.nest.flatten(outputs)])
+        return [np.concatenate(parts) for parts in zip(*pieces)]
+
+    def __call__(self, ray_origins, ray_directions) -> dict:
+        shape = ray_origins.shape[:-1]
+        origins = np.asarray(ray_origins, np.float32).reshape(-1, 3)
+        directions = np.asarray(ray_directions, np.float32).reshape(-1, 3)
+        num_rays = origins.shape[0]
+        rgb = np.full((num_rays, 3), self.model.background, np.float32)
+        depth = np.zeros(num_rays, np.float32)
+        acc = np.zeros(num_rays, np.float32)
+        hit = np.flatnonzero(self._in_chunks(self._hit_chunk, origins, directions)[0]) if num_rays else []
+        if len(hit):
+            rgb[hit], depth[hit], acc[hit] = self._in_chunks(self._render_chunk, origins[hit], directions[hit])
+        return {"rgb": rgb.reshape(*shape, 3), "depth": depth.reshape(shape), "acc": acc.reshape(shape)}
 
 
 def load_model(path) -> NeRF:

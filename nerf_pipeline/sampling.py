@@ -15,6 +15,7 @@ Shapes: ``R`` rays, ``S`` samples per ray, ``M`` march steps.
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 
@@ -33,8 +34,6 @@ def uniform_samples(num_rays, near, far, num_samples: int, stratified: bool, see
         t_vals: [R, S] float32 sample depths, increasing along each ray.
         deltas: [R, S] float32 length of ray each sample stands for.
     """
-    import keras
-
     t_vals = tf.linspace(tf.cast(near, tf.float32), tf.cast(far, tf.float32), num_samples)
     t_vals = tf.broadcast_to(t_vals[None, :], [num_rays, num_samples])
     if stratified:
@@ -65,6 +64,31 @@ def ray_box_intersection(ray_origins, ray_directions, box_min, box_max):
     return t_enter, t_exit
 
 
+def march_occupancy(ray_origins, ray_directions, near, far, occupied, scene_bound: float, num_march: int):
+    """Read the occupancy grid in ``num_march`` equal bins along each ray's part inside the scene cube.
+
+    Args:
+        ray_origins, ray_directions: [R, 3] float32, directions unit length.
+        occupied: [G, G, G] float32 in {0, 1}, indexed [x, y, z] over ``[-scene_bound, scene_bound]^3``.
+
+    Returns:
+        t_start: [R] depth of the first bin's start (the later of ``near`` and the cube's entry).
+        bin_width: [R] length of each bin (0 where the ray misses the cube).
+        bin_occupied: [R, M] occupancy of the cell at each bin's midpoint.
+    """
+    box = tf.constant(scene_bound, tf.float32)
+    t_enter, t_exit = ray_box_intersection(ray_origins, ray_directions, -box, box)
+    t_start = tf.maximum(t_enter, near)
+    t_end = tf.maximum(tf.minimum(t_exit, far), t_start)  # empty segment where the ray misses
+    bin_width = (t_end - t_start) / num_march  # [R]
+    bin_mid = t_start[:, None] + bin_width[:, None] * (tf.range(num_march, dtype=tf.float32) + 0.5)
+    points = ray_origins[:, None, :] + ray_directions[:, None, :] * bin_mid[..., None]  # [R, M, 3]
+    resolution = tf.shape(occupied)[0]
+    cells = tf.cast(tf.floor((points + box) / (2.0 * box) * tf.cast(resolution, tf.float32)), tf.int32)
+    cells = tf.clip_by_value(cells, 0, resolution - 1)
+    return t_start, bin_width, tf.gather_nd(occupied, cells)
+
+
 def occupancy_samples(ray_origins, ray_directions, near, far, occupied, scene_bound: float,
                       num_samples: int, num_march: int, stratified: bool, seed=None):
     """Sample depths that land only in occupied cells of a grid over the scene box.
@@ -84,23 +108,9 @@ def occupancy_samples(ray_origins, ray_directions, near, far, occupied, scene_bo
         t_vals: [R, S] float32 sample depths, non-decreasing along each ray.
         deltas: [R, S] float32, ``L / S`` for every sample (0 on rays with nothing occupied).
     """
-    import keras
-
     num_rays = tf.shape(ray_origins)[0]
-    box = tf.constant(scene_bound, tf.float32)
-    t_enter, t_exit = ray_box_intersection(ray_origins, ray_directions, -box, box)
-    t_start = tf.maximum(t_enter, near)
-    t_end = tf.maximum(tf.minimum(t_exit, far), t_start)  # empty segment where the ray misses
-    bin_width = (t_end - t_start) / num_march  # [R]
-
-    # Occupancy of each march bin, read at the bin's midpoint.
-    bin_mid = t_start[:, None] + bin_width[:, None] * (tf.range(num_march, dtype=tf.float32) + 0.5)
-    points = ray_origins[:, None, :] + ray_directions[:, None, :] * bin_mid[..., None]  # [R, M, 3]
-    resolution = tf.shape(occupied)[0]
-    cells = tf.cast(tf.floor((points + box) / (2.0 * box) * tf.cast(resolution, tf.float32)), tf.int32)
-    cells = tf.clip_by_value(cells, 0, resolution - 1)
-    bin_occupied = tf.gather_nd(occupied, cells)  # [R, M]
-
+    t_start, bin_width, bin_occupied = march_occupancy(ray_origins, ray_directions, near, far, occupied,
+                                                       scene_bound, num_march)
     occupied_length = tf.reduce_sum(bin_occupied, axis=-1) * bin_width  # [R]
     # A tiny floor keeps the CDF strictly increasing, so inverse sampling is defined on every ray.
     pdf = bin_occupied + 1e-6

@@ -125,12 +125,13 @@ def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress,
     steps = steps_per_epoch(cfg, num_train_views, num_train_rays)
     total_steps = steps * cfg.epochs
 
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(preset, near=float(train["near"]), far=float(train["far"]),
-                        background=cfg.data.background, seed=cfg.seed, total_steps=total_steps)
-    renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
     mlflow = tracking.connect(cfg)  # fails now, not after training, if the store is unreachable
+    # The run starts before the seeding below, which would otherwise fix MLflow's random run names.
     with tracking.start_run(cfg) as run:
+        keras.utils.set_random_seed(cfg.seed)
+        model = build_model(preset, near=float(train["near"]), far=float(train["far"]),
+                            background=cfg.data.background, seed=cfg.seed, total_steps=total_steps)
+        renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
         recorder = EpochRecorder(mlflow, renderer, val["ray_origins"][0], val["ray_directions"][0])
         log.info("training preset '%s': %d epochs of %d steps, batches of %d %s", cfg.preset, cfg.epochs, steps,
                  preset.batch.size, preset.batch.mode)

@@ -1,0 +1,54 @@
+"""The stage scripts as DVC runs them: user mistakes give one clear paragraph, exit 2, and no out."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, tiny_params
+
+
+def stage(name, *args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())  # the message is wrapped to the terminal's width
+    for fragment in fragments:
+        assert fragment in message, result.stderr
+
+
+def test_download_split_rays_by_hand(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    for name, args in (("download", ["--out-scene", "scene.npz"]),
+                       ("split", ["--in-scene", "scene.npz", "--out-split", "split.json"]),
+                       ("rays", ["--in-scene", "scene.npz", "--in-split", "split.json", "--out-rays", "rays"])):
+        result = stage(name, *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    train = np.load(tmp_path / "rays" / "train.npz")
+    assert train["ray_origins"].shape == (6, 24, 24, 3) and train["rgb"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(train["ray_directions"], axis=-1), 1.0, rtol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "rays", "scene.npz", "split.json"]
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"epoch": 3}, ["params.yaml: unknown key 'epoch'. Did you mean 'epochs'?"]),
+    ({"data": {"source": "tiny_nerf", "tiny_nerf_url": "http://nonexistent.invalid/t.npz"}},
+     ["cannot reach http://nonexistent.invalid/t.npz", "data.source: synthetic"]),
+    ({"data": {"source": "missing/scene.npz"}}, ["missing/scene.npz: file not found"]),
+    ({"data": {"source": "scene.txt"}}, ["neither 'synthetic', 'tiny_nerf' nor the path of an .npz"]),
+])
+def test_download_user_errors(tmp_path, change, fragments):
+    params = tiny_params()
+    for key, value in change.items():
+        params[key] = {**params[key], **value} if isinstance(value, dict) and key in params else value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = stage("download", "--out-scene", "scene.npz", cwd=tmp_path)
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "scene.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
