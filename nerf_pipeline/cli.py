@@ -33,6 +33,8 @@ def parse_paths(stage_module, *names: str) -> argparse.Namespace:
 def run_stage(stage_module, args: argparse.Namespace, *names: str) -> None:
     """Load the params, then call ``stage_module.run(cfg, *paths)``; report user errors cleanly."""
     stage = stage_module.__name__.rsplit(".", 1)[-1]
+    # Under DVC stdout is a pipe: flush each line so Keras' progress and our log stay in order.
+    sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s", stream=sys.stderr)
     for noisy in ("absl", "tensorflow", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

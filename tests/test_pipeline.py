@@ -120,3 +120,17 @@ def test_exp_run_reruns_only_training_and_lands_in_mlflow(project):
     assert latest.data.tags["dvc.experiment"] == name
     assert latest.data.params["epochs"] == "3"
     assert latest.data.metrics["eval_psnr"] == pytest.approx(eval_metrics["psnr"], rel=1e-6)
+
+
+def test_temp_experiment_lands_in_the_project_store(project):
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp; its MLflow run must still land here."""
+    path, _ = project
+    _, before = mlflow_runs(path)
+    run(DVC + ["exp", "run", "--temp", "-S", "epochs=1", "-n", "temp-exp"], path)
+    _, runs = mlflow_runs(path)
+    assert len(runs) == len(before) + 1
+    latest = runs[-1]
+    assert latest.info.run_name == "temp-exp" and latest.data.params["epochs"] == "1"
+    assert "eval_psnr" in latest.data.metrics
+    assert latest.info.artifact_uri.startswith((path / "mlruns").resolve().as_uri())
+    assert not list((path / ".dvc" / "tmp").rglob("mlflow.db"))
