@@ -8,10 +8,14 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 # Before TensorFlow is imported by any stage module: keep its C++ INFO/WARNING chatter out of the logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,6 +34,18 @@ def parse_paths(stage_module, *names: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def check_writable(path) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written to."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the output '{path}': its folder '{folder}' is not writable "
+                        f"({e.strerror or e}).") from None
+
+
 def run_stage(stage_module, args: argparse.Namespace, *names: str) -> None:
     """Load the params, then call ``stage_module.run(cfg, *paths)``; report user errors cleanly."""
     stage = stage_module.__name__.rsplit(".", 1)[-1]
@@ -38,16 +54,32 @@ def run_stage(stage_module, args: argparse.Namespace, *names: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s", stream=sys.stderr)
     for noisy in ("absl", "tensorflow", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # `kill` (SIGTERM) ends a stage as Ctrl-C does: its MLflow run is marked KILLED, no out is half-written.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cfg = config.load(args.params)
+        for name in names:
+            if name.startswith("out_"):
+                check_writable(getattr(args, name))
         stage_module.run(cfg, *(getattr(args, name) for name in names))
     except UserError as e:
         print(textwrap.fill(f"error: {e}", width=100, break_long_words=False, break_on_hyphens=False),
               file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        # A full disk or a folder made read-only mid-run: the atomic writes left the old outs intact.
+        print(f"error: cannot write {e.filename or 'an output'}: {e.strerror}. Nothing was half-written; "
+              "free space or fix permissions and run the stage again.", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"[{stage}] interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(stage_module, *names: str) -> None:

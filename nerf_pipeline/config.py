@@ -153,9 +153,16 @@ class SamplerConfig:
 class BatchConfig:
     mode: Literal["rays", "images"] = "rays"  # rays: random rays of all training views; images: whole views
     size: int = 4096  # rays per step (mode rays) or images per step (mode images)
+    # Mode rays with occupancy sampling: draw candidate_factor * size rays and train on the size of
+    # them that cross occupied space first (the others render as the background whatever the
+    # weights, so they carry no gradient).
+    candidate_factor: int = 1
 
     def __post_init__(self):
         _check(self.size >= 1, "size", "must be at least 1")
+        _check(self.candidate_factor >= 1, "candidate_factor", "must be at least 1")
+        _check(self.mode == "rays" or self.candidate_factor == 1, "candidate_factor",
+               "must be 1 with mode 'images' (whole images are trained on as they are)")
 
 
 @dataclass(frozen=True)

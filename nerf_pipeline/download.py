@@ -15,6 +15,7 @@ Writes ``scene.npz`` (layout in ``scene.py``): images [N, H, W, 3] float32, pose
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import socket
@@ -105,8 +106,10 @@ def load_scene(cfg: Config) -> Scene:
         return download_tiny_nerf(cfg)
     path = Path(cfg.data.source)
     if path.suffix != ".npz":
+        close = difflib.get_close_matches(cfg.data.source, ["synthetic", "tiny_nerf"], n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise DataError(f"params.yaml: 'data.source' is '{cfg.data.source}', which is neither 'synthetic', "
-                        "'tiny_nerf' nor the path of an .npz file.")
+                        f"'tiny_nerf' nor the path of an .npz file.{hint}")
     return read_tiny_nerf_npz(path, cfg.data.near, cfg.data.far)
 
 

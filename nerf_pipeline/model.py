@@ -295,11 +295,14 @@ class NeRF(keras.Model):
         near, far: sampling bounds along each ray.
         scene_bound: half-size of the cube the occupancy grid covers.
         background: colour behind the scene (0 = black).
+        rays_per_step: with occupancy sampling, train on this many rays of each batch, those
+            that cross occupied space first (``None``: all of them).
     """
 
     def __init__(self, field: dict, sampler: dict, near: float, far: float, scene_bound: float = 1.5,
-                 background: float = 0.0, seed: int = 0, **kwargs):
+                 background: float = 0.0, seed: int = 0, rays_per_step: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.rays_per_step = rays_per_step
         self.field_config = dict(field)
         self.sampler_config = dict(sampler)
         self.near, self.far = float(near), float(far)
@@ -405,8 +408,17 @@ class NeRF(keras.Model):
         self.psnr_tracker.update_state(-10.0 * tf.math.log(loss) / math.log(10.0))
         return {"loss": self.loss_tracker.result(), "psnr": self.psnr_tracker.result()}
 
+    def select_rays(self, ray_origins, ray_directions, target_rgb):
+        """The first ``rays_per_step`` rays of the batch, those that cross occupied space first."""
+        if not self.use_occupancy or self.rays_per_step is None:
+            return ray_origins, ray_directions, target_rgb
+        misses = tf.cast(tf.logical_not(self.rays_hit_occupied(ray_origins, ray_directions)), tf.int32)
+        keep = tf.argsort(misses, stable=True)[: self.rays_per_step]
+        return tf.gather(ray_origins, keep), tf.gather(ray_directions, keep), tf.gather(target_rgb, keep)
+
     def train_step(self, data):
         (ray_origins, ray_directions), target_rgb = data
+        ray_origins, ray_directions, target_rgb = self.select_rays(ray_origins, ray_directions, target_rgb)
         with tf.GradientTape() as tape:
             rgb = self.render_rays(ray_origins, ray_directions, training=True)["rgb"]
             loss = tf.reduce_mean(tf.square(rgb - target_rgb))
@@ -424,10 +436,33 @@ class NeRF(keras.Model):
     def get_config(self):
         return {"field": self.field_config, "sampler": self.sampler_config, "near": self.near,
                 "far": self.far, "scene_bound": self.scene_bound, "background": self.background,
-                "seed": self.seed, "name": self.name}
+                "seed": self.seed, "rays_per_step": self.rays_per_step, "name": self.name}
 
 
 # ----------------------------------------------------------------------------- building and rendering
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ExponentialToFinal(keras.optimizers.schedules.LearningRateSchedule):
+    """``initial * (final / initial) ** min(step / total_steps, 1)``: exponential decay that ends at ``final``.
+
+    ``total_steps`` is a variable, so a run whose length is known only once it is under way
+    (a wall-clock budget) can set it after training has started (``set_total_steps``).
+    """
+
+    def __init__(self, initial: float, final: float, total_steps: float):
+        self.initial, self.final = float(initial), float(final)
+        self.total_steps = tf.Variable(float(max(total_steps, 1)), trainable=False, dtype=tf.float32)
+
+    def set_total_steps(self, total_steps: float) -> None:
+        self.total_steps.assign(float(max(total_steps, 1)))
+
+    def __call__(self, step):
+        progress = tf.minimum(tf.cast(step, tf.float32) / self.total_steps, 1.0)
+        return self.initial * (self.final / self.initial) ** progress
+
+    def get_config(self):
+        return {"initial": self.initial, "final": self.final, "total_steps": float(self.total_steps.numpy())}
 
 
 def build_model(preset, near: float, far: float, background: float = 0.0, seed: int = 0,
@@ -435,14 +470,14 @@ def build_model(preset, near: float, far: float, background: float = 0.0, seed: 
     """A compiled ``NeRF`` for a ``config.PresetConfig``.
 
     The learning rate decays exponentially from ``optimizer.learning_rate`` to
-    ``optimizer.final_learning_rate`` over ``total_steps``.
+    ``optimizer.final_learning_rate`` over ``total_steps`` (see ``ExponentialToFinal``).
     """
     model = NeRF(field=preset.field.model_kwargs(), sampler=preset.sampler.model_kwargs(), near=near,
-                 far=far, scene_bound=preset.scene_bound, background=background, seed=seed)
+                 far=far, scene_bound=preset.scene_bound, background=background, seed=seed,
+                 rays_per_step=preset.batch.size if preset.batch.candidate_factor > 1 else None)
     opt = preset.optimizer
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        opt.learning_rate, decay_steps=max(total_steps, 1),
-        decay_rate=opt.final_learning_rate / opt.learning_rate)
+    schedule = ExponentialToFinal(opt.learning_rate, opt.final_learning_rate, total_steps)
+    model.learning_rate_schedule = schedule  # so a budgeted run can stretch it (benchmarks)
     model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=opt.beta_1, beta_2=opt.beta_2,
                                                   epsilon=opt.epsilon),
                   jit_compile=preset.jit_compile)

@@ -95,9 +95,11 @@ def occupancy_samples(ray_origins, ray_directions, near, far, occupied, scene_bo
 
     The ray segment inside ``[near, far]`` and inside the cube ``[-scene_bound, scene_bound]^3``
     is cut into ``num_march`` equal bins; each bin takes the occupancy of the grid cell at
-    its midpoint. The samples are spread by inverse transform over the occupied bins, so
-    that consecutive samples are ``L / S`` apart in occupied length ``L`` (stratified: one
-    sample, jittered, per stratum of the occupancy CDF).
+    its midpoint (``march_occupancy``). The occupied bins, laid end to end, make a segment of
+    ``n`` bins (the ray's occupied length ``L = n * bin_width``); sample ``i`` sits at
+    ``(i + u_i) / S`` of it (``u_i = 0.5``, or uniform in [0, 1) when stratified) and is
+    mapped back to the bin it falls in. Consecutive samples are thus ``L / S`` apart in
+    occupied length, and no sample is spent on empty space.
 
     Args:
         ray_origins, ray_directions: [R, 3] float32, directions unit length.
@@ -111,24 +113,26 @@ def occupancy_samples(ray_origins, ray_directions, near, far, occupied, scene_bo
     num_rays = tf.shape(ray_origins)[0]
     t_start, bin_width, bin_occupied = march_occupancy(ray_origins, ray_directions, near, far, occupied,
                                                        scene_bound, num_march)
-    occupied_length = tf.reduce_sum(bin_occupied, axis=-1) * bin_width  # [R]
-    # A tiny floor keeps the CDF strictly increasing, so inverse sampling is defined on every ray.
-    pdf = bin_occupied + 1e-6
-    cdf = tf.math.cumsum(pdf, axis=-1) / tf.reduce_sum(pdf, axis=-1, keepdims=True)  # [R, M]
-    cdf = tf.concat([tf.zeros([num_rays, 1]), cdf], axis=-1)  # [R, M + 1], bin edges
+    num_occupied = tf.reduce_sum(bin_occupied, axis=-1)  # [R], n
 
-    strata = tf.range(num_samples, dtype=tf.float32)
+    # occupied_bins[r, k]: index of ray r's k-th occupied bin. Each occupied bin is scattered to
+    # the slot of its rank; empty bins go to a spare slot past the end. (A scatter of R * M
+    # indices, where searching a CDF would compare every sample with every bin.)
+    rank = tf.cast(tf.math.cumsum(bin_occupied, axis=-1), tf.int32) - 1
+    slot = tf.where(bin_occupied > 0, rank, num_march)
+    rows = tf.broadcast_to(tf.range(num_rays)[:, None], tf.shape(slot))
+    bins = tf.broadcast_to(tf.range(num_march)[None, :], tf.shape(slot))
+    occupied_bins = tf.tensor_scatter_nd_update(tf.zeros([num_rays, num_march + 1], tf.int32),
+                                                tf.stack([rows, slot], axis=-1), bins)
+
     if stratified:
         offsets = keras.random.uniform([num_rays, num_samples], seed=seed)
     else:
         offsets = tf.fill([num_rays, num_samples], 0.5)
-    u = (strata[None, :] + offsets) / num_samples  # [R, S] in (0, 1)
-
-    upper = tf.searchsorted(cdf, u, side="right")  # index of the first edge above u
-    lower = tf.clip_by_value(upper - 1, 0, num_march - 1)
-    cdf_lower = tf.gather(cdf, lower, batch_dims=1)
-    cdf_upper = tf.gather(cdf, lower + 1, batch_dims=1)
-    fraction = (u - cdf_lower) / tf.maximum(cdf_upper - cdf_lower, 1e-12)
-    t_vals = t_start[:, None] + (tf.cast(lower, tf.float32) + tf.clip_by_value(fraction, 0.0, 1.0)) * bin_width[:, None]
-    deltas = tf.broadcast_to((occupied_length / num_samples)[:, None], [num_rays, num_samples])
+    position = (tf.range(num_samples, dtype=tf.float32)[None, :] + offsets) / num_samples * num_occupied[:, None]
+    rank_of_sample = tf.clip_by_value(tf.floor(position), 0.0, tf.maximum(num_occupied[:, None] - 1.0, 0.0))
+    fraction = tf.clip_by_value(position - rank_of_sample, 0.0, 1.0)
+    sample_bin = tf.gather(occupied_bins, tf.cast(rank_of_sample, tf.int32), batch_dims=1)
+    t_vals = t_start[:, None] + (tf.cast(sample_bin, tf.float32) + fraction) * bin_width[:, None]
+    deltas = tf.broadcast_to((num_occupied * bin_width / num_samples)[:, None], [num_rays, num_samples])
     return t_vals, deltas

@@ -54,6 +54,10 @@ def connect(cfg: Config):
     import mlflow
 
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        # MLflow's defaults retry an unreachable server for minutes; say so within seconds instead.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient()
@@ -71,8 +75,15 @@ def connect(cfg: Config):
     return mlflow
 
 
-def start_run(cfg: Config):
-    """Start this pipeline run's MLflow run (stage ``train``); returns the active run."""
+@contextlib.contextmanager
+def start_run(cfg: Config, resumes: str | None = None, resumed_epoch: int = 0):
+    """Start this pipeline run's MLflow run (stage ``train``); yields the active run.
+
+    ``resumes``: the id of the run whose checkpoint this one continues from epoch
+    ``resumed_epoch``. That run is marked KILLED if it never ended (a process killed outright
+    cannot end its own run), and this one is tagged with it. An interrupted run (Ctrl-C,
+    SIGTERM) ends as KILLED, a failed one as FAILED.
+    """
     mlflow = connect(cfg)
     experiment_name = os.environ.get("DVC_EXP_NAME")
     tags = {"preset": cfg.preset, "data.source": cfg.data.source}
@@ -81,10 +92,32 @@ def start_run(cfg: Config):
     commit = _git_commit()
     if commit:
         tags["git.commit"] = commit
+    if resumes:
+        tags.update({"resumes_run": resumes, "resumed_from_epoch": str(resumed_epoch)})
+        _end_if_running(mlflow, resumes, "KILLED")
     run = mlflow.start_run(run_name=experiment_name or None, tags=tags)
-    mlflow.log_params({key: "null" if value is None else value for key, value in cfg.flat.items()})
-    log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, tracking_uri())
-    return run
+    try:
+        mlflow.log_params({key: "null" if value is None else value for key, value in cfg.flat.items()})
+        log.info("MLflow run %s (%s) in %s%s", run.info.run_id, run.info.run_name, tracking_uri(),
+                 f", resuming run {resumes} after epoch {resumed_epoch}" if resumes else "")
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def _end_if_running(mlflow, run_id: str, status: str) -> None:
+    try:
+        client = mlflow.MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status)
+    except Exception as e:  # the old run may live in another store; resuming must not depend on it
+        log.warning("could not mark MLflow run %s as %s: %s", run_id, status, e)
 
 
 def write_run_file(path, run) -> None:

@@ -21,17 +21,19 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from nerf_pipeline import atomic, rays, tracking
+from nerf_pipeline import atomic, checkpoint, rays, tracking
 from nerf_pipeline.media import to_uint8
-from nerf_pipeline.config import Config
-from nerf_pipeline.errors import DataError
+from nerf_pipeline.config import BatchConfig, Config
+from nerf_pipeline.errors import DataError, UserError
 from nerf_pipeline.model import ChunkedRenderer, build_model
 
 log = logging.getLogger(__name__)
@@ -44,19 +46,24 @@ def flat_rays(part: dict):
     return tuple(part[key].reshape(-1, 3) for key in ("ray_origins", "ray_directions", "rgb"))
 
 
-def train_dataset(train: dict, mode: str, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Endless batches ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])``."""
+def train_dataset(train: dict, batch: BatchConfig, seed: int) -> tf.data.Dataset:
+    """Endless batches ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])``.
+
+    Mode ``rays``: ``R = batch.size * batch.candidate_factor`` random rays of all training views.
+    Mode ``images``: ``batch.size`` whole shuffled views, ``R = batch.size * H * W``.
+    """
+    mode = batch.mode
     if mode == "rays":
         origins, directions, rgb = (tf.constant(a) for a in flat_rays(train))
         num_rays = int(origins.shape[0])
-        indices = tf.data.Dataset.random(seed=seed).batch(batch_size).map(
+        indices = tf.data.Dataset.random(seed=seed).batch(batch.size * batch.candidate_factor, drop_remainder=True).map(
             lambda r: tf.cast(r % num_rays, tf.int32))
         return indices.map(lambda i: ((tf.gather(origins, i), tf.gather(directions, i)),
                                       tf.gather(rgb, i))).prefetch(tf.data.AUTOTUNE)
     origins, directions, rgb = (tf.constant(train[key]) for key in ("ray_origins", "ray_directions", "rgb"))
     num_views = int(origins.shape[0])
     views = tf.data.Dataset.range(num_views).shuffle(num_views, seed=seed, reshuffle_each_iteration=True)
-    return views.repeat().batch(batch_size, drop_remainder=True).map(
+    return views.repeat().batch(batch.size, drop_remainder=True).map(
         lambda v: ((tf.reshape(tf.gather(origins, v), [-1, 3]), tf.reshape(tf.gather(directions, v), [-1, 3])),
                    tf.reshape(tf.gather(rgb, v), [-1, 3]))).prefetch(tf.data.AUTOTUNE)
 
@@ -76,24 +83,30 @@ def steps_per_epoch(cfg: Config, num_train_views: int, num_train_rays: int) -> i
     return max(1, (num_train_rays if preset.batch.mode == "rays" else num_train_views) // per_batch)
 
 
-def check_batch(cfg: Config, num_train_views: int, num_train_rays: int) -> None:
-    batch = cfg.model.batch
+def check_batch(cfg: Config, num_train_views: int, num_train_rays: int, preset_name: str | None = None) -> None:
+    """Refuse a batch larger than the training split (of the active preset, or of ``preset_name``)."""
+    preset_name = preset_name or cfg.preset
+    batch = cfg.presets[preset_name].batch
     available = num_train_rays if batch.mode == "rays" else num_train_views
     unit = "rays" if batch.mode == "rays" else "views"
     if batch.size > available:
-        raise DataError(f"params.yaml: 'presets.{cfg.preset}.batch.size' is {batch.size} but the training "
+        raise DataError(f"params.yaml: 'presets.{preset_name}.batch.size' is {batch.size} but the training "
                         f"split has only {available} {unit}; use a batch of at most {available}.")
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Per epoch: time, history row, MLflow metrics (step = epoch number), and a progress frame."""
+    """Per epoch: time, history row, MLflow metrics (step = epoch number), a progress frame, a checkpoint.
 
-    def __init__(self, mlflow, renderer: ChunkedRenderer, view_origins, view_directions):
+    ``history`` and ``frames`` start with those of the checkpoint being resumed, if any.
+    """
+
+    def __init__(self, mlflow, renderer: ChunkedRenderer, val: dict, checkpoint_dir, meta: dict,
+                 history: list[dict], frames: list[np.ndarray]):
         super().__init__()
         self.mlflow, self.renderer = mlflow, renderer
-        self.view_origins, self.view_directions = view_origins, view_directions
-        self.history: list[dict] = []
-        self.frames: list[np.ndarray] = []
+        self.view_origins, self.view_directions = val["ray_origins"][0], val["ray_directions"][0]
+        self.checkpoint_dir, self.meta = checkpoint_dir, meta
+        self.history, self.frames = list(history), list(frames)
         self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -105,6 +118,35 @@ class EpochRecorder(keras.callbacks.Callback):
         self.history.append(row)
         self.mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         self.frames.append(to_uint8(self.renderer(self.view_origins, self.view_directions)["rgb"]))
+        checkpoint.save(self.checkpoint_dir, self.model, {**self.meta, "epoch": epoch + 1, "history": self.history},
+                        np.stack(self.frames))
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise at the first step whose loss is NaN or infinite: nothing after it can be trusted."""
+
+    def __init__(self, steps_per_epoch: int):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self.epoch + 1, batch + 1, loss)
+
+
+class TrainingDiverged(UserError):
+    def __init__(self, epoch: int, step: int, loss: float):
+        kept = (f"the checkpoint of the last complete epoch ({epoch - 1}) stays in place" if epoch > 1
+                else "no epoch was complete, so there is no checkpoint")
+        super().__init__(f"training diverged: the loss became {loss} at step {step} of epoch {epoch}. Nothing of "
+                         f"this epoch was kept; {kept}. Lower the learning rate "
+                         "(presets.<preset>.optimizer.learning_rate) or check the data.")
+        self.epoch = epoch
 
 
 def history_csv(rows: list[dict]) -> str:
@@ -116,7 +158,9 @@ def history_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress, out_run_file) -> dict:
+def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress, out_run_file,
+        out_checkpoint) -> dict:
+    """Train; resume from ``out_checkpoint`` when it holds a checkpoint of these params and data."""
     train, val = rays.load(in_rays, "train"), rays.load(in_rays, "val")
     num_train_views = train["rgb"].shape[0]
     num_train_rays = num_train_views * train["rgb"].shape[1] * train["rgb"].shape[2]
@@ -124,34 +168,48 @@ def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress,
     preset = cfg.model
     steps = steps_per_epoch(cfg, num_train_views, num_train_rays)
     total_steps = steps * cfg.epochs
+    key = checkpoint.fingerprint(cfg, [Path(in_rays) / f"{part}.npz" for part in rays.PARTS])
+    resumable = checkpoint.load(out_checkpoint, key)
+    meta, frames = resumable if resumable else ({"epoch": 0, "history": []}, [])
 
     mlflow = tracking.connect(cfg)  # fails now, not after training, if the store is unreachable
     # The run starts before the seeding below, which would otherwise fix MLflow's random run names.
-    with tracking.start_run(cfg) as run:
+    with tracking.start_run(cfg, resumes=meta.get("run_id"), resumed_epoch=meta["epoch"]) as run:
         keras.utils.set_random_seed(cfg.seed)
         model = build_model(preset, near=float(train["near"]), far=float(train["far"]),
                             background=cfg.data.background, seed=cfg.seed, total_steps=total_steps)
+        initial_epoch = meta["epoch"]
+        if initial_epoch:
+            checkpoint.restore(out_checkpoint, model, meta)
+            log.info("resuming from the checkpoint of epoch %d (MLflow run %s)", initial_epoch, meta.get("run_id"))
+            for row in meta["history"]:  # so this run's curves are whole
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
-        recorder = EpochRecorder(mlflow, renderer, val["ray_origins"][0], val["ray_directions"][0])
+        recorder = EpochRecorder(mlflow, renderer, val, out_checkpoint,
+                                 {"fingerprint": key, "run_id": run.info.run_id}, meta["history"], frames)
         log.info("training preset '%s': %d epochs of %d steps, batches of %d %s", cfg.preset, cfg.epochs, steps,
                  preset.batch.size, preset.batch.mode)
+        # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
+        batches = train_dataset(train, preset.batch, cfg.seed).skip(initial_epoch * steps)
         start = time.perf_counter()
-        model.fit(train_dataset(train, preset.batch.mode, preset.batch.size, cfg.seed), epochs=cfg.epochs,
-                  steps_per_epoch=steps, validation_data=val_dataset(val), callbacks=[recorder], shuffle=False,
-                  verbose=1 if sys.stdout.isatty() else 2)
+        model.fit(batches, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  validation_data=val_dataset(val), callbacks=[StopOnNonFiniteLoss(steps), recorder],
+                  shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
         train_s = time.perf_counter() - start
 
         last = recorder.history[-1]
-        metrics = {"epochs": cfg.epochs, "steps": total_steps, "train_s": round(train_s, 2),
-                   "steps_per_s": round(total_steps / train_s, 3), "loss": last["loss"], "psnr": last["psnr"],
-                   "val_loss": last["val_loss"], "val_psnr": last["val_psnr"]}
+        trained_steps = (cfg.epochs - initial_epoch) * steps
+        metrics = {"epochs": cfg.epochs, "steps": total_steps, "resumed_from_epoch": initial_epoch,
+                   "train_s": round(train_s, 2), "steps_per_s": round(trained_steps / train_s, 3) if trained_steps else None,
+                   "loss": last["loss"], "psnr": last["psnr"], "val_loss": last["val_loss"],
+                   "val_psnr": last["val_psnr"]}
         with atomic.atomic_path(out_model, suffix=".keras") as tmp:
             model.save(tmp)
         atomic.write_json(out_metrics, metrics)
         atomic.write_text(out_history, history_csv(recorder.history))
         atomic.save_npz(out_progress, frames=np.stack(recorder.frames),
                         epochs=np.arange(1, cfg.epochs + 1, dtype=np.int32))
-        mlflow.log_metrics({"train_s": train_s, "steps_per_s": total_steps / train_s})
+        mlflow.log_metrics({"train_s": train_s})
         mlflow.log_artifact(str(out_model), artifact_path="model")
         tracking.write_run_file(out_run_file, run)
     log.info("trained in %.1f s: val PSNR %.2f dB", train_s, metrics["val_psnr"])

@@ -158,3 +158,15 @@ def test_renderer_skips_only_rays_that_would_be_background(tiny_scene):
     np.testing.assert_allclose(rendered["rgb"], direct["rgb"].numpy(), atol=1e-5)
     np.testing.assert_allclose(rendered["acc"], direct["acc"].numpy(), atol=1e-6)
     np.testing.assert_allclose(rendered["rgb"][~hit], 0.25)
+
+
+def test_learning_rate_ends_at_its_final_value_and_can_be_stretched():
+    from nerf_pipeline.model import ExponentialToFinal
+
+    schedule = ExponentialToFinal(1e-2, 1e-3, total_steps=100)
+    np.testing.assert_allclose([float(schedule(0)), float(schedule(50)), float(schedule(100)), float(schedule(500))],
+                               [1e-2, 1e-2 * 0.1**0.5, 1e-3, 1e-3], rtol=1e-5)
+    step_fn = tf.function(lambda step: schedule(step), jit_compile=True)
+    assert float(step_fn(tf.constant(100))) == pytest.approx(1e-3, rel=1e-5)
+    schedule.set_total_steps(200)  # seen by the already compiled function
+    assert float(step_fn(tf.constant(100))) == pytest.approx(1e-2 * 0.1**0.5, rel=1e-5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from nerf_pipeline import atomic, config, synthetic, train
+from nerf_pipeline.config import BatchConfig
 from nerf_pipeline.errors import DataError
 from nerf_pipeline.rays import view_rays
 from nerf_pipeline.scene import validate
@@ -24,7 +25,8 @@ def rays_dir(tmp_path_factory):
 
 
 def outputs(tmp_path):
-    return [tmp_path / name for name in ("model.keras", "train.json", "history.csv", "progress.npz", "run.json")]
+    return [tmp_path / name for name in ("model.keras", "train.json", "history.csv", "progress.npz", "run.json",
+                                         "checkpoint")]
 
 
 def test_keras_example_preset_trains_on_whole_images(rays_dir, tmp_path, monkeypatch):
@@ -44,10 +46,10 @@ def test_keras_example_preset_trains_on_whole_images(rays_dir, tmp_path, monkeyp
 
 def test_images_batch_is_whole_views(rays_dir):
     part = dict(np.load(rays_dir / "train.npz"))
-    (origins, directions), rgb = next(iter(train.train_dataset(part, "images", 5, seed=0)))
+    (origins, directions), rgb = next(iter(train.train_dataset(part, BatchConfig("images", 5), seed=0)))
     assert origins.shape == directions.shape == rgb.shape == (5 * 16 * 16, 3)
-    (origins, _), rgb = next(iter(train.train_dataset(part, "rays", 100, seed=0)))
-    assert origins.shape == rgb.shape == (100, 3)
+    (origins, _), rgb = next(iter(train.train_dataset(part, BatchConfig("rays", 100, candidate_factor=3), seed=0)))
+    assert origins.shape == rgb.shape == (300, 3)
 
 
 @pytest.mark.parametrize("mode, size, unit", [("rays", 10**6, "rays"), ("images", 7, "views")])

@@ -1,0 +1,269 @@
+"""Time-to-quality benchmark: train a preset against a wall-clock budget and record its val PSNR curve.
+
+    python benchmarks/bench_train.py --scene ../shared/data/lego_tiny.npz --budget-s 600 \\
+        --versus keras_example --out summary.json
+
+The scene (an .npz in tiny_nerf layout) is split as the Keras example splits it: the first 80%
+of views train, the last 20% validate. Each preset trains with ``model.fit``; at scheduled
+moments of training time the clock is paused, every val view is rendered with deterministic
+samples and the mean per-view PSNR is recorded as a point ``{wall_s, step, val_psnr}``
+(``wall_s`` is training time only: XLA compilation included, evaluation excluded and reported
+apart as ``eval_s``). The summary also gives the training time at which each PSNR threshold was
+first seen (an upper bound: the first evaluation at or above it), the final PSNR and SSIM,
+steps/s, peak and per-point resident memory, and the 120-frame orbit's render time next to the
+machine's compute bound. With ``--versus``, a second preset (the faithful Keras example) runs in
+the same invocation so the ratios compare like with like.
+
+Figures are printed and written to ``--out``; nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from nerf_pipeline import camera, config, train  # noqa: E402
+from nerf_pipeline.evaluate import image_metrics  # noqa: E402
+from nerf_pipeline.model import ChunkedRenderer, HashGridField, MLPField, build_model  # noqa: E402
+from nerf_pipeline.rays import view_rays  # noqa: E402
+from nerf_pipeline.scene import read_tiny_nerf_npz  # noqa: E402
+from nerf_pipeline.split import split_views  # noqa: E402
+
+KERAS_EXAMPLE = {  # the Keras example as published, measured on lego_tiny (../shared/data/README.md)
+    "time_to_18.9_s": 3886.0, "train_20_epochs_s": 3886.0, "render_120_frames_s": 136.0, "val_psnr_20_epochs": 18.90}
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process, MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def eval_schedule(budget_s: float, every_s: float | None) -> list[float]:
+    """Training times at which to evaluate: dense early (where thresholds are crossed), sparse later."""
+    if every_s:
+        points = list(np.arange(every_s, budget_s, every_s))
+    else:
+        points = [*range(5, 60, 5), *range(60, 300, 15), *range(300, 1200, 60), *range(1200, 100000, 300)]
+    return [float(p) for p in points if p < budget_s] + [float(budget_s)]
+
+
+def matmul_flops_per_s(width: int) -> dict:
+    """Measured float32 matmul throughput: at the model's layer shape and at a large square shape."""
+    results = {}
+    for name, (n, k, m) in {"model_layer": (65536, width, width), "large": (4096, 1024, 1024)}.items():
+        a, b = tf.random.normal((n, k)), tf.random.normal((k, m))
+        matmul = tf.function(lambda a, b: tf.matmul(a, b))
+        matmul(a, b).numpy()
+        repeats, start = 20, time.perf_counter()
+        for _ in range(repeats):
+            out = matmul(a, b)
+        out.numpy()
+        results[name] = 2 * n * k * m * repeats / (time.perf_counter() - start)
+    return results
+
+
+def mlp_flops_per_sample(model) -> float:
+    """Multiply-adds ×2 of the field's dense layers for one sample (encodings and gathers not counted)."""
+    field = model.field
+    layers = field.hidden + [field.output_layer] if isinstance(field, MLPField) else [
+        field.density_hidden, field.density_out, *field.color_hidden, field.color_out]
+    assert isinstance(field, (MLPField, HashGridField))
+    return float(sum(2 * int(np.prod(layer.kernel.shape)) for layer in layers))
+
+
+class BudgetRecorder(keras.callbacks.Callback):
+    """Stops ``fit`` at the budget; at each scheduled training time, pauses the clock and evaluates."""
+
+    def __init__(self, evaluate, schedule: list[float], budget_s: float, on_point=None):
+        super().__init__()
+        self.evaluate, self.schedule, self.budget_s = evaluate, list(schedule), budget_s
+        self.on_point = on_point
+        self.curve: list[dict] = []
+        self.eval_s = 0.0
+        self.step = 0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def train_s(self) -> float:
+        return time.perf_counter() - self.start - self.eval_s
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if not self.schedule or self.train_s() < self.schedule[0]:
+            return
+        wall_s = self.train_s()
+        while self.schedule and self.schedule[0] <= wall_s:
+            self.schedule.pop(0)
+        pause = time.perf_counter()
+        psnr = self.evaluate()
+        self.curve.append({"wall_s": round(wall_s, 2), "step": self.step, "val_psnr": round(psnr, 3),
+                           "rss_mb": round(rss_mb(), 1)})
+        print(f"  {wall_s:8.1f} s  step {self.step:6d}  val PSNR {psnr:6.2f} dB", flush=True)
+        if self.on_point is not None:
+            self.on_point(self.curve)
+        self.eval_s += time.perf_counter() - pause
+        if wall_s >= self.budget_s:
+            self.model.stop_training = True
+
+
+def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict, budget_s: float,
+                 every_s: float | None, thresholds: list[float], seed: int) -> dict:
+    preset = cfg.presets[name]
+    num_views = train_part["rgb"].shape[0]
+    num_rays = train_part["rgb"][..., 0].size
+    train.check_batch(cfg, num_views, num_rays, preset_name=name)
+    keras.utils.set_random_seed(seed)
+    # The learning rate decays over the budget. Its length in steps is unknown until the speed is:
+    # at each evaluation point it is re-estimated from the speed since the previous point (the
+    # first interval includes XLA compilation, so the estimate starts long and settles).
+    model = build_model(preset, near=float(train_part["near"]), far=float(train_part["far"]), seed=seed,
+                        total_steps=10**6)
+
+    def set_horizon(curve: list[dict]) -> None:
+        if len(curve) < 2:
+            return
+        (a, b), remaining_s = curve[-2:], budget_s - curve[-1]["wall_s"]
+        speed = (b["step"] - a["step"]) / max(b["wall_s"] - a["wall_s"], 1e-6)
+        model.learning_rate_schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
+
+    renderer = ChunkedRenderer(model, 16384, preset.jit_compile)
+    val_targets = val_part["rgb"]
+
+    def evaluate() -> float:
+        out = renderer(val_part["ray_origins"], val_part["ray_directions"])
+        return float(np.mean(-10 * np.log10(np.mean((out["rgb"] - val_targets) ** 2, axis=(1, 2, 3)))))
+
+    recorder = BudgetRecorder(evaluate, eval_schedule(budget_s, every_s), budget_s, set_horizon)
+    rss_before = rss_mb()
+    print(f"[{name}] training for {budget_s:.0f} s", flush=True)
+    model.fit(train.train_dataset(train_part, preset.batch, seed), epochs=1,
+              steps_per_epoch=10**9, callbacks=[recorder], verbose=0, shuffle=False)
+    train_s = recorder.train_s()
+    peak = peak_rss_mb()
+
+    final = renderer(val_part["ray_origins"], val_part["ray_directions"])
+    psnr, ssim = image_metrics(final["rgb"], val_targets)
+
+    # The 120-frame orbit of the Keras example (theta 0..360, phi -30, radius 4), twice: the first
+    # pass compiles, the second is timed.
+    height, width = val_targets.shape[1:3]
+    poses = camera.orbit_poses(120, 30.0, 4.0)
+    orbit_origins, orbit_directions = camera.generate_rays(poses, height, width, float(val_part["focal"]))
+    renderer(orbit_origins[:1], orbit_directions[:1])
+    start = time.perf_counter()
+    orbit = renderer(orbit_origins, orbit_directions)
+    render_s = time.perf_counter() - start
+    hit = np.count_nonzero(orbit["acc"] > 0)
+    samples_per_frame = hit / 120 * preset.sampler.num_samples
+    flops_per_frame = samples_per_frame * mlp_flops_per_sample(model)
+    matmul = matmul_flops_per_s(preset.field.width)
+
+    curve = recorder.curve
+    return {
+        "preset": name,
+        "curve": curve,
+        "time_to_psnr_s": {f"{t:g}": next((p["wall_s"] for p in curve if p["val_psnr"] >= t), None)
+                           for t in thresholds},
+        "final": {"val_psnr": float(psnr.mean()), "val_ssim": float(ssim.mean()), "wall_s": round(train_s, 2),
+                  "steps": recorder.step},
+        "steps_per_s": round(recorder.step / train_s, 3),
+        "eval_s_total": round(recorder.eval_s, 2),
+        "eval_s_per_point": round(recorder.eval_s / max(len(curve), 1), 3),
+        "rss_mb": {"before_training": round(rss_before, 1), "peak": round(peak, 1),
+                   "first_point": curve[0]["rss_mb"] if curve else None,
+                   "last_point": curve[-1]["rss_mb"] if curve else None},
+        "render_orbit": {"frames": 120, "seconds": round(render_s, 3), "frames_per_s": round(120 / render_s, 2),
+                         "rays_through_occupied_space": int(hit),
+                         "mlp_flops_per_frame": flops_per_frame,
+                         "matmul_flops_per_s": matmul,
+                         "compute_bound_frames_per_s": round(matmul["model_layer"] / flops_per_frame, 1)
+                         if flops_per_frame else None},
+    }
+
+
+def machine() -> dict:
+    gpus = tf.config.list_physical_devices("GPU")
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": [g.name for g in gpus],
+            "gpu_details": [tf.config.experimental.get_device_details(g) for g in gpus],
+            "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--scene", required=True, help=".npz in tiny_nerf layout (images, poses, focal)")
+    parser.add_argument("--budget-s", type=float, required=True, help="training wall-clock budget per preset")
+    parser.add_argument("--preset", default=None, help="preset of params.yaml to time (default: its 'preset')")
+    parser.add_argument("--versus", default=None, help="a second preset to time the same way, e.g. keras_example")
+    parser.add_argument("--versus-budget-s", type=float, default=None, help="its budget (default: --budget-s)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--eval-every-s", type=float, default=None,
+                        help="evaluate at this fixed interval (default: every 5 s to 1 min, then sparser)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[18.9, 25.0, 28.0, 30.0])
+    parser.add_argument("--near", type=float, default=2.0)
+    parser.add_argument("--far", type=float, default=6.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    cfg = config.load(args.params)
+    scene = read_tiny_nerf_npz(args.scene, args.near, args.far)
+    train_views, val_views = split_views(scene.num_views, 0.2, "last", seed=0)
+    train_part, val_part = view_rays(scene, train_views), view_rays(scene, val_views)
+    print(f"{args.scene}: {len(train_views)} train / {len(val_views)} val views of {scene.height}x{scene.width}")
+
+    summary = {"scene": str(args.scene), "machine": machine(), "reference_keras_example": KERAS_EXAMPLE,
+               "split": {"train": len(train_views), "val": len(val_views)}, "budget_s": args.budget_s,
+               "thresholds": args.thresholds, "results": {}}
+    runs = [(args.preset or cfg.preset, args.budget_s)]
+    if args.versus:
+        runs.append((args.versus, args.versus_budget_s or args.budget_s))
+    for name, budget in runs:
+        if name not in cfg.presets:
+            sys.exit(f"error: preset '{name}' is not in {args.params} (presets: {', '.join(cfg.presets)})")
+        result = bench_preset(cfg, name, train_part, val_part, budget, args.eval_every_s, args.thresholds, args.seed)
+        summary["results"][name] = result
+        print(json.dumps({k: result[k] for k in ("time_to_psnr_s", "final", "steps_per_s", "rss_mb")}, indent=1))
+        print(json.dumps(result["render_orbit"], indent=1), flush=True)
+
+    main_name = runs[0][0]
+    ours = summary["results"][main_name]["time_to_psnr_s"].get("18.9")
+    ratios = {"time_to_18.9_vs_published_keras_example": round(KERAS_EXAMPLE["time_to_18.9_s"] / ours, 1)
+              if ours else None,
+              "render_vs_published_keras_example": round(
+                  KERAS_EXAMPLE["render_120_frames_s"] / summary["results"][main_name]["render_orbit"]["seconds"], 1)}
+    if args.versus:
+        theirs = summary["results"][args.versus]["time_to_psnr_s"].get("18.9")
+        ratios["time_to_18.9_vs_versus_run"] = round(theirs / ours, 1) if ours and theirs else None
+    summary["ratios"] = ratios
+    print(json.dumps(ratios, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Where a training step's time goes: the step, and each of its parts compiled and timed alone.
+
+    python benchmarks/profile_step.py --scene ../shared/data/lego_tiny.npz [--preset hashgrid] [--warmup-steps 300]
+
+Trains ``--warmup-steps`` steps first (so the occupancy grid is in its steady state), then times,
+each as its own XLA-compiled function on the same batch: the whole train step; ray sampling; the
+field's forward pass; forward + backward of the field; the hash encoding alone (forward +
+backward); the MLPs alone (forward + backward); the optimizer's update. Prints milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from nerf_pipeline import config, train  # noqa: E402
+from nerf_pipeline.model import HashGridField, build_model  # noqa: E402
+from nerf_pipeline.rays import view_rays  # noqa: E402
+from nerf_pipeline.scene import read_tiny_nerf_npz  # noqa: E402
+from nerf_pipeline.split import split_views  # noqa: E402
+
+
+def timed(name: str, function, *args, repeats: int = 10) -> float:
+    tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, function(*args))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = function(*args)
+    tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+    ms = (time.perf_counter() - start) / repeats * 1000
+    print(f"{name:<40s} {ms:8.1f} ms")
+    return ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--scene", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--warmup-steps", type=int, default=300)
+    args = parser.parse_args()
+
+    cfg = config.load(args.params)
+    name = args.preset or cfg.preset
+    preset = cfg.presets[name]
+    scene = read_tiny_nerf_npz(args.scene, 2.0, 6.0)
+    train_views, _ = split_views(scene.num_views, 0.2, "last", seed=0)
+    part = view_rays(scene, train_views)
+    keras.utils.set_random_seed(0)
+    model = build_model(preset, near=scene.near, far=scene.far, total_steps=args.warmup_steps * 10)
+    dataset = train.train_dataset(part, preset.batch, seed=0)
+    start = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=args.warmup_steps, epochs=1, verbose=0, shuffle=False)
+    print(f"{name}: {args.warmup_steps} warm-up steps in {time.perf_counter() - start:.1f} s; "
+          f"occupied cells {float(tf.reduce_mean(model.occupied)) if model.use_occupancy else 1.0:.3f}")
+    (ray_origins, ray_directions), target = next(iter(dataset))
+    num_samples = preset.sampler.num_samples
+    print(f"batch: {ray_origins.shape[0]} rays x {num_samples} samples")
+
+    jit = preset.jit_compile
+    step = tf.function(model.train_step, jit_compile=jit)
+    timed("train step (all of it)", step, ((ray_origins, ray_directions), target))
+
+    sample = tf.function(lambda o, d: model.sample_along_rays(o, d, training=True), jit_compile=jit)
+    timed("sampling along rays", sample, ray_origins, ray_directions)
+
+    t_vals, _ = sample(ray_origins, ray_directions)
+    points = tf.reshape(ray_origins[:, None] + ray_directions[:, None] * t_vals[..., None], [-1, 3])
+    directions = tf.reshape(tf.broadcast_to(ray_directions[:, None], [ray_origins.shape[0], num_samples, 3]), [-1, 3])
+    field = model.field
+    timed("field forward", tf.function(lambda p, d: field(p, d), jit_compile=jit), points, directions)
+
+    def forward_backward(p, d):
+        with tf.GradientTape() as tape:
+            rgb, sigma = field(p, d)
+            loss = tf.reduce_sum(rgb) + tf.reduce_sum(sigma)
+        return [tf.convert_to_tensor(g) for g in tape.gradient(loss, field.trainable_variables)]
+
+    timed("field forward + backward", tf.function(forward_backward, jit_compile=jit), points, directions)
+
+    if isinstance(field, HashGridField):
+        encoding = field.encoding
+
+        def encoding_fb(p):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(encoding(p)))
+            return tf.convert_to_tensor(tape.gradient(loss, encoding.table))
+
+        timed("  hash encoding forward + backward", tf.function(encoding_fb, jit_compile=jit), points)
+        features = encoding(points)
+        mlp_vars = [v for v in field.trainable_variables if v is not encoding.table]
+
+        from nerf_pipeline.model import spherical_harmonics
+
+        def mlp_fb(f, d):
+            with tf.GradientTape() as tape:
+                h = field.density_out(field.density_hidden(f))
+                x = tf.concat([h[:, 1:], spherical_harmonics(d)], -1)
+                for layer in field.color_hidden:
+                    x = layer(x)
+                loss = tf.reduce_sum(field.color_out(x)) + tf.reduce_sum(h[:, 0])
+            return tape.gradient(loss, mlp_vars)
+
+        timed("  MLPs forward + backward", tf.function(mlp_fb, jit_compile=jit), features, directions)
+
+    gradients = [tf.zeros_like(v) for v in model.trainable_variables]
+    timed("optimizer update", tf.function(lambda: model.optimizer.apply(gradients, model.trainable_variables),
+                                          jit_compile=jit))
+    if model.use_occupancy:
+        timed("occupancy grid update (every "
+              f"{preset.sampler.update_every} steps)", tf.function(model.update_occupancy, jit_compile=jit))
+    print(f"parameters: {sum(int(np.prod(v.shape)) for v in model.trainable_variables):,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The train stage's checkpoint: everything needed to continue training after an interruption.
+
+A checkpoint folder (a DVC out marked ``persist``, so DVC keeps it across runs) holds, for
+the last complete epoch E:
+
+* ``state-E.keras``: the model with its optimizer state (weights, Adam moments, step count,
+  occupancy grid);
+* ``progress-E.npz``: ``frames [E, H, W, 3]`` uint8, the progress frames of epochs 1..E;
+* ``meta.json``: ``{"fingerprint", "epoch", "history", "run_id", "seed_state", "state",
+  "progress"}``: ``seed_state`` is the sampler's random-generator state (Keras does not save
+  it with the weights); ``state`` and ``progress`` name the two files above.
+
+Each file is written atomically and ``meta.json`` last, so whenever the process dies,
+``meta.json`` names complete files of one epoch; older epochs' files are deleted after.
+A checkpoint is resumed from only when its fingerprint, a hash of the training params and
+of the training data, matches the current one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from nerf_pipeline import atomic
+from nerf_pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(cfg: Config, data_files) -> str:
+    """sha256 of the params that shape training and of the bytes of ``data_files``."""
+    digest = hashlib.sha256()
+    params = {"epochs": cfg.epochs, "seed": cfg.seed, "preset": cfg.preset,
+              "model": dataclasses.asdict(cfg.model), "background": cfg.data.background,
+              "chunk_rays": cfg.evaluate.chunk_rays}
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    for path in data_files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load(folder, expected_fingerprint: str):
+    """``(meta, frames)`` of a checkpoint that may be resumed, else ``None`` (with the reason logged)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        frames = np.load(folder / meta["progress"])["frames"]
+        if not (folder / meta["state"]).is_file():
+            raise FileNotFoundError(meta["state"])
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("ignoring the unreadable checkpoint in %s (%s); training from scratch", folder, e)
+        return None
+    if meta.get("fingerprint") != expected_fingerprint:
+        log.info("the checkpoint in %s was made with other params or data; training from scratch", folder)
+        return None
+    return meta, frames
+
+
+def save(folder, model, meta: dict, frames: np.ndarray) -> None:
+    """Write epoch ``meta["epoch"]``'s checkpoint into ``folder``, then drop older epochs' files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    epoch = int(meta["epoch"])
+    state, progress = f"state-{epoch:04d}.keras", f"progress-{epoch:04d}.npz"
+    with atomic.atomic_path(folder / state, suffix=".keras") as tmp:
+        model.save(tmp)
+    atomic.save_npz(folder / progress, frames=frames)
+    atomic.write_json(folder / "meta.json", {**meta, "state": state, "progress": progress,
+                                             "seed_state": model.seed_generator.state.numpy().tolist()})
+    for old in folder.iterdir():
+        if old.is_file() and old.name not in (state, progress, "meta.json"):
+            old.unlink()
+
+
+def restore(folder, model, meta: dict) -> None:
+    """Load the checkpoint's weights, optimizer and generator state into a compiled ``model`` of the same config."""
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(Path(folder) / meta["state"])
+    model.seed_generator.state.assign(np.asarray(meta["seed_state"], dtype=model.seed_generator.state.dtype))

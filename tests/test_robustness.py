@@ -1,0 +1,350 @@
+"""Bad input is refused clearly and loses nothing; interrupted training resumes (issue: nothing lost).
+
+Every case runs the real stage script, as DVC would, and checks the message, the exit status
+(2 for a user mistake, with no traceback) and that no out was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, tiny_params
+from nerf_pipeline import camera
+
+
+def stage(name, *args, cwd, env=None, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_refused(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    for fragment in fragments:
+        assert fragment in message, result.stderr
+
+
+def write_params(path, **changes):
+    params = tiny_params()
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key] = {**params[key], **value}
+        else:
+            params[key] = value
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def good_arrays(n=4, size=8):
+    return {"images": np.full((n, size, size, 3), 0.5, np.float32),
+            "poses": camera.hemisphere_poses(n, 4.0, seed=0), "focal": np.float64(10.0)}
+
+
+def download(tmp_path, arrays=None, raw: bytes | None = None, **params):
+    """Run the download stage on a local .npz made of ``arrays`` (or ``raw`` bytes)."""
+    source = tmp_path / "input.npz"
+    if raw is not None:
+        source.write_bytes(raw)
+    elif arrays is not None:
+        np.savez(source, **arrays)
+    write_params(tmp_path, data={"source": str(source)}, **params)
+    return stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+
+
+def outs(tmp_path):
+    return sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else []
+
+
+# ----------------------------------------------------------------------------- bad data files
+
+def npz_bytes(arrays) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+BAD_FILES = {
+    "missing file": (None, None, "input.npz: file not found"),
+    "truncated": (None, npz_bytes(good_arrays())[:300], "not a readable .npz file"),
+    "corrupt": (None, b"PK\x03\x04" + bytes(range(256)) * 8, "not a readable .npz file"),
+    "not a zip": (None, b"hello, world", "not a readable .npz file"),
+    "missing key": ({k: v for k, v in good_arrays().items() if k != "focal"}, None, "missing key(s) focal"),
+    "wrong image shape": ({**good_arrays(), "images": np.zeros((4, 8, 8), np.float32)}, None,
+                          "'images' must have shape (N, H, W, 3); got (4, 8, 8)"),
+    "wrong image dtype": ({**good_arrays(), "images": np.zeros((4, 8, 8, 3), np.int64)}, None,
+                          "'images' must be uint8 or float; got dtype int64"),
+    "wrong pose shape": ({**good_arrays(), "poses": np.zeros((4, 4))}, None, "'poses' must have shape (N, 4, 4)"),
+    "string poses": ({**good_arrays(), "poses": np.full((4, 4, 4), "x")}, None, "'poses' must be floats"),
+    "floats above 1": ({**good_arrays(), "images": np.full((4, 8, 8, 3), 255.0, np.float32)}, None,
+                       "float 'images' must lie in [0, 1]; found values in [255, 255]"),
+    "NaN image": ({**good_arrays(), "images": np.full((4, 8, 8, 3), np.nan, np.float32)}, None,
+                  "'images' contains NaN or Inf"),
+    "Inf pose": ({**good_arrays(), "poses": np.where(np.eye(4, dtype=bool), np.inf, 0.0)[None].repeat(4, 0)}, None,
+                 "'poses' contains NaN or Inf"),
+    "skewed rotation": ({**good_arrays(), "poses": camera.hemisphere_poses(4, 4.0, 0) @ np.diag([1.0, 1.3, 1.0, 1.0])},
+                        None, "is not orthonormal"),
+    "zero focal": ({**good_arrays(), "focal": np.float64(0.0)}, None, "'focal' must be a positive number"),
+    "negative focal": ({**good_arrays(), "focal": np.float64(-5.0)}, None, "'focal' must be a positive number"),
+    "count mismatch": ({**good_arrays(), "poses": camera.hemisphere_poses(3, 4.0, seed=0)}, None,
+                       "4 images but 3 poses"),
+    "near after far": ({**good_arrays(), "near": np.float32(7.0), "far": np.float32(6.0)}, None,
+                       "need 0 <= near < far; got near=7.0, far=6.0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_scene_file_is_refused(tmp_path, case):
+    arrays, raw, message = BAD_FILES[case]
+    result = download(tmp_path, arrays=arrays, raw=raw)
+    assert_refused(result, "input.npz", message)
+    assert outs(tmp_path) == []
+
+
+def test_uint8_images_are_normalised_not_refused(tmp_path):
+    arrays = {**good_arrays(), "images": np.full((4, 8, 8, 3), 255, np.uint8)}
+    result = download(tmp_path, arrays=arrays)
+    assert result.returncode == 0, result.stderr
+    images = np.load(tmp_path / "out" / "scene.npz")["images"]
+    assert images.dtype == np.float32 and images.max() == 1.0
+
+
+# ----------------------------------------------------------------------------- bad params
+
+@pytest.mark.parametrize("changes, messages", [
+    ({"epoch": 3}, ["unknown key 'epoch'. Did you mean 'epochs'?"]),
+    ({"epochs": 0}, ["'epochs' must be a whole number >= 1 (got 0)"]),
+    ({"epochs": 1.5}, ["'epochs' must be a whole number; got 1.5"]),
+    ({"split": {"val_fraction": 1.2}}, ["'split.val_fraction' must be strictly between 0 and 1 (got 1.2)"]),
+    ({"data": {"near": 6.0, "far": 2.0}}, ["'data.near' must satisfy 0 <= near < far"]),
+    ({"data": {"source": "synthetc"}}, ["'data.source' is 'synthetc'", "Did you mean 'synthetic'?"]),
+])
+def test_bad_params_are_refused_before_any_work(tmp_path, changes, messages):
+    write_params(tmp_path, **changes)
+    result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+    assert_refused(result, *messages)
+    assert outs(tmp_path) == []
+
+
+def test_too_few_views_for_the_split(tmp_path):
+    assert download(tmp_path, arrays=good_arrays(n=1)).returncode == 0
+    result = stage("split", "--in-scene", "out/scene.npz", "--out-split", "out/split.json", cwd=tmp_path)
+    assert_refused(result, "the scene has 1 views: too few for split.val_fraction = 0.2")
+    assert outs(tmp_path) == ["out/scene.npz"]
+
+
+def test_unwritable_output_folder(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    write_params(tmp_path)
+    result = stage("download", "--out-scene", "blocker/scene.npz", cwd=tmp_path)
+    assert_refused(result, "cannot write the output 'blocker/scene.npz'", "is not writable")
+    assert (tmp_path / "blocker").read_text() == "a file where a folder should be"
+
+
+# ----------------------------------------------------------------------------- downloads
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder):
+    """An HTTP server on loopback serving ``folder``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_tiny_nerf_download_is_checked_against_its_sha256(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    np.savez(served / "tiny_nerf_data.npz", **good_arrays())
+    digest = hashlib.sha256((served / "tiny_nerf_data.npz").read_bytes()).hexdigest()
+    with serve(served) as url:
+        write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/tiny_nerf_data.npz",
+                                     "tiny_nerf_sha256": "0" * 64})
+        result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+        assert_refused(result, f"sha256 {digest} does not match the pinned 'data.tiny_nerf_sha256'")
+        assert outs(tmp_path) == []
+
+        write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/missing.npz"})
+        assert_refused(stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path), "HTTP 404")
+
+        write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/tiny_nerf_data.npz",
+                                     "tiny_nerf_sha256": digest})
+        result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert np.load(tmp_path / "out" / "scene.npz")["images"].shape == (4, 8, 8, 3)
+
+
+def test_unreachable_url_fails_at_once(tmp_path):
+    write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": "http://127.0.0.1:9/tiny_nerf_data.npz",
+                                 "download_retries": 1})
+    start = time.perf_counter()
+    result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+    assert_refused(result, "http://127.0.0.1:9/tiny_nerf_data.npz", "data.source: synthetic")
+    assert time.perf_counter() - start < 30
+    assert outs(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- training
+
+TRAIN_OUTS = ("out/model.keras", "out/train.json", "out/history.csv", "out/progress.npz", "out/run.json",
+              "out/checkpoint")
+
+
+def train_args():
+    flags = ("--out-model", "--out-metrics", "--out-history", "--out-progress", "--out-run-file", "--out-checkpoint")
+    return ["--in-rays", "rays", *[a for pair in zip(flags, TRAIN_OUTS) for a in pair]]
+
+
+@pytest.fixture(scope="module")
+def rays_project(tmp_path_factory):
+    """A folder with tiny precomputed rays (7 views of 16 px), made by the real stages."""
+    path = tmp_path_factory.mktemp("rays_project")
+    params = tiny_params()
+    params["synthetic"].update(num_views=7, image_size=16)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    for name, args in (("download", ["--out-scene", "scene.npz"]),
+                       ("split", ["--in-scene", "scene.npz", "--out-split", "split.json"]),
+                       ("rays", ["--in-scene", "scene.npz", "--in-split", "split.json", "--out-rays", "rays"])):
+        assert stage(name, *args, cwd=path).returncode == 0
+    return path
+
+
+def train_in(tmp_path, rays_project, env=None, **changes):
+    """Run the train stage in ``tmp_path`` on the shared rays, with params changed by ``changes``."""
+    if not (tmp_path / "rays").exists():
+        os.symlink(rays_project / "rays", tmp_path / "rays")
+    params = yaml.safe_load((rays_project / "params.yaml").read_text())
+    for key, value in changes.items():
+        params[key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return stage("train", *train_args(), cwd=tmp_path, env={"DVC_ROOT": str(tmp_path), **(env or {})})
+
+
+def test_batch_larger_than_the_data(tmp_path, rays_project):
+    params = tiny_params()
+    params["presets"]["hashgrid"]["batch"]["size"] = 5000  # 5 train views of 16 x 16 = 1280 rays
+    result = train_in(tmp_path, rays_project, presets=params["presets"])
+    assert_refused(result, "'presets.hashgrid.batch.size' is 5000 but the training split has only 1280 rays")
+    assert outs(tmp_path) == [] and not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_is_reported_before_training(tmp_path, rays_project):
+    start = time.perf_counter()
+    result = train_in(tmp_path, rays_project, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert_refused(result, "cannot use the MLflow tracking store http://127.0.0.1:9")
+    assert "Epoch 1" not in result.stdout
+    assert time.perf_counter() - start < 120
+    assert outs(tmp_path) == []
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, rays_project):
+    params = tiny_params(epochs=20)
+    # A learning rate that grows 10^1.7-fold per epoch of 5 steps: fine at first, divergent soon after.
+    params["presets"]["hashgrid"]["optimizer"].update(learning_rate=1e-4, final_learning_rate=1e30)
+    params["presets"]["hashgrid"]["steps_per_epoch"] = 5
+    result = train_in(tmp_path, rays_project, epochs=20, presets=params["presets"])
+    assert_refused(result, "training diverged: the loss became", "the checkpoint of the last complete epoch")
+    meta = json.loads((tmp_path / "out/checkpoint/meta.json").read_text())
+    assert meta["epoch"] >= 1 and all(np.isfinite(row["loss"]) for row in meta["history"])
+    assert outs(tmp_path)[0] == "out/checkpoint" and all(p.startswith("out/checkpoint") for p in outs(tmp_path))
+
+
+def mlflow_runs(path):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("nerf-pipeline")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
+    """kill -9 in the middle of training; the rerun continues from the last checkpoint and ends
+    where an uninterrupted run ends. A checkpoint of other params is not resumed."""
+    epochs = 4
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    reference_dir.mkdir()
+    resumed_dir.mkdir()
+    assert train_in(reference_dir, rays_project, epochs=epochs).returncode == 0
+    reference = json.loads((reference_dir / "out/train.json").read_text())
+
+    os.symlink(rays_project / "rays", resumed_dir / "rays")
+    params = yaml.safe_load((rays_project / "params.yaml").read_text())
+    params["epochs"] = epochs
+    (resumed_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    process = subprocess.Popen([sys.executable, str(REPO / "stages/train.py"), *train_args()], cwd=resumed_dir,
+                               env={**os.environ, "DVC_ROOT": str(resumed_dir)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    meta_path = resumed_dir / "out/checkpoint/meta.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if meta_path.exists() and json.loads(meta_path.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(meta_path.read_text())["epoch"]
+    assert 2 <= killed_at < epochs, killed_at
+    assert not (resumed_dir / "out/model.keras").exists()
+
+    result = train_in(resumed_dir, rays_project, epochs=epochs)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from the checkpoint of epoch {killed_at}" in result.stderr
+    resumed = json.loads((resumed_dir / "out/train.json").read_text())
+    assert resumed["resumed_from_epoch"] == killed_at
+    assert resumed["val_psnr"] == pytest.approx(reference["val_psnr"], abs=0.05)
+    assert resumed["loss"] == pytest.approx(reference["loss"], rel=0.02)
+    history = (resumed_dir / "out/history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == [str(e) for e in range(1, epochs + 1)]
+
+    first, second = mlflow_runs(resumed_dir)
+    assert first.info.status == "KILLED" and second.info.status == "FINISHED"
+    assert second.data.tags["resumes_run"] == first.info.run_id
+    assert second.data.tags["resumed_from_epoch"] == str(killed_at)
+
+    # Other params: the checkpoint is not resumed from.
+    result = train_in(resumed_dir, rays_project, epochs=epochs, seed=1)
+    assert result.returncode == 0
+    assert "made with other params or data" in result.stderr
+    assert json.loads((resumed_dir / "out/train.json").read_text())["resumed_from_epoch"] == 0
+
+
+def test_terminated_training_ends_its_mlflow_run_as_killed(tmp_path, rays_project):
+    os.symlink(rays_project / "rays", tmp_path / "rays")
+    params = yaml.safe_load((rays_project / "params.yaml").read_text())
+    params["epochs"] = 50
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    process = subprocess.Popen([sys.executable, str(REPO / "stages/train.py"), *train_args()], cwd=tmp_path,
+                               env={**os.environ, "DVC_ROOT": str(tmp_path)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "out/checkpoint/meta.json").exists():
+        time.sleep(0.05)
+    process.terminate()  # SIGTERM, as `kill` or a scheduler sends
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    assert not (tmp_path / "out/model.keras").exists()
