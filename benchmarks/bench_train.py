@@ -166,7 +166,7 @@ def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict
     # pass compiles, the second is timed.
     height, width = val_targets.shape[1:3]
     poses = camera.orbit_poses(120, 30.0, 4.0)
-    orbit_origins, orbit_directions = camera.generate_rays(poses, height, width, float(val_part["focal"]))
+    orbit_origins, orbit_directions = camera.generate_rays(poses, height, width, val_part["intrinsics"][0])
     renderer(orbit_origins[:1], orbit_directions[:1])
     start = time.perf_counter()
     orbit = renderer(orbit_origins, orbit_directions)

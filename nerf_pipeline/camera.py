@@ -7,7 +7,8 @@ Conventions (those of ``tiny_nerf_data.npz`` and the NeRF-synthetic scenes):
   looks down its -z axis. Its last column is the camera centre.
 * The world is z-up.
 * Pixel ``(row, col)`` is sampled through its centre, ``(col + 0.5, row + 0.5)`` in
-  continuous image coordinates, with the principal point at ``(width / 2, height / 2)``.
+  continuous image coordinates; intrinsics ``(fx, fy, cx, cy)`` are in pixels of that
+  frame, so a camera with its principal point at the image centre has ``cx = width / 2``.
   (The Keras example drops the half-pixel offset; the difference is half a pixel.)
 """
 
@@ -16,32 +17,51 @@ from __future__ import annotations
 import numpy as np
 
 
-def camera_directions(height: int, width: int, focal: float) -> np.ndarray:
+def as_intrinsics(intrinsics, height: int, width: int) -> np.ndarray:
+    """``[..., 4]`` float64 ``(fx, fy, cx, cy)`` in pixels.
+
+    A scalar is a focal length: ``fx = fy = focal`` with the principal point at the image
+    centre ``(width / 2, height / 2)`` (tiny_nerf's cameras).
+    """
+    intrinsics = np.asarray(intrinsics, dtype=np.float64)
+    if intrinsics.ndim == 0:
+        return np.array([intrinsics, intrinsics, 0.5 * width, 0.5 * height])
+    return intrinsics
+
+
+def camera_directions(height: int, width: int, intrinsics) -> np.ndarray:
     """Unnormalised ray directions in camera coordinates.
 
+    Args:
+        intrinsics: a focal length, or ``(fx, fy, cx, cy)`` ([4], or [..., 4] for many cameras).
+
     Returns:
-        directions: [height, width, 3] float32; ``z = -1`` for every pixel.
+        directions: [..., height, width, 3] float32; ``z = -1`` for every pixel.
     """
+    fx, fy, cx, cy = np.moveaxis(as_intrinsics(intrinsics, height, width), -1, 0)
     cols, rows = np.meshgrid(
         np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64), indexing="xy"
     )
-    x = (cols + 0.5 - 0.5 * width) / focal
-    y = -(rows + 0.5 - 0.5 * height) / focal  # image rows grow downwards, camera +y is up
+    expand = (...,) + (None, None)
+    x = (cols + 0.5 - np.asarray(cx)[expand]) / np.asarray(fx)[expand]
+    y = -(rows + 0.5 - np.asarray(cy)[expand]) / np.asarray(fy)[expand]  # image rows grow downwards, camera +y is up
     return np.stack([x, y, -np.ones_like(x)], axis=-1).astype(np.float32)
 
 
-def generate_rays(poses: np.ndarray, height: int, width: int, focal: float):
+def generate_rays(poses: np.ndarray, height: int, width: int, intrinsics):
     """One ray per pixel for each pose.
 
     Args:
         poses: [..., 4, 4] camera-to-world matrices.
+        intrinsics: a focal length shared by all cameras, or ``(fx, fy, cx, cy)`` as [4]
+            (shared) or [..., 4] (one per pose).
 
     Returns:
         ray_origins: [..., height, width, 3] float32, the camera centres.
         ray_directions: [..., height, width, 3] float32, unit length, in world coordinates.
     """
     poses = np.asarray(poses, dtype=np.float64)
-    directions = camera_directions(height, width, focal).astype(np.float64)
+    directions = camera_directions(height, width, intrinsics).astype(np.float64)
     rotations = poses[..., None, None, :3, :3]  # [..., 1, 1, 3, 3]
     world = np.einsum("...ij,...j->...i", rotations, directions)
     world /= np.linalg.norm(world, axis=-1, keepdims=True)

@@ -44,25 +44,31 @@ def _check(condition: bool, key: str, message: str) -> None:
 class DataConfig:
     """Where the scene comes from (stage ``download``)."""
 
-    source: str = "synthetic"  # synthetic | tiny_nerf | path to a local .npz
-    near: float = 2.0  # sampling bounds for sources that carry none
-    far: float = 6.0
-    background: float = 0.0  # grey level behind the scene: 0 black (tiny_nerf), 1 white
+    # synthetic | tiny_nerf | path to a local .npz | a NeRF-synthetic or instant-ngp/nerfstudio
+    # folder (or its transforms*.json)
+    source: str = "synthetic"
+    # Sampling bounds; null: the source's own (synthetic, tiny_nerf and .npz without them: 2 and 6;
+    # transforms folders: derived from the camera positions).
+    near: Optional[float] = None
+    far: Optional[float] = None
+    background: float = 0.0  # grey level behind the scene: 0 black (tiny_nerf), 1 white (NeRF paper)
+    downscale: int = 1  # transforms folders: average each downscale x downscale block of pixels
+    max_views: Optional[int] = None  # transforms folders: keep at most this many views, evenly spread
     tiny_nerf_url: str = TINY_NERF_URL
     tiny_nerf_sha256: str = ""
     download_retries: int = 3
     download_timeout_s: float = 30.0
 
     def __post_init__(self):
-        _check(self.source != "", "source", "must be 'synthetic', 'tiny_nerf' or the path of a .npz file")
-        _check(0.0 <= self.near < self.far, "near", f"must satisfy 0 <= near < far (got near={self.near}, far={self.far})")
+        _check(self.source != "", "source", "must be 'synthetic', 'tiny_nerf' or the path of a .npz file or folder")
+        _check(self.near is None or self.near >= 0, "near", f"must be >= 0 (got {self.near})")
+        _check(self.near is None or self.far is None or self.near < self.far, "near",
+               f"must satisfy 0 <= near < far (got near={self.near}, far={self.far})")
         _check(0.0 <= self.background <= 1.0, "background", "must be a grey level in [0, 1]")
+        _check(self.downscale >= 1, "downscale", "must be a whole number >= 1")
+        _check(self.max_views is None or self.max_views >= 2, "max_views", "must be at least 2, or null for all")
         _check(self.download_retries >= 1, "download_retries", "must be at least 1")
         _check(self.download_timeout_s > 0, "download_timeout_s", "must be > 0")
-
-    @property
-    def kind(self) -> str:
-        return self.source if self.source in ("synthetic", "tiny_nerf") else "npz"
 
 
 @dataclass(frozen=True)
@@ -215,16 +221,19 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class RenderConfig:
     num_frames: int = 120
-    elevation_deg: float = 30.0  # the Keras example's phi = -30
-    radius: float = 4.0
+    # The orbit's height and distance; null: the median of the scene's cameras.
+    # (The Keras example's orbit is elevation 30, radius 4.)
+    elevation_deg: Optional[float] = None
+    radius: Optional[float] = None
     fps: int = 30
     chunk_rays: int = 16384
     gif_frame_ms: int = 300  # duration of each epoch's frame in the training-progress GIF
 
     def __post_init__(self):
         _check(self.num_frames >= 1, "num_frames", "must be at least 1")
-        _check(-90.0 < self.elevation_deg < 90.0, "elevation_deg", "must be strictly between -90 and 90")
-        _check(self.radius > 0, "radius", "must be > 0")
+        _check(self.elevation_deg is None or -90.0 < self.elevation_deg < 90.0, "elevation_deg",
+               "must be strictly between -90 and 90, or null")
+        _check(self.radius is None or self.radius > 0, "radius", "must be > 0, or null")
         _check(self.fps >= 1, "fps", "must be at least 1")
         _check(self.chunk_rays >= 1, "chunk_rays", "must be at least 1")
         _check(self.gif_frame_ms >= 10, "gif_frame_ms", "must be at least 10")

@@ -7,10 +7,13 @@ Sources:
   retried on transient failures, checked against ``data.tiny_nerf_sha256`` when one is
   set. With no network it fails at once and says which other sources exist; it never
   falls back to another source by itself.
+* a folder (or its ``transforms*.json``) in the NeRF-synthetic or instant-ngp/nerfstudio
+  layout (``transforms.py``);
 * any other value: the path of a local ``.npz`` in the tiny_nerf layout.
 
 Writes ``scene.npz`` (layout in ``scene.py``): images [N, H, W, 3] float32, poses
-[N, 4, 4] float32, focal/near/far [] float32, depth [N, H, W] float32 (synthetic only).
+[N, 4, 4] float32, intrinsics [N, 4] float32, near/far [] float32, depth [N, H, W] float32
+(synthetic only), the source's own split (NeRF-synthetic only).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from nerf_pipeline import synthetic
+from nerf_pipeline import synthetic, transforms
 from nerf_pipeline.config import Config
 from nerf_pipeline.errors import DataError
 from nerf_pipeline.scene import Scene, read_tiny_nerf_npz, validate
@@ -94,23 +97,27 @@ def download_tiny_nerf(cfg: Config) -> Scene:
 
 def load_scene(cfg: Config) -> Scene:
     """The scene ``cfg.data.source`` names, validated (raises ``DataError``)."""
-    kind = cfg.data.kind
-    if kind == "synthetic":
+    data = cfg.data
+    if data.source == "synthetic":
         s = cfg.synthetic
         log.info("rendering the built-in scene: %d views of %d px", s.num_views, s.image_size)
         out = synthetic.render_scene(num_views=s.num_views, image_size=s.image_size, seed=s.seed,
                                      supersample=s.supersample)
-        return validate(out["images"], out["poses"], out["focal"], out["near"], out["far"], out["depth"],
-                        source="synthetic scene")
-    if kind == "tiny_nerf":
+        near = out["near"] if data.near is None else data.near
+        far = out["far"] if data.far is None else data.far
+        return validate(out["images"], out["poses"], out["focal"], near, far, out["depth"], source="synthetic scene")
+    if data.source == "tiny_nerf":
         return download_tiny_nerf(cfg)
-    path = Path(cfg.data.source)
+    layout = transforms.find_layout(data.source)
+    if layout is not None:
+        return transforms.read_scene(*layout, data.background, data.downscale, data.max_views, data.near, data.far)
+    path = Path(data.source)
     if path.suffix != ".npz":
-        close = difflib.get_close_matches(cfg.data.source, ["synthetic", "tiny_nerf"], n=1, cutoff=0.6)
+        close = difflib.get_close_matches(data.source, ["synthetic", "tiny_nerf"], n=1, cutoff=0.6)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise DataError(f"params.yaml: 'data.source' is '{cfg.data.source}', which is neither 'synthetic', "
-                        f"'tiny_nerf' nor the path of an .npz file.{hint}")
-    return read_tiny_nerf_npz(path, cfg.data.near, cfg.data.far)
+        raise DataError(f"params.yaml: 'data.source' is '{data.source}', which is neither 'synthetic', "
+                        f"'tiny_nerf', the path of an .npz file nor a folder with transforms json.{hint}")
+    return read_tiny_nerf_npz(path, data.near, data.far)
 
 
 def run(cfg: Config, out_scene) -> Scene:
@@ -118,6 +125,6 @@ def run(cfg: Config, out_scene) -> Scene:
     scene = load_scene(cfg)
     scene.save(out_scene)
     log.info("wrote %s: %d views of %dx%d, focal %.2f, near %.2f, far %.2f%s", out_scene, scene.num_views,
-             scene.height, scene.width, scene.focal, scene.near, scene.far,
+             scene.height, scene.width, float(scene.intrinsics[0, 0]), scene.near, scene.far,
              ", with depth" if scene.depth is not None else "")
     return scene

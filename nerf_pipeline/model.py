@@ -381,8 +381,10 @@ class NeRF(keras.Model):
         density = tf.reshape(self.field.density(points), [g, g, g])
         ema = tf.maximum(self.density_ema * s["decay"], density)
         self.density_ema.assign(ema)
-        # Occupied where a ray crossing the cell would lose at least alpha_threshold of its light.
-        threshold = -math.log(1.0 - s["alpha_threshold"]) / cell_size
+        # Occupied where a ray crossing the cell would lose at least alpha_threshold of its light,
+        # or where the density is above the grid's mean: early in training, when no density is high
+        # yet, a fixed threshold would empty the grid, and an empty cell gets no gradient to refill it.
+        threshold = tf.minimum(-math.log(1.0 - s["alpha_threshold"]) / cell_size, tf.reduce_mean(ema))
         self.occupied.assign(tf.cast(ema > threshold, tf.float32))
         self.occupancy_updates.assign_add(1)
 

@@ -11,8 +11,8 @@ rgb             [V, H, W, 3] float32     target colour in [0, 1]
 depth           [V, H, W] float32        optional ground-truth depth (0: no surface)
 view_ids        [V] int32                the views' indices in the scene
 poses           [V, 4, 4] float32        their camera-to-world matrices
-focal, near,    [] float32               intrinsics and sampling bounds
-far
+intrinsics      [V, 4] float32           per view fx, fy, cx, cy (pixels)
+near, far       [] float32               sampling bounds
 ==============  =======================  ==============================================
 
 That is 36 bytes per pixel (40 with depth): 36 MB for 100 views of 100×100. The Keras
@@ -42,9 +42,10 @@ def view_rays(scene: Scene, view_ids) -> dict:
     """The arrays of one part (see the module docstring) for the given views."""
     view_ids = np.asarray(view_ids, dtype=np.int32)
     poses = scene.poses[view_ids]
-    ray_origins, ray_directions = camera.generate_rays(poses, scene.height, scene.width, scene.focal)
+    intrinsics = scene.intrinsics[view_ids]
+    ray_origins, ray_directions = camera.generate_rays(poses, scene.height, scene.width, intrinsics)
     arrays = dict(ray_origins=ray_origins, ray_directions=ray_directions, rgb=scene.images[view_ids],
-                  view_ids=view_ids, poses=poses, focal=np.float32(scene.focal),
+                  view_ids=view_ids, poses=poses, intrinsics=intrinsics,
                   near=np.float32(scene.near), far=np.float32(scene.far))
     if scene.depth is not None:
         arrays["depth"] = scene.depth[view_ids]
@@ -78,4 +79,5 @@ def run(cfg: Config, in_scene, in_split, out_rays) -> None:
 def load(path, part: str) -> dict:
     """One part (``train`` or ``val``) of a rays folder, as a dict of arrays."""
     return read_npz(Path(path) / f"{part}.npz",
-                    required=("ray_origins", "ray_directions", "rgb", "view_ids", "poses", "focal", "near", "far"))
+                    required=("ray_origins", "ray_directions", "rgb", "view_ids", "poses", "intrinsics", "near",
+                              "far"))

@@ -1,10 +1,11 @@
 """Stage ``render``: a 360° orbit video of the trained model, its depth video, and a GIF of training.
 
-Reads the trained model, the rays folder (``val.npz``: image size and focal length), the
+Reads the trained model, the rays folder (image size, intrinsics, camera poses), the
 training-progress frames and the MLflow run file. Writes:
 
 * ``video``: mp4 (H.264), ``render.num_frames`` frames (120: every one of the Keras
-  example's, theta 0…360° at elevation ``render.elevation_deg``, radius ``render.radius``);
+  example's), a full turn about the scene's up axis at elevation ``render.elevation_deg``
+  and distance ``render.radius`` (null: the cameras' median);
 * ``depth_video``: the same orbit's depth, inferno, near bright;
 * ``gif``: one frame per epoch, val view 0 as it looked after that epoch.
 """
@@ -24,15 +25,33 @@ from nerf_pipeline.scene import read_npz
 log = logging.getLogger(__name__)
 
 
+def orbit_path(poses: np.ndarray, elevation_deg, radius) -> tuple[float, float]:
+    """``(elevation_deg, radius)`` of the orbit: the given values, else the median of the cameras'.
+
+    Scenes are z-up and centred on what the cameras look at (``transforms.py`` makes them so),
+    so the orbit turns about the z axis through the origin.
+    """
+    positions = np.asarray(poses)[:, :3, 3]
+    distances = np.linalg.norm(positions, axis=-1)
+    if radius is None:
+        radius = float(np.median(distances))
+    if elevation_deg is None:
+        elevation_deg = float(np.median(np.degrees(np.arcsin(np.clip(positions[:, 2] / distances, -1, 1)))))
+    return elevation_deg, radius
+
+
 def run(cfg: Config, in_model, in_rays, in_progress, in_run_file, out_video, out_depth_video, out_gif) -> dict:
     val = rays.load(in_rays, "val")
+    train_poses = rays.load(in_rays, "train")["poses"]
     height, width = val["rgb"].shape[1:3]
     progress = read_npz(in_progress, required=("frames",))["frames"]
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.model.jit_compile)
     r = cfg.render
-    poses = camera.orbit_poses(r.num_frames, r.elevation_deg, r.radius)
-    ray_origins, ray_directions = camera.generate_rays(poses, height, width, float(val["focal"]))
+    elevation, radius = orbit_path(np.concatenate([train_poses, val["poses"]]), r.elevation_deg, r.radius)
+    poses = camera.orbit_poses(r.num_frames, elevation, radius)
+    # Every frame through the first val camera's lens.
+    ray_origins, ray_directions = camera.generate_rays(poses, height, width, val["intrinsics"][0])
     with tracking.reopen_run(cfg, in_run_file) as mlflow:
         start = time.perf_counter()
         out = renderer(ray_origins, ray_directions)
@@ -45,6 +64,6 @@ def run(cfg: Config, in_model, in_rays, in_progress, in_run_file, out_video, out
         mlflow.log_metrics(metrics)
         for path in (out_video, out_depth_video, out_gif):
             mlflow.log_artifact(str(path), artifact_path="render")
-    log.info("rendered %d frames of %dx%d in %.1f s (%.1f frames/s)", r.num_frames, height, width, render_s,
-             metrics["render_fps"])
+    log.info("rendered %d frames of %dx%d in %.1f s (%.1f frames/s), orbit at elevation %.1f deg, radius %.2f",
+             r.num_frames, height, width, render_s, metrics["render_fps"], elevation, radius)
     return metrics

@@ -7,15 +7,17 @@ key        shape, dtype            meaning
 =========  ======================  ================================================
 images     [N, H, W, 3] float32    RGB in [0, 1]
 poses      [N, 4, 4] float32       camera-to-world, OpenGL convention (see camera.py)
-focal      [] float32              focal length in pixels
+intrinsics [N, 4] float32          per view ``(fx, fy, cx, cy)`` in pixels
 near, far  [] float32              sampling bounds along each unit-length ray
 depth      [N, H, W] float32       optional: ground-truth distance along the pixel-centre
                                    ray to the first surface, 0 where the ray hits nothing
+split_train, split_val             optional [int32]: the source's own train/val views
 =========  ======================  ================================================
 
 ``validate`` checks every property a stage relies on and raises ``DataError`` naming the
 file, the key and what was expected; ``read_tiny_nerf_npz`` reads a file in the layout of
 ``tiny_nerf_data.npz`` (``images``, ``poses``, ``focal``; uint8 images are normalised).
+Scenes in the NeRF-synthetic and instant-ngp/nerfstudio layouts are read by ``transforms.py``.
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ from nerf_pipeline.camera import rotation_error
 from nerf_pipeline.errors import DataError
 
 ROTATION_TOLERANCE = 1e-3
+TINY_NERF_NEAR, TINY_NERF_FAR = 2.0, 6.0  # the Keras example's bounds for tiny_nerf_data.npz
 
 
 @dataclass(frozen=True)
 class Scene:
     images: np.ndarray  # [N, H, W, 3] float32 in [0, 1]
     poses: np.ndarray  # [N, 4, 4] float32
-    focal: float
+    intrinsics: np.ndarray  # [N, 4] float32: fx, fy, cx, cy
     near: float
     far: float
     depth: Optional[np.ndarray] = None  # [N, H, W] float32
+    split: Optional[dict] = None  # {"train": [int], "val": [int]}: the source's own split
 
     @property
     def num_views(self) -> int:
@@ -56,17 +60,23 @@ class Scene:
         return self.images.shape[2]
 
     def save(self, path) -> None:
-        arrays = dict(images=self.images, poses=self.poses, focal=np.float32(self.focal),
+        arrays = dict(images=self.images, poses=self.poses, intrinsics=self.intrinsics,
                       near=np.float32(self.near), far=np.float32(self.far))
         if self.depth is not None:
             arrays["depth"] = self.depth
+        if self.split is not None:
+            arrays["split_train"] = np.asarray(self.split["train"], np.int32)
+            arrays["split_val"] = np.asarray(self.split["val"], np.int32)
         atomic.save_npz(path, **arrays)
 
     @classmethod
     def load(cls, path) -> "Scene":
-        arrays = read_npz(path, required=("images", "poses", "focal", "near", "far"))
-        return validate(arrays["images"], arrays["poses"], arrays["focal"], arrays["near"], arrays["far"],
-                        arrays.get("depth"), source=str(path))
+        arrays = read_npz(path, required=("images", "poses", "intrinsics", "near", "far"))
+        split = None
+        if "split_train" in arrays and "split_val" in arrays:
+            split = {"train": arrays["split_train"].tolist(), "val": arrays["split_val"].tolist()}
+        return validate(arrays["images"], arrays["poses"], arrays["intrinsics"], arrays["near"], arrays["far"],
+                        arrays.get("depth"), split=split, source=str(path))
 
 
 def read_npz(path, required) -> dict:
@@ -94,11 +104,12 @@ def _scalar(value, name: str, source: str) -> float:
     return float(value.reshape(()))
 
 
-def validate(images, poses, focal, near, far, depth=None, source: str = "scene") -> Scene:
+def validate(images, poses, intrinsics, near, far, depth=None, split=None, source: str = "scene") -> Scene:
     """Check and normalise a scene's arrays. Raises ``DataError`` with ``source`` in the message.
 
-    uint8 images are divided by 255; float images must already lie in [0, 1]; an RGBA
-    image is refused (its alpha must be composited first).
+    ``intrinsics``: a focal length (principal point at the centre) or ``(fx, fy, cx, cy)``
+    per view ([N, 4]) or shared ([4]). uint8 images are divided by 255; float images must
+    already lie in [0, 1]; an RGBA image is refused (its alpha must be composited first).
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -134,9 +145,19 @@ def validate(images, poses, focal, near, far, depth=None, source: str = "scene")
                         f"(max |R^T R - I| = {errors[worst]:.3g}, tolerance {ROTATION_TOLERANCE}); "
                         "poses must be rigid camera-to-world matrices.")
 
-    focal = _scalar(focal, "focal", source)
-    if not np.isfinite(focal) or focal <= 0:
-        raise DataError(f"{source}: 'focal' must be a positive number of pixels; got {focal}.")
+    intrinsics = np.asarray(intrinsics)
+    if intrinsics.ndim == 0:  # one focal length, principal point at the centre
+        intrinsics = np.array([intrinsics, intrinsics, images.shape[2] / 2, images.shape[1] / 2])
+    if not np.issubdtype(intrinsics.dtype, np.number):
+        raise DataError(f"{source}: intrinsics must be numbers; got dtype {intrinsics.dtype}.")
+    intrinsics = np.broadcast_to(intrinsics.astype(np.float64), (images.shape[0], 4)) if intrinsics.shape == (4,) \
+        else intrinsics.astype(np.float64)
+    if intrinsics.shape != (images.shape[0], 4):
+        raise DataError(f"{source}: intrinsics must be (fx, fy, cx, cy) per view, shape ({images.shape[0]}, 4); "
+                        f"got {intrinsics.shape}.")
+    if not np.all(np.isfinite(intrinsics)) or np.any(intrinsics[:, :2] <= 0):
+        raise DataError(f"{source}: focal lengths must be positive numbers of pixels and the principal point "
+                        "finite; got fx, fy = " f"{intrinsics[:, :2].min():.4g} at the smallest.")
     near, far = _scalar(near, "near", source), _scalar(far, "far", source)
     if not (0 <= near < far) or not np.isfinite(far):
         raise DataError(f"{source}: need 0 <= near < far; got near={near}, far={far}.")
@@ -147,15 +168,26 @@ def validate(images, poses, focal, near, far, depth=None, source: str = "scene")
             raise DataError(f"{source}: 'depth' must have shape {images.shape[:3]} (one value per pixel); got {depth.shape}.")
         if not np.all(np.isfinite(depth)) or np.any(depth < 0):
             raise DataError(f"{source}: 'depth' must be finite and >= 0 (0 where nothing is hit).")
-    return Scene(images=images, poses=poses.astype(np.float32), focal=focal, near=near, far=far, depth=depth)
+    if split is not None:
+        views = split["train"] + split["val"]
+        if not split["train"] or not split["val"] or min(views) < 0 or max(views) >= images.shape[0]:
+            raise DataError(f"{source}: its train/val split must name views 0..{images.shape[0] - 1}, "
+                            "at least one in each part.")
+    return Scene(images=images, poses=poses.astype(np.float32), intrinsics=intrinsics.astype(np.float32),
+                 near=near, far=far, depth=depth, split=split)
 
 
-def read_tiny_nerf_npz(path, near: float, far: float) -> Scene:
+def read_tiny_nerf_npz(path, near: float | None = None, far: float | None = None) -> Scene:
     """A scene from an ``.npz`` in the layout of ``tiny_nerf_data.npz``.
 
     Keys ``images`` [N, H, W, 3] (float in [0, 1] or uint8), ``poses`` [N, 4, 4],
-    ``focal`` []; optional ``near``, ``far`` (else the given ones) and ``depth``.
+    ``focal`` []; optional ``near``, ``far`` and ``depth``. ``near``/``far`` given here win over
+    the file's; with neither, tiny_nerf's 2 and 6.
     """
     arrays = read_npz(path, required=("images", "poses", "focal"))
-    return validate(arrays["images"], arrays["poses"], arrays["focal"], arrays.get("near", near),
-                    arrays.get("far", far), arrays.get("depth"), source=str(path))
+    focal = _scalar(arrays["focal"], "focal", str(path))
+    if not np.isfinite(focal) or focal <= 0:
+        raise DataError(f"{path}: 'focal' must be a positive number of pixels; got {focal}.")
+    near = near if near is not None else arrays.get("near", TINY_NERF_NEAR)
+    far = far if far is not None else arrays.get("far", TINY_NERF_FAR)
+    return validate(arrays["images"], arrays["poses"], focal, near, far, arrays.get("depth"), source=str(path))

@@ -4,7 +4,9 @@ Reads ``scene.npz`` (only the number of views is used). Writes ``split.json``:
 ``{"train": [view indices], "val": [view indices], "num_views": N}``. With
 ``split.order: last`` the first ``int(N * (1 - val_fraction))`` views train and the rest
 validate, as in the Keras example; with ``shuffled`` the views are permuted by a
-generator seeded with ``split.seed`` first. Indices are sorted within each part.
+generator seeded with ``split.seed`` first. Indices are sorted within each part. A scene
+that comes with its own split (NeRF-synthetic's ``transforms_train/val.json``) keeps it, and
+the stage says so.
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ def split_views(num_views: int, val_fraction: float, order: str, seed: int) -> t
 
 def run(cfg: Config, in_scene, out_split) -> dict:
     scene = Scene.load(in_scene)
-    train, val = split_views(scene.num_views, cfg.split.val_fraction, cfg.split.order, cfg.split.seed)
+    if scene.split is not None:
+        train, val = sorted(scene.split["train"]), sorted(scene.split["val"])
+        how = "the scene's own split; split.* params are not used"
+    else:
+        train, val = split_views(scene.num_views, cfg.split.val_fraction, cfg.split.order, cfg.split.seed)
+        how = cfg.split.order
     split = {"train": train, "val": val, "num_views": scene.num_views}
     atomic.write_json(out_split, split)
-    log.info("wrote %s: %d train and %d val views (%s)", out_split, len(train), len(val), cfg.split.order)
+    log.info("wrote %s: %d train and %d val views (%s)", out_split, len(train), len(val), how)
     return split

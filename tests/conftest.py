@@ -26,7 +26,8 @@ def tiny_params(epochs: int = 2) -> dict:
     preset["steps_per_epoch"] = 25
     preset["batch"]["size"] = 512
     preset["sampler"].update(warmup_steps=16, update_every=8, num_march=64, grid_resolution=32)
-    preset["field"].update(num_levels=4, log2_table_size=12, max_resolution=32)
+    # (4 levels of 2^12 were too few: on some seeds the colour network collapsed to black)
+    preset["field"].update(num_levels=8, log2_table_size=14, max_resolution=64)
     params["render"]["num_frames"] = 12
     return params
 

@@ -5,14 +5,32 @@ from nerf_pipeline import camera
 
 
 def test_pixel_centre_directions_hand_computed():
-    directions = camera.camera_directions(2, 2, focal=1.0)
+    directions = camera.camera_directions(2, 2, 1.0)
     # row 0, col 0 is the top-left pixel: centre (0.5, 0.5), principal point (1, 1)
     np.testing.assert_allclose(directions[0, 0], [-0.5, 0.5, -1.0])
     np.testing.assert_allclose(directions[1, 1], [0.5, -0.5, -1.0])
 
 
+def test_intrinsics_fx_fy_and_principal_point():
+    # fx = 2, fy = 4, principal point at (1, 3) in a 4 x 2 (H x W) image
+    directions = camera.camera_directions(4, 2, (2.0, 4.0, 1.0, 3.0))
+    np.testing.assert_allclose(directions[0, 0], [(0.5 - 1.0) / 2.0, -(0.5 - 3.0) / 4.0, -1.0])
+    np.testing.assert_allclose(directions[3, 1], [(1.5 - 1.0) / 2.0, -(3.5 - 3.0) / 4.0, -1.0])
+    # a scalar focal is fx = fy with the principal point at the centre
+    np.testing.assert_allclose(camera.camera_directions(4, 2, 3.0), camera.camera_directions(4, 2, (3.0, 3.0, 1.0, 2.0)))
+
+
+def test_per_camera_intrinsics():
+    poses = np.stack([np.eye(4), np.eye(4)])
+    intrinsics = np.array([[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 1.0, 1.0]])
+    _, directions = camera.generate_rays(poses, 2, 2, intrinsics)
+    expected = [np.array([-0.5, 0.5, -1.0]), np.array([-0.25, 0.25, -1.0])]
+    for view in range(2):
+        np.testing.assert_allclose(directions[view, 0, 0], expected[view] / np.linalg.norm(expected[view]), rtol=1e-6)
+
+
 def test_generate_rays_identity_pose():
-    origins, directions = camera.generate_rays(np.eye(4)[None], 2, 2, focal=1.0)
+    origins, directions = camera.generate_rays(np.eye(4)[None], 2, 2, 1.0)
     assert origins.shape == directions.shape == (1, 2, 2, 3)
     assert origins.dtype == directions.dtype == np.float32
     np.testing.assert_allclose(origins, 0.0)
@@ -23,7 +41,7 @@ def test_generate_rays_identity_pose():
 def test_generate_rays_rotated_and_translated():
     # A camera at (1, 2, 3) turned to look down +x: its -z axis must map to +x.
     pose = camera.look_at([1.0, 2.0, 3.0], target=[5.0, 2.0, 3.0])
-    origins, directions = camera.generate_rays(pose[None], 1, 1, focal=10.0)
+    origins, directions = camera.generate_rays(pose[None], 1, 1, 10.0)
     np.testing.assert_allclose(origins[0, 0, 0], [1.0, 2.0, 3.0])
     np.testing.assert_allclose(directions[0, 0, 0], [1.0, 0.0, 0.0], atol=1e-6)
 

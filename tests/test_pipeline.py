@@ -74,7 +74,7 @@ def test_one_mlflow_run_with_everything(project):
     assert run_info.info.run_id == json.loads((path / "models/mlflow_run.json").read_text())["run_id"]
     assert run_info.info.status == "FINISHED"
     assert run_info.data.params["epochs"] == "2"
-    assert run_info.data.params["presets.hashgrid.field.num_levels"] == "4"
+    assert run_info.data.params["presets.hashgrid.field.num_levels"] == "8"
     for key in ("loss", "psnr", "val_loss", "val_psnr", "eval_psnr", "eval_ssim", "render_fps"):
         assert key in run_info.data.metrics, key
     history = client.get_metric_history(run_info.info.run_id, "val_psnr")
@@ -134,3 +134,23 @@ def test_temp_experiment_lands_in_the_project_store(project):
     assert "eval_psnr" in latest.data.metrics
     assert latest.info.artifact_uri.startswith((path / "mlruns").resolve().as_uri())
     assert not list((path / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_a_capture_runs_with_only_data_source_changed(project, tmp_path):
+    """An instant-ngp layout capture (non-square, fx != fy, off-centre principal point) goes through
+    the whole pipeline with nothing but `data.source` set."""
+    from scenes import write_ngp
+
+    path, _ = project
+    write_ngp(tmp_path / "capture", num_views=8, height=20, width=28)
+    run(DVC + ["exp", "run", "-S", f"data.source={tmp_path / 'capture'}", "-n", "capture"], path)
+    evaluation = json.loads((path / "metrics/eval.json").read_text())
+    assert evaluation["num_views"] == 2 and "depth_mae" not in evaluation  # a capture has no depth
+    val = np.load(path / "data/rays/val.npz")
+    assert val["rgb"].shape == (2, 20, 28, 3)
+    np.testing.assert_allclose(val["intrinsics"][0], [30.0, 24.0, 15.0, 9.0])
+    black_psnr = -10 * np.log10(np.mean(val["rgb"] ** 2))
+    assert evaluation["psnr"] > black_psnr + 2.0
+    assert media.count_video_frames(path / "render/orbit.mp4") == 12
+    frame = imageio.get_reader(path / "render/orbit.mp4", format="FFMPEG").get_data(0)
+    assert frame.shape[:2] == (20, 28)

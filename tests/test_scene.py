@@ -17,7 +17,8 @@ def test_round_trip(tmp_path):
     scene.save(tmp_path / "scene.npz")
     loaded = Scene.load(tmp_path / "scene.npz")
     np.testing.assert_array_equal(loaded.images, scene.images)
-    assert (loaded.focal, loaded.near, loaded.far, loaded.num_views) == (5.0, 2.0, 6.0, 3)
+    np.testing.assert_array_equal(loaded.intrinsics, [[5.0, 5.0, 2.0, 2.0]] * 3)  # principal point at the centre
+    assert (loaded.near, loaded.far, loaded.num_views) == (2.0, 6.0, 3)
     assert loaded.depth.shape == (3, 4, 4)
 
 
@@ -40,13 +41,31 @@ def bad(**changes):
     (bad(poses=camera.hemisphere_poses(2, 4.0, seed=0)), "3 images but 2 poses"),
     (bad(poses=np.full((3, 4, 4), np.inf)), "'poses' contains NaN or Inf"),
     (bad(poses=np.tile(np.diag([2.0, 1, 1, 1]), (3, 1, 1))), "is not orthonormal"),
-    (bad(focal=np.float64(0.0)), "'focal' must be a positive number"),
-    (bad(focal=np.ones(3)), "'focal' must be a single number"),
+    (bad(focal=np.float64(0.0)), "focal lengths must be positive numbers of pixels"),
+    (bad(focal=np.ones(3)), "intrinsics must be (fx, fy, cx, cy) per view, shape (3, 4); got (3,)"),
+    (bad(focal=np.array([[5.0, -5.0, 2.0, 2.0]] * 3)), "focal lengths must be positive numbers of pixels"),
 ])
 def test_bad_arrays_are_refused(make, message):
     with pytest.raises(DataError) as error:
         make()
     assert message in str(error.value) and "x.npz" in str(error.value)
+
+
+def test_tiny_nerf_focal_must_be_one_positive_number(tmp_path):
+    a = arrays()
+    for focal, message in ((np.ones(3), "'focal' must be a single number"), (np.float64(-1.0), "'focal' must be a positive")):
+        np.savez(tmp_path / "f.npz", images=a["images"], poses=a["poses"], focal=focal)
+        with pytest.raises(DataError, match=message):
+            read_tiny_nerf_npz(tmp_path / "f.npz")
+
+
+def test_near_far_from_the_file_unless_given(tmp_path):
+    a = arrays()
+    np.savez(tmp_path / "s.npz", **a)
+    assert (read_tiny_nerf_npz(tmp_path / "s.npz").near, read_tiny_nerf_npz(tmp_path / "s.npz").far) == (2.0, 6.0)
+    np.savez(tmp_path / "b.npz", **a, near=np.float32(1.0), far=np.float32(3.0))
+    assert read_tiny_nerf_npz(tmp_path / "b.npz").far == 3.0
+    assert read_tiny_nerf_npz(tmp_path / "b.npz", near=0.5, far=9.0).far == 9.0
 
 
 def test_missing_truncated_and_incomplete_files(tmp_path):

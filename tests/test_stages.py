@@ -1,5 +1,6 @@
 """The stage scripts as DVC runs them: user mistakes give one clear paragraph, exit 2, and no out."""
 
+import json
 import subprocess
 import sys
 
@@ -41,7 +42,7 @@ def test_download_split_rays_by_hand(tmp_path):
     ({"data": {"source": "tiny_nerf", "tiny_nerf_url": "http://nonexistent.invalid/t.npz"}},
      ["cannot reach http://nonexistent.invalid/t.npz", "data.source: synthetic"]),
     ({"data": {"source": "missing/scene.npz"}}, ["missing/scene.npz: file not found"]),
-    ({"data": {"source": "scene.txt"}}, ["neither 'synthetic', 'tiny_nerf' nor the path of an .npz"]),
+    ({"data": {"source": "scene.txt"}}, ["neither 'synthetic', 'tiny_nerf', the path of an .npz file nor a folder"]),
 ])
 def test_download_user_errors(tmp_path, change, fragments):
     params = tiny_params()
@@ -52,3 +53,31 @@ def test_download_user_errors(tmp_path, change, fragments):
     assert_user_error(result, *fragments)
     assert not (tmp_path / "scene.npz").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_blender_folder_keeps_its_own_split(tmp_path):
+    from scenes import write_blender
+
+    write_blender(tmp_path / "lego_like", num_train=6, num_val=2)
+    params = tiny_params()
+    params["data"]["source"] = str(tmp_path / "lego_like")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage("download", "--out-scene", "scene.npz", cwd=tmp_path).returncode == 0
+    result = stage("split", "--in-scene", "scene.npz", "--out-split", "split.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "the scene's own split" in result.stderr
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["train"] == list(range(6)) and split["val"] == [6, 7]
+
+
+def test_malformed_transforms_through_the_stage(tmp_path):
+    from scenes import write_ngp
+
+    write_ngp(tmp_path / "capture")
+    (tmp_path / "capture" / "images" / "frame_002.png").unlink()
+    params = tiny_params()
+    params["data"]["source"] = str(tmp_path / "capture")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+    assert_user_error(result, "transforms.json: image", "frame_002.png not found")
+    assert not (tmp_path / "out" / "scene.npz").exists()

@@ -1,0 +1,217 @@
+"""Loaders of NeRF-synthetic and instant-ngp/nerfstudio folders: pixels, rays, intrinsics, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nerf_pipeline import camera, rays, synthetic, transforms
+from nerf_pipeline.errors import DataError
+from nerf_pipeline.render import orbit_path
+
+from scenes import write_blender, write_ngp
+
+QUANTUM = 1.0 / 255  # PNG stores 8 bits
+
+
+def similarity(original_poses, loaded_poses):
+    """``(R, S, T)`` with loaded = S * R @ original + T, recovered from two cameras."""
+    rotation = loaded_poses[0, :3, :3] @ original_poses[0, :3, :3].T
+    o, o_loaded = original_poses[:, :3, 3], loaded_poses[:, :3, 3]
+    scale = np.linalg.norm(o_loaded[1] - o_loaded[0]) / np.linalg.norm(o[1] - o[0])
+    return rotation, scale, o_loaded[0] - scale * rotation @ o[0]
+
+
+def check_rays_and_pixels(scene, original_poses, intrinsics, height, width):
+    """The loaded scene's rays, mapped back to the original frame, are the original cameras' rays,
+    and tracing them gives the loaded pixels."""
+    part = rays.view_rays(scene, range(scene.num_views))
+    rotation, scale, translation = similarity(original_poses, scene.poses.astype(np.float64))
+    np.testing.assert_allclose(scene.poses[:, :3, :3], rotation @ original_poses[:, :3, :3], atol=1e-5)
+    origins = (part["ray_origins"] - translation) / scale @ rotation  # R^T applied to row vectors
+    directions = part["ray_directions"] @ rotation
+    expected_origins, expected_directions = camera.generate_rays(original_poses, height, width, intrinsics)
+    np.testing.assert_allclose(origins, expected_origins, atol=1e-4)
+    np.testing.assert_allclose(directions, expected_directions, atol=1e-5)
+    traced, _ = synthetic.trace(origins, directions)
+    np.testing.assert_allclose(part["rgb"], traced, atol=QUANTUM)
+
+
+def test_blender_round_trip_keeps_split_pixels_and_rays(tmp_path):
+    written = write_blender(tmp_path / "scene")
+    scene = transforms.read_scene(*transforms.find_layout(str(tmp_path / "scene")), background=0.0, downscale=1,
+                                  max_views=None, near=None, far=None)
+    assert scene.num_views == 8  # 6 train + 2 val; test is not used
+    assert scene.split == {"train": list(range(6)), "val": [6, 7]}
+    np.testing.assert_allclose(scene.intrinsics, [[written["focal"], written["focal"], 12.0, 12.0]] * 8, rtol=1e-6)
+    check_rays_and_pixels(scene, written["poses"][:8].astype(np.float64), written["focal"], 24, 24)
+    # cameras 4 from the centre stay there: near and far as tiny_nerf's
+    assert scene.near == pytest.approx(2.0, rel=0.01) and scene.far == pytest.approx(6.0, rel=0.01)
+
+
+def test_blender_alpha_is_composited_on_the_background(tmp_path):
+    written = write_blender(tmp_path / "scene")
+    scene = transforms.read_scene("blender", tmp_path / "scene", background=1.0, downscale=1, max_views=None,
+                                  near=None, far=None)
+    missed = written["depth"][:8] == 0
+    np.testing.assert_allclose(scene.images[missed], 1.0)  # white where alpha is 0, whatever the RGB there
+    np.testing.assert_allclose(scene.images[~missed], written["rgb"][:8][~missed], atol=QUANTUM)
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_ngp_round_trip_with_off_centre_principal_point_and_fx_ne_fy(tmp_path, per_frame):
+    intrinsics = (30.0, 24.0, 15.0, 9.0)  # fx != fy, principal point off the centre (14, 10)
+    written = write_ngp(tmp_path / "capture", intrinsics=intrinsics, per_frame=per_frame)
+    scene = transforms.read_scene(*transforms.find_layout(str(tmp_path / "capture")), background=0.0, downscale=1,
+                                  max_views=None, near=None, far=None)
+    assert scene.images.shape == (6, 20, 28, 3) and scene.split is None
+    np.testing.assert_allclose(scene.intrinsics, [intrinsics] * 6)
+    check_rays_and_pixels(scene, written["poses"].astype(np.float64), np.asarray(intrinsics), 20, 28)
+    # the capture's offset and scale are undone: centred, radius 4, z up
+    distances = np.linalg.norm(scene.poses[:, :3, 3], axis=-1)
+    assert np.median(distances) == pytest.approx(4.0, rel=1e-5)
+    assert np.all(scene.poses[:, 2, 3] > 0)  # all cameras above the ground plane, as written
+
+
+def test_ngp_reads_jpg_and_the_json_path(tmp_path):
+    write_ngp(tmp_path / "capture", extension="jpg")
+    layout = transforms.find_layout(str(tmp_path / "capture" / "transforms.json"))
+    assert layout == ("ngp", tmp_path / "capture" / "transforms.json")
+    scene = transforms.read_scene(*layout, background=0.0, downscale=1, max_views=None, near=None, far=None)
+    assert scene.images.shape == (6, 20, 28, 3)
+
+
+def test_downscale_averages_blocks_and_scales_intrinsics(tmp_path):
+    intrinsics = (30.0, 24.0, 15.0, 9.0)
+    write_ngp(tmp_path / "capture", intrinsics=intrinsics)
+    full = transforms.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None)
+    half = transforms.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 2, None, None, None)
+    assert half.images.shape == (6, 10, 14, 3)
+    np.testing.assert_allclose(half.images, full.images.reshape(6, 10, 2, 14, 2, 3).mean(axis=(2, 4)), atol=1e-6)
+    np.testing.assert_allclose(half.intrinsics, np.array([intrinsics] * 6) / 2)
+
+
+def test_max_views_keeps_evenly_spread_views(tmp_path):
+    write_ngp(tmp_path / "capture", num_views=10)
+    scene = transforms.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, 4, None, None)
+    assert scene.num_views == 4
+    np.testing.assert_array_equal(transforms.evenly_spread(10, 4), [0, 3, 6, 9])
+    written = write_blender(tmp_path / "blender", num_train=8, num_val=4)
+    scene = transforms.read_scene("blender", tmp_path / "blender", 0.0, 1, 6, None, None)
+    assert (len(scene.split["train"]), len(scene.split["val"])) == (4, 2)
+    assert written["rgb"].shape[0] == 13
+
+
+def test_normalize_poses_centres_turns_and_scales():
+    poses = camera.hemisphere_poses(12, 10.0, seed=3)
+    tilt = transforms._rotation_between(np.array([0.0, 0.0, 1.0]), np.array([0.6, 0.0, 0.8]))
+    world = np.tile(np.eye(4), (12, 1, 1))
+    world[:, :3, :3] = tilt @ poses[:, :3, :3]
+    world[:, :3, 3] = poses[:, :3, 3] @ tilt.T + [5.0, -3.0, 2.0]
+    normalized, info = transforms.normalize_poses(world)
+    np.testing.assert_allclose(info["center"], [5.0, -3.0, 2.0], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(normalized[:, :3, 3], axis=-1), 4.0, rtol=1e-6)
+    up = normalized[:, :3, 1].mean(0)
+    np.testing.assert_allclose(up / np.linalg.norm(up), [0.0, 0.0, 1.0], atol=1e-6)
+    assert camera.rotation_error(normalized).max() < 1e-6  # the input poses are float32
+
+
+def test_undistort_inverts_the_opencv_model():
+    height, width, fx, fy, cx, cy = 40, 50, 60.0, 55.0, 26.0, 19.0
+    k1, k2, p1, p2 = -0.2, 0.05, 0.01, -0.005
+    # A linear ramp, so bilinear sampling is exact: value = a*u + b*v at undistorted pixel (u, v).
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    xd, yd = (cols - cx) / fx, (rows - cy) / fy
+    x, y = xd.copy(), yd.copy()
+    for _ in range(50):  # invert the distortion by fixed-point iteration
+        r2 = x * x + y * y
+        radial = 1 + k1 * r2 + k2 * r2 * r2
+        x = (xd - 2 * p1 * x * y - p2 * (r2 + 2 * x * x)) / radial
+        y = (yd - p1 * (r2 + 2 * y * y) - 2 * p2 * x * y) / radial
+    ramp = lambda u, v: np.stack([0.01 * u, 0.015 * v, 0.005 * (u + v)], -1)  # noqa: E731
+    distorted = ramp(x * fx + cx, y * fy + cy).astype(np.float32)  # what the lens recorded at each pixel
+    restored = transforms.undistort(distorted, fx, fy, cx, cy, k1, k2, p1, p2)
+    expected = ramp(cols, rows)
+    inner = (slice(6, -6), slice(6, -6))  # pixels whose source lies inside the recorded image
+    np.testing.assert_allclose(restored[inner], expected[inner], atol=2e-3)
+
+
+def test_orbit_follows_the_cameras():
+    poses = camera.hemisphere_poses(50, 4.0, seed=0)
+    elevation, radius = orbit_path(poses, None, None)
+    assert radius == pytest.approx(4.0, rel=1e-5) and 5.0 < elevation < 80.0
+    assert orbit_path(poses, 30.0, 2.5) == (30.0, 2.5)
+
+
+# ----------------------------------------------------------------------------- malformed folders
+
+
+def edit(path, change):
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def read(path):
+    return transforms.read_scene(*transforms.find_layout(str(path)), 0.0, 1, None, None, None)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("camera_angle_x"), "'camera_angle_x' must be the horizontal field of view"),
+    (lambda m: m["frames"][1].pop("transform_matrix"), "frame 1 has no 'transform_matrix'"),
+    (lambda m: m["frames"][0].pop("file_path"), "frame 0 has no 'file_path'"),
+    (lambda m: m["frames"][2].update(transform_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 1]]),
+     "frame 2's 'transform_matrix' must be 4x4; got shape (3, 3)"),
+    (lambda m: m["frames"][2].update(transform_matrix=[["a"] * 4] * 4), "is not a matrix of numbers"),
+    (lambda m: m["frames"][3]["transform_matrix"][0].__setitem__(0, 3.0), "is not orthonormal"),
+    (lambda m: m.update(frames=[]), "expected an object with a non-empty list 'frames'"),
+])
+def test_malformed_blender_json_is_refused(tmp_path, change, message):
+    write_blender(tmp_path / "scene")
+    edit(tmp_path / "scene" / "transforms_train.json", change)
+    with pytest.raises(DataError) as error:
+        read(tmp_path / "scene")
+    assert message in str(error.value) and str(tmp_path / "scene") in str(error.value)
+
+
+def test_missing_or_broken_images_and_files(tmp_path):
+    write_blender(tmp_path / "scene")
+    (tmp_path / "scene" / "train" / "r_2.png").unlink()
+    with pytest.raises(DataError, match=r"image .*r_2.png not found"):
+        read(tmp_path / "scene")
+    write_ngp(tmp_path / "capture")
+    (tmp_path / "capture" / "images" / "frame_001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match=r"cannot read image .*frame_001.png"):
+        read(tmp_path / "capture")
+    (tmp_path / "capture" / "transforms.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        read(tmp_path / "capture")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds neither"):
+        transforms.find_layout(str(tmp_path / "empty"))
+    (tmp_path / "scene" / "transforms_val.json").unlink()
+    with pytest.raises(DataError, match="missing transforms_val.json"):
+        read(tmp_path / "scene")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m.pop(k) for k in ("fl_x", "fl_y")], "has no focal length"),
+    (lambda m: m.update(w=99), "image is 28x20 but its intrinsics say w=99, h=20"),
+    (lambda m: m.update(k3=0.1), "'k3' = 0.1: fisheye or higher-order distortion is not supported"),
+])
+def test_malformed_ngp_intrinsics_are_refused(tmp_path, change, message):
+    write_ngp(tmp_path / "capture")
+    edit(tmp_path / "capture" / "transforms.json", change)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read(tmp_path / "capture")
+
+
+def test_ngp_camera_angles_stand_in_for_focal_lengths(tmp_path):
+    write_ngp(tmp_path / "capture", intrinsics=(30.0, 30.0, 14.0, 10.0))
+    edit(tmp_path / "capture" / "transforms.json",
+         lambda m: [m.pop(k) for k in ("fl_x", "fl_y", "cx", "cy")] and m.update(camera_angle_x=2 * math.atan(14 / 30)))
+    scene = read(tmp_path / "capture")
+    np.testing.assert_allclose(scene.intrinsics[0], [30.0, 30.0, 14.0, 10.0], rtol=1e-6)
