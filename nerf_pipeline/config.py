@@ -254,6 +254,7 @@ class Config:
     epochs: int
     seed: int = 0
     preset: str = "hashgrid"
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"  # tf.distribute strategy of training
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

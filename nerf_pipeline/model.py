@@ -401,6 +401,16 @@ class NeRF(keras.Model):
 
     # -- training ---------------------------------------------------------------------------
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3's fit() builds a model under a tf.distribute strategy by reducing its first batch
+        # across replicas, which fails under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+        # This model is built in __init__, so only the optimizer's variables are left to create.
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.psnr_tracker]
@@ -408,14 +418,23 @@ class NeRF(keras.Model):
     def _update_metrics(self, loss):
         self.loss_tracker.update_state(loss)
         self.psnr_tracker.update_state(-10.0 * tf.math.log(loss) / math.log(10.0))
-        return {"loss": self.loss_tracker.result(), "psnr": self.psnr_tracker.result()}
+        logs = {"loss": self.loss_tracker.result(), "psnr": self.psnr_tracker.result()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 averages a multi-worker step's outputs over axis 0, which scalars lack
+            # (keras-team/keras#20585): give them one.
+            logs = {name: value[None] for name, value in logs.items()}
+        return logs
 
     def select_rays(self, ray_origins, ray_directions, target_rgb):
-        """The first ``rays_per_step`` rays of the batch, those that cross occupied space first."""
+        """The first ``rays_per_step`` rays of the batch, those that cross occupied space first.
+
+        Under a ``tf.distribute`` strategy each replica keeps its share of ``rays_per_step``.
+        """
         if not self.use_occupancy or self.rays_per_step is None:
             return ray_origins, ray_directions, target_rgb
+        keep_count = self.rays_per_step // tf.distribute.get_strategy().num_replicas_in_sync
         misses = tf.cast(tf.logical_not(self.rays_hit_occupied(ray_origins, ray_directions)), tf.int32)
-        keep = tf.argsort(misses, stable=True)[: self.rays_per_step]
+        keep = tf.argsort(misses, stable=True)[:keep_count]
         return tf.gather(ray_origins, keep), tf.gather(ray_directions, keep), tf.gather(target_rgb, keep)
 
     def train_step(self, data):
@@ -424,7 +443,9 @@ class NeRF(keras.Model):
         with tf.GradientTape() as tape:
             rgb = self.render_rays(ray_origins, ray_directions, training=True)["rgb"]
             loss = tf.reduce_mean(tf.square(rgb - target_rgb))
-        gradients = tape.gradient(loss, self.trainable_variables)
+            # Replicas' gradients are summed; each contributes its share of the global batch's mean.
+            replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(replica_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         if self.use_occupancy:
             self._maybe_update_occupancy()
@@ -468,11 +489,13 @@ class ExponentialToFinal(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_model(preset, near: float, far: float, background: float = 0.0, seed: int = 0,
-                total_steps: int = 1) -> NeRF:
+                total_steps: int = 1, jit_compile: bool | None = None) -> NeRF:
     """A compiled ``NeRF`` for a ``config.PresetConfig``.
 
     The learning rate decays exponentially from ``optimizer.learning_rate`` to
     ``optimizer.final_learning_rate`` over ``total_steps`` (see ``ExponentialToFinal``).
+    ``jit_compile`` overrides the preset's. Call it inside a ``tf.distribute`` strategy's
+    scope to train with that strategy.
     """
     model = NeRF(field=preset.field.model_kwargs(), sampler=preset.sampler.model_kwargs(), near=near,
                  far=far, scene_bound=preset.scene_bound, background=background, seed=seed,
@@ -482,7 +505,7 @@ def build_model(preset, near: float, far: float, background: float = 0.0, seed: 
     model.learning_rate_schedule = schedule  # so a budgeted run can stretch it (benchmarks)
     model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=opt.beta_1, beta_2=opt.beta_2,
                                                   epsilon=opt.epsilon),
-                  jit_compile=preset.jit_compile)
+                  jit_compile=preset.jit_compile if jit_compile is None else jit_compile)
     return model
 
 

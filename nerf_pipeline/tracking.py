@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import subprocess
+import types
 from pathlib import Path
 
 from nerf_pipeline import atomic
@@ -141,3 +142,22 @@ def reopen_run(cfg: Config, run_file):
                         "to start a new run.") from None
     with mlflow.start_run(run_id=run_id):
         yield mlflow
+
+
+class _NoTracking:
+    """Stands in for the ``mlflow`` module on a process that must not log (a non-chief worker)."""
+
+    def log_metrics(self, *args, **kwargs) -> None:
+        pass
+
+    def log_artifact(self, *args, **kwargs) -> None:
+        pass
+
+
+NO_TRACKING = _NoTracking()
+
+
+@contextlib.contextmanager
+def no_run():
+    """A run-shaped nothing: ``run.info.run_id`` is None."""
+    yield types.SimpleNamespace(info=types.SimpleNamespace(run_id=None, run_name=None, experiment_id=None))

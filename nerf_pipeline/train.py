@@ -23,6 +23,7 @@ import io
 import logging
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nerf_pipeline import atomic, checkpoint, rays, tracking
+from nerf_pipeline import atomic, checkpoint, distribute, rays, tracking
 from nerf_pipeline.media import to_uint8
 from nerf_pipeline.config import BatchConfig, Config
 from nerf_pipeline.errors import DataError, UserError
@@ -160,7 +161,24 @@ def history_csv(rows: list[dict]) -> str:
 
 def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress, out_run_file,
         out_checkpoint) -> dict:
-    """Train; resume from ``out_checkpoint`` when it holds a checkpoint of these params and data."""
+    """Train; resume from ``out_checkpoint`` when it holds a checkpoint of these params and data.
+
+    With ``distribute: multi_worker``, every worker calls this; the workers other than the chief
+    train alongside it but write their outs to a scratch folder and log nothing to MLflow
+    (they read the chief's checkpoint to resume, so it must be on storage they all see).
+    """
+    strategy = distribute.make_strategy(cfg.distribute)  # before any other TensorFlow op
+    if distribute.is_chief(strategy):
+        return _train(cfg, strategy, in_rays, out_model, out_metrics, out_history, out_progress, out_run_file,
+                      out_checkpoint, out_checkpoint, track=True)
+    with tempfile.TemporaryDirectory(prefix="nerf-worker-") as scratch:
+        outs = [Path(scratch) / name for name in ("model.keras", "train.json", "history.csv", "progress.npz",
+                                                  "run.json", "checkpoint")]
+        return _train(cfg, strategy, in_rays, *outs, read_checkpoint=out_checkpoint, track=False)
+
+
+def _train(cfg: Config, strategy, in_rays, out_model, out_metrics, out_history, out_progress, out_run_file,
+           out_checkpoint, read_checkpoint, track: bool) -> dict:
     train, val = rays.load(in_rays, "train"), rays.load(in_rays, "val")
     num_train_views = train["rgb"].shape[0]
     num_train_rays = num_train_views * train["rgb"].shape[1] * train["rgb"].shape[2]
@@ -169,26 +187,34 @@ def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress,
     steps = steps_per_epoch(cfg, num_train_views, num_train_rays)
     total_steps = steps * cfg.epochs
     key = checkpoint.fingerprint(cfg, [Path(in_rays) / f"{part}.npz" for part in rays.PARTS])
-    resumable = checkpoint.load(out_checkpoint, key)
+    resumable = checkpoint.load(read_checkpoint, key)
     meta, frames = resumable if resumable else ({"epoch": 0, "history": []}, [])
+    jit_compile = preset.jit_compile and distribute.can_jit_compile(strategy)
+    if preset.jit_compile and not jit_compile:
+        log.warning("XLA is off: the train step is not compiled when it spans several replicas")
 
-    mlflow = tracking.connect(cfg)  # fails now, not after training, if the store is unreachable
-    # The run starts before the seeding below, which would otherwise fix MLflow's random run names.
-    with tracking.start_run(cfg, resumes=meta.get("run_id"), resumed_epoch=meta["epoch"]) as run:
+    # Connect first: an unreachable store fails now, not after training. The run starts before
+    # the seeding below, which would otherwise fix MLflow's random run names.
+    mlflow = tracking.connect(cfg) if track else tracking.NO_TRACKING
+    run_context = tracking.start_run(cfg, resumes=meta.get("run_id"), resumed_epoch=meta["epoch"]) if track \
+        else tracking.no_run()
+    with run_context as run:
         keras.utils.set_random_seed(cfg.seed)
-        model = build_model(preset, near=float(train["near"]), far=float(train["far"]),
-                            background=cfg.data.background, seed=cfg.seed, total_steps=total_steps)
+        with strategy.scope():
+            model = build_model(preset, near=float(train["near"]), far=float(train["far"]),
+                                background=cfg.data.background, seed=cfg.seed, total_steps=total_steps,
+                                jit_compile=jit_compile)
         initial_epoch = meta["epoch"]
         if initial_epoch:
-            checkpoint.restore(out_checkpoint, model, meta)
+            checkpoint.restore(read_checkpoint, model, meta)
             log.info("resuming from the checkpoint of epoch %d (MLflow run %s)", initial_epoch, meta.get("run_id"))
             for row in meta["history"]:  # so this run's curves are whole
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-        renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
+        renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, jit_compile)
         recorder = EpochRecorder(mlflow, renderer, val, out_checkpoint,
                                  {"fingerprint": key, "run_id": run.info.run_id}, meta["history"], frames)
-        log.info("training preset '%s': %d epochs of %d steps, batches of %d %s", cfg.preset, cfg.epochs, steps,
-                 preset.batch.size, preset.batch.mode)
+        log.info("training preset '%s': %d epochs of %d steps, batches of %d %s on %d replica(s)", cfg.preset,
+                 cfg.epochs, steps, preset.batch.size, preset.batch.mode, strategy.num_replicas_in_sync)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
         batches = train_dataset(train, preset.batch, cfg.seed).skip(initial_epoch * steps)
         start = time.perf_counter()
@@ -200,7 +226,8 @@ def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress,
         last = recorder.history[-1]
         trained_steps = (cfg.epochs - initial_epoch) * steps
         metrics = {"epochs": cfg.epochs, "steps": total_steps, "resumed_from_epoch": initial_epoch,
-                   "train_s": round(train_s, 2), "steps_per_s": round(trained_steps / train_s, 3) if trained_steps else None,
+                   "replicas": strategy.num_replicas_in_sync, "train_s": round(train_s, 2),
+                   "steps_per_s": round(trained_steps / train_s, 3) if trained_steps else None,
                    "loss": last["loss"], "psnr": last["psnr"], "val_loss": last["val_loss"],
                    "val_psnr": last["val_psnr"]}
         with atomic.atomic_path(out_model, suffix=".keras") as tmp:
@@ -211,6 +238,7 @@ def run(cfg: Config, in_rays, out_model, out_metrics, out_history, out_progress,
                         epochs=np.arange(1, cfg.epochs + 1, dtype=np.int32))
         mlflow.log_metrics({"train_s": train_s})
         mlflow.log_artifact(str(out_model), artifact_path="model")
-        tracking.write_run_file(out_run_file, run)
+        if track:
+            tracking.write_run_file(out_run_file, run)
     log.info("trained in %.1f s: val PSNR %.2f dB", train_s, metrics["val_psnr"])
     return metrics

@@ -1,0 +1,114 @@
+"""Scale out: parallel sweeps through the DVC queue, a shared DVC remote, a shared MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import make_project, run, tiny_params
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A tiny project reproduced once and committed, so experiments reuse its data stages."""
+    path = make_project(tmp_path_factory.mktemp("sweep"), tiny_params(epochs=1))
+    run(DVC + ["repro"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "baseline"], path)
+    return path
+
+
+def mlflow_runs(tracking_uri):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("nerf-pipeline")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_queued_sweep_runs_two_at_once_into_one_store(reproduced):
+    path = reproduced
+    run(DVC + ["exp", "run", "--queue", "-S", "epochs=2", "-n", "sweep-a"], path)
+    run(DVC + ["exp", "run", "--queue", "-S", "epochs=3", "-n", "sweep-b"], path)
+    run(DVC + ["queue", "start", "-j", "2"], path)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(DVC + ["queue", "status"], path).stdout
+        if status.count("Success") == 2 or "Failed" in status:
+            break
+        time.sleep(3)
+    run(DVC + ["queue", "stop", "--kill"], path, check=False)
+    assert status.count("Success") == 2, status + run(DVC + ["queue", "logs", "sweep-b"], path, check=False).stdout
+
+    _, runs = mlflow_runs(f"sqlite:///{path / 'mlflow.db'}")
+    by_name = {r.info.run_name: r for r in runs}
+    assert {"sweep-a", "sweep-b"} <= set(by_name)
+    for name, epochs in (("sweep-a", "2"), ("sweep-b", "3")):
+        assert by_name[name].info.status == "FINISHED"
+        assert by_name[name].data.params["epochs"] == epochs
+        assert "eval_psnr" in by_name[name].data.metrics
+        assert by_name[name].info.artifact_uri.startswith((path / "mlruns").resolve().as_uri())
+    shown = json.loads(run(DVC + ["exp", "show", "--json"], path).stdout)
+    names = {exp["name"] for baseline in shown for exp in (baseline.get("experiments") or [])}
+    assert {"sweep-a", "sweep-b"} <= names
+
+
+def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work(reproduced, tmp_path):
+    path = reproduced
+    remote = tmp_path / "remote"
+    run(DVC + ["remote", "add", "-d", "shared", str(remote)], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "shared remote"], path)
+    run(DVC + ["push"], path)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(path), str(clone)], tmp_path)
+    run(DVC + ["pull"], clone)
+    assert (clone / "models" / "model.keras").is_file() and (clone / "render" / "orbit.mp4").is_file()
+    result = run(DVC + ["repro"], clone)
+    assert "Data and pipelines are up to date" in result.stdout + result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        project = make_project(tmp_path / "project", tiny_params(epochs=1))
+        run(DVC + ["repro"], project, env={"MLFLOW_TRACKING_URI": uri})
+        assert not (project / "mlflow.db").exists()  # nothing went to the local store
+        client, runs = mlflow_runs(uri)
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert "eval_psnr" in runs[0].data.metrics
+        artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "render")}
+        assert "render/orbit.mp4" in artifacts
+        assert list((tmp_path / "server-artifacts").rglob("orbit.mp4"))  # stored by the server
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
