@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from nerf_pipeline import atomic, checkpoint, distribute, rays, tracking
-from nerf_pipeline.media import to_uint8
 from nerf_pipeline.config import BatchConfig, Config
 from nerf_pipeline.errors import DataError, UserError
+from nerf_pipeline.media import to_uint8
 from nerf_pipeline.model import ChunkedRenderer, build_model
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
+import dataclasses
+
 import pytest
 import yaml
-
 from conftest import REPO
+
 from nerf_pipeline import config
 from nerf_pipeline.errors import ConfigError
 
@@ -73,5 +75,5 @@ def test_error_names_the_file(write_params):
 
 def test_config_is_frozen():
     cfg = config.from_dict({"epochs": 1})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 2  # type: ignore[misc]

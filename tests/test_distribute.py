@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 import yaml
-
 from conftest import REPO, tiny_params
+
 from nerf_pipeline import config, distribute
 from nerf_pipeline.errors import ConfigError
 

@@ -4,7 +4,6 @@ import ast
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
 
 STAGES = ("download", "split", "rays", "train", "evaluate", "render")

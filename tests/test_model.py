@@ -6,8 +6,16 @@ import tensorflow as tf
 from nerf_pipeline import synthetic
 from nerf_pipeline.camera import generate_rays
 from nerf_pipeline.config import PresetConfig, from_dict
-from nerf_pipeline.model import (ChunkedRenderer, HashEncoding, MLPField, NeRF, build_model, load_model,
-                                 positional_encoding, spherical_harmonics)
+from nerf_pipeline.model import (
+    ChunkedRenderer,
+    HashEncoding,
+    MLPField,
+    NeRF,
+    build_model,
+    load_model,
+    positional_encoding,
+    spherical_harmonics,
+)
 
 
 def test_positional_encoding_layout():

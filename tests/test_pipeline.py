@@ -8,8 +8,8 @@ import sys
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-
 from conftest import make_project, run, tiny_params
+
 from nerf_pipeline import media
 
 DVC = [sys.executable, "-m", "dvc"]

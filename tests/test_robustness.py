@@ -21,8 +21,8 @@ import time
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, tiny_params
+
 from nerf_pipeline import camera
 
 

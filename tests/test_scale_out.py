@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import make_project, run, tiny_params
 
 DVC = [sys.executable, "-m", "dvc"]

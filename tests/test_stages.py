@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, tiny_params
 
 

@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_params
 
 from nerf_pipeline import atomic, config, synthetic, train
 from nerf_pipeline.config import BatchConfig
 from nerf_pipeline.errors import DataError
 from nerf_pipeline.rays import view_rays
 from nerf_pipeline.scene import validate
-
-from conftest import tiny_params
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from scenes import write_blender, write_ngp
 
 from nerf_pipeline import camera, rays, synthetic, transforms
 from nerf_pipeline.errors import DataError
 from nerf_pipeline.render import orbit_path
-
-from scenes import write_blender, write_ngp
 
 QUANTUM = 1.0 / 255  # PNG stores 8 bits
 
