@@ -7,10 +7,12 @@ Reads the rays folder (``rays.py``: ``train.npz`` and ``val.npz``). Writes:
 * ``history``: per-epoch CSV (``epoch, loss, psnr, val_loss, val_psnr, epoch_s``) for ``dvc plots``;
 * ``progress``: ``progress.npz`` with ``frames [E, H, W, 3]`` uint8, val view 0 rendered
   after each epoch (the render stage turns it into a GIF);
-* ``run_file``: the MLflow run id (``tracking.py``), which evaluate and render reopen.
+* ``run_file``: the MLflow run id (``tracking.py``), which evaluate and render reopen;
+* ``checkpoint``: the per-epoch checkpoint (``checkpoint.py``) that an interrupted run resumes from.
 
-Batches: ``rays`` mode draws ``batch.size`` random rays from all training views each step
-(a ``tf.data`` pipeline that gathers from the precomputed rays; no Python per ray);
+Batches: ``rays`` mode draws ``batch.size * batch.candidate_factor`` random rays from all
+training views each step (a ``tf.data`` pipeline that gathers from the precomputed rays; no
+Python per ray) and trains on ``batch.size`` of them, those crossing occupied space first;
 ``images`` mode takes ``batch.size`` whole shuffled training views (the Keras example).
 Validation renders every val view, one view per batch, with deterministic samples, so
 ``val_psnr`` is the mean per-view PSNR.
