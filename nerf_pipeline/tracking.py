@@ -78,14 +78,15 @@ def connect(cfg: Config):
 
 @contextlib.contextmanager
 def start_run(cfg: Config, resumes: str | None = None, resumed_epoch: int = 0):
-    """Start this pipeline run's MLflow run (stage ``train``); yields the active run.
+    """Start this pipeline run's MLflow run (stage ``train``, after ``connect``); yields the active run.
 
     ``resumes``: the id of the run whose checkpoint this one continues from epoch
     ``resumed_epoch``. That run is marked KILLED if it never ended (a process killed outright
     cannot end its own run), and this one is tagged with it. An interrupted run (Ctrl-C,
     SIGTERM) ends as KILLED, a failed one as FAILED.
     """
-    mlflow = connect(cfg)
+    import mlflow
+
     experiment_name = os.environ.get("DVC_EXP_NAME")
     tags = {"preset": cfg.preset, "data.source": cfg.data.source}
     if experiment_name:

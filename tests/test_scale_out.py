@@ -34,11 +34,16 @@ def mlflow_runs(tracking_uri):
     return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_queued_sweep_runs_two_at_once_into_one_store(reproduced):
+def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     path = reproduced
     run(DVC + ["exp", "run", "--queue", "-S", "epochs=2", "-n", "sweep-a"], path)
     run(DVC + ["exp", "run", "--queue", "-S", "epochs=3", "-n", "sweep-b"], path)
-    run(DVC + ["queue", "start", "-j", "2"], path)
+    # The queue's workers outlive `dvc queue start` and inherit its stdout/stderr: with pipes,
+    # capturing the output would wait for the workers too. A file does not.
+    with open(tmp_path / "queue-start.log", "w") as log:
+        started = subprocess.run(DVC + ["queue", "start", "-j", "2"], cwd=path, stdout=log, stderr=subprocess.STDOUT,
+                                 timeout=120)
+    assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
     deadline = time.time() + 600
     while time.time() < deadline:
         status = run(DVC + ["queue", "status"], path).stdout
