@@ -34,7 +34,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from nerf_pipeline import camera, config, train  # noqa: E402
+from nerf_pipeline import atomic, camera, config, train  # noqa: E402
+from nerf_pipeline.errors import UserError  # noqa: E402
 from nerf_pipeline.evaluate import image_metrics  # noqa: E402
 from nerf_pipeline.model import ChunkedRenderer, HashGridField, MLPField, build_model  # noqa: E402
 from nerf_pipeline.rays import view_rays  # noqa: E402
@@ -60,7 +61,8 @@ def eval_schedule(budget_s: float, every_s: float | None) -> list[float]:
     if every_s:
         points = list(np.arange(every_s, budget_s, every_s))
     else:
-        points = [*range(5, 60, 5), *range(60, 300, 15), *range(300, 1200, 60), *range(1200, 100000, 300)]
+        # (every minute from 5 min on, so a threshold crossed late is still timed to within 60 s)
+        points = [*range(5, 60, 5), *range(60, 300, 15), *range(300, 100000, 60)]
     return [float(p) for p in points if p < budget_s] + [float(budget_s)]
 
 
@@ -91,9 +93,11 @@ def mlp_flops_per_sample(model) -> float:
 class BudgetRecorder(keras.callbacks.Callback):
     """Stops ``fit`` at the budget; at each scheduled training time, pauses the clock and evaluates."""
 
-    def __init__(self, evaluate, schedule: list[float], budget_s: float, on_point=None):
+    def __init__(self, evaluate, schedule: list[float], budget_s: float, on_point=None,
+                 stop_psnr: float | None = None):
         super().__init__()
         self.evaluate, self.schedule, self.budget_s = evaluate, list(schedule), budget_s
+        self.stop_psnr = stop_psnr
         self.on_point = on_point
         self.curve: list[dict] = []
         self.eval_s = 0.0
@@ -120,12 +124,12 @@ class BudgetRecorder(keras.callbacks.Callback):
         if self.on_point is not None:
             self.on_point(self.curve)
         self.eval_s += time.perf_counter() - pause
-        if wall_s >= self.budget_s:
+        if wall_s >= self.budget_s or (self.stop_psnr is not None and psnr >= self.stop_psnr):
             self.model.stop_training = True
 
 
 def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict, budget_s: float,
-                 every_s: float | None, thresholds: list[float], seed: int) -> dict:
+                 every_s: float | None, thresholds: list[float], seed: int, stop_psnr: float | None = None) -> dict:
     preset = cfg.presets[name]
     num_views = train_part["rgb"].shape[0]
     num_rays = train_part["rgb"][..., 0].size
@@ -151,7 +155,7 @@ def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict
         out = renderer(val_part["ray_origins"], val_part["ray_directions"])
         return float(np.mean(-10 * np.log10(np.mean((out["rgb"] - val_targets) ** 2, axis=(1, 2, 3)))))
 
-    recorder = BudgetRecorder(evaluate, eval_schedule(budget_s, every_s), budget_s, set_horizon)
+    recorder = BudgetRecorder(evaluate, eval_schedule(budget_s, every_s), budget_s, set_horizon, stop_psnr)
     rss_before = rss_mb()
     print(f"[{name}] training for {budget_s:.0f} s", flush=True)
     model.fit(train.train_dataset(train_part, preset.batch, seed), epochs=1,
@@ -183,7 +187,7 @@ def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict
         "time_to_psnr_s": {f"{t:g}": next((p["wall_s"] for p in curve if p["val_psnr"] >= t), None)
                            for t in thresholds},
         "final": {"val_psnr": float(psnr.mean()), "val_ssim": float(ssim.mean()), "wall_s": round(train_s, 2),
-                  "steps": recorder.step},
+                  "steps": recorder.step, "stopped_at_psnr": stop_psnr},
         "steps_per_s": round(recorder.step / train_s, 3),
         "eval_s_total": round(recorder.eval_s, 2),
         "eval_s_per_point": round(recorder.eval_s / max(len(curve), 1), 3),
@@ -218,6 +222,8 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="preset of params.yaml to time (default: its 'preset')")
     parser.add_argument("--versus", default=None, help="a second preset to time the same way, e.g. keras_example")
     parser.add_argument("--versus-budget-s", type=float, default=None, help="its budget (default: --budget-s)")
+    parser.add_argument("--versus-stop-psnr", type=float, default=None,
+                        help="end the versus run early once its val PSNR reaches this, e.g. 18.9")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--eval-every-s", type=float, default=None,
                         help="evaluate at this fixed interval (default: every 5 s to 1 min, then sparser)")
@@ -237,13 +243,14 @@ def main() -> None:
     summary = {"scene": str(args.scene), "machine": machine(), "reference_keras_example": KERAS_EXAMPLE,
                "split": {"train": len(train_views), "val": len(val_views)}, "budget_s": args.budget_s,
                "thresholds": args.thresholds, "results": {}}
-    runs = [(args.preset or cfg.preset, args.budget_s)]
+    runs = [(args.preset or cfg.preset, args.budget_s, None)]
     if args.versus:
-        runs.append((args.versus, args.versus_budget_s or args.budget_s))
-    for name, budget in runs:
+        runs.append((args.versus, args.versus_budget_s or args.budget_s, args.versus_stop_psnr))
+    for name, budget, stop_psnr in runs:
         if name not in cfg.presets:
             sys.exit(f"error: preset '{name}' is not in {args.params} (presets: {', '.join(cfg.presets)})")
-        result = bench_preset(cfg, name, train_part, val_part, budget, args.eval_every_s, args.thresholds, args.seed)
+        result = bench_preset(cfg, name, train_part, val_part, budget, args.eval_every_s, args.thresholds, args.seed,
+                              stop_psnr)
         summary["results"][name] = result
         print(json.dumps({k: result[k] for k in ("time_to_psnr_s", "final", "steps_per_s", "rss_mb")}, indent=1))
         print(json.dumps(result["render_orbit"], indent=1), flush=True)
@@ -261,9 +268,12 @@ def main() -> None:
     print(json.dumps(ratios, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1) + "\n")
+    atomic.write_text(out, json.dumps(summary, indent=1) + "\n")
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # a wrong path or a malformed scene/params file: one line, no traceback
+        sys.exit(f"error: {e}")
