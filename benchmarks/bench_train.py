@@ -187,7 +187,7 @@ def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict
         "time_to_psnr_s": {f"{t:g}": next((p["wall_s"] for p in curve if p["val_psnr"] >= t), None)
                            for t in thresholds},
         "final": {"val_psnr": float(psnr.mean()), "val_ssim": float(ssim.mean()), "wall_s": round(train_s, 2),
-                  "steps": recorder.step, "stopped_at_psnr": stop_psnr},
+                  "steps": recorder.step, "stop_psnr": stop_psnr},
         "steps_per_s": round(recorder.step / train_s, 3),
         "eval_s_total": round(recorder.eval_s, 2),
         "eval_s_per_point": round(recorder.eval_s / max(len(curve), 1), 3),

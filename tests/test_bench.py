@@ -41,7 +41,7 @@ def test_bench_train_writes_the_documented_summary(tmp_path):
     assert ours["rss_mb"]["peak"] >= ours["rss_mb"]["before_training"] > 0
     assert ours["render_orbit"]["frames"] == 120 and ours["render_orbit"]["compute_bound_frames_per_s"] > 0
     # --versus-stop-psnr 0 ends the versus run at its first evaluation, well before its 30 s budget
-    assert len(theirs["curve"]) == 1 and theirs["final"]["stopped_at_psnr"] == 0
+    assert len(theirs["curve"]) == 1 and theirs["final"]["stop_psnr"] == 0
     assert set(summary["ratios"]) == {"time_to_18.9_vs_published_keras_example", "render_vs_published_keras_example",
                                       "time_to_18.9_vs_versus_run"}
 
