@@ -41,8 +41,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes outputs: always, except on a non-chief multi-worker task."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
-    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    tf_config = json.loads(os.environ["TF_CONFIG"])
+    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
     if "chief" in cluster:
         return task.get("type") == "chief"
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0

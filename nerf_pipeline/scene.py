@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from nerf_pipeline import atomic
-from nerf_pipeline.camera import rotation_error
+from nerf_pipeline.camera import as_intrinsics, rotation_error
 from nerf_pipeline.errors import DataError
 
 ROTATION_TOLERANCE = 1e-3
@@ -146,12 +146,11 @@ def validate(images, poses, intrinsics, near, far, depth=None, split=None, sourc
                         "poses must be rigid camera-to-world matrices.")
 
     intrinsics = np.asarray(intrinsics)
-    if intrinsics.ndim == 0:  # one focal length, principal point at the centre
-        intrinsics = np.array([intrinsics, intrinsics, images.shape[2] / 2, images.shape[1] / 2])
     if not np.issubdtype(intrinsics.dtype, np.number):
         raise DataError(f"{source}: intrinsics must be numbers; got dtype {intrinsics.dtype}.")
-    intrinsics = np.broadcast_to(intrinsics.astype(np.float64), (images.shape[0], 4)) if intrinsics.shape == (4,) \
-        else intrinsics.astype(np.float64)
+    intrinsics = as_intrinsics(intrinsics, images.shape[1], images.shape[2])  # a focal length: centred
+    if intrinsics.shape == (4,):
+        intrinsics = np.broadcast_to(intrinsics, (images.shape[0], 4))
     if intrinsics.shape != (images.shape[0], 4):
         raise DataError(f"{source}: intrinsics must be (fx, fy, cx, cy) per view, shape ({images.shape[0]}, 4); "
                         f"got {intrinsics.shape}.")

@@ -214,9 +214,9 @@ def _file_path(frame: dict, source: str, index: int) -> str:
 
 def _finish(images, poses, intrinsics, near, far, split, source) -> Scene:
     """Normalise poses, derive bounds, validate."""
-    heights = {image.shape[:2] for image in images}
-    if len(heights) > 1:
-        raise DataError(f"{source}: the images have different sizes {sorted(heights)}; all views must share one.")
+    sizes = {image.shape[:2] for image in images}
+    if len(sizes) > 1:
+        raise DataError(f"{source}: the images have different sizes {sorted(sizes)}; all views must share one.")
     poses, transform = normalize_poses(np.stack(poses))
     derived_near, derived_far = bounds_from_cameras(poses)
     near = derived_near if near is None else near

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import REPO, free_port, tiny_params
 
 from nerf_pipeline import config, distribute
 from nerf_pipeline.errors import ConfigError
@@ -86,14 +86,6 @@ def test_chief_is_worker_zero_without_a_chief(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
     assert distribute.is_chief(FakeMultiWorker())
     assert distribute.is_chief(tf.distribute.get_strategy())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_workers_on_loopback_train_together_and_only_the_chief_writes(tmp_path, rays_dir):

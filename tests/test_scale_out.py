@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import make_project, run, tiny_params
+from conftest import free_port, make_project, run, tiny_params
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -79,12 +78,6 @@ def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work(reproduced, tmp_path
     assert (clone / "models" / "model.keras").is_file() and (clone / "render" / "orbit.mp4").is_file()
     result = run(DVC + ["repro"], clone)
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
