@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import logging
 import os
-import signal
 import sys
 import tempfile
 import textwrap
@@ -20,7 +20,7 @@ from pathlib import Path
 # Before TensorFlow is imported by any stage module: keep its C++ INFO/WARNING chatter out of the logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nerf_pipeline import config  # noqa: E402
+from nerf_pipeline import config, interrupts  # noqa: E402
 from nerf_pipeline.errors import UserError  # noqa: E402
 
 
@@ -55,7 +55,9 @@ def run_stage(stage_module, args: argparse.Namespace, *names: str) -> None:
     for noisy in ("absl", "tensorflow", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # `kill` (SIGTERM) ends a stage as Ctrl-C does: its MLflow run is marked KILLED, no out is half-written.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupts.install()
+    # Should native code crash anyway, print where Python was, not only "Segmentation fault".
+    faulthandler.enable()
     try:
         cfg = config.load(args.params)
         for name in names:
@@ -76,10 +78,6 @@ def run_stage(stage_module, args: argparse.Namespace, *names: str) -> None:
     except KeyboardInterrupt:
         print(f"[{stage}] interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def main(stage_module, *names: str) -> None:

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nerf_pipeline import rendering, sampling
+from nerf_pipeline import interrupts, rendering, sampling
 
 PACKAGE = "nerf_pipeline"
 
@@ -535,14 +535,16 @@ class ChunkedRenderer:
         num_rays = origins.shape[0]
         chunk = min(self.chunk_rays, num_rays)  # small inputs: no padding to a large chunk
         pieces = []
-        for start in range(0, num_rays, chunk):
-            o, d = origins[start:start + chunk], directions[start:start + chunk]
-            valid = o.shape[0]
-            if valid < chunk:
-                o = np.concatenate([o, np.repeat(o[-1:], chunk - valid, 0)])
-                d = np.concatenate([d, np.repeat(d[-1:], chunk - valid, 0)])
-            outputs = function(tf.constant(o), tf.constant(d))
-            pieces.append([value.numpy()[:valid] for value in tf.nest.flatten(outputs)])
+        with interrupts.held():  # Ctrl-C stops between chunks, not inside TensorFlow
+            for start in range(0, num_rays, chunk):
+                o, d = origins[start:start + chunk], directions[start:start + chunk]
+                valid = o.shape[0]
+                if valid < chunk:
+                    o = np.concatenate([o, np.repeat(o[-1:], chunk - valid, 0)])
+                    d = np.concatenate([d, np.repeat(d[-1:], chunk - valid, 0)])
+                outputs = function(tf.constant(o), tf.constant(d))
+                pieces.append([value.numpy()[:valid] for value in tf.nest.flatten(outputs)])
+                interrupts.check()
         return [np.concatenate(parts) for parts in zip(*pieces)]
 
     def __call__(self, ray_origins, ray_directions) -> dict:

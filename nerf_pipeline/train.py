@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nerf_pipeline import atomic, checkpoint, distribute, rays, tracking
+from nerf_pipeline import atomic, checkpoint, distribute, interrupts, rays, tracking
 from nerf_pipeline.config import BatchConfig, Config
 from nerf_pipeline.errors import DataError, UserError
 from nerf_pipeline.media import to_uint8
@@ -142,6 +142,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             raise TrainingDiverged(self.epoch + 1, batch + 1, loss)
 
 
+class StopWhenInterrupted(keras.callbacks.Callback):
+    """Raise a Ctrl-C or SIGTERM that arrived during ``fit`` at the end of a step (see ``interrupts``)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupts.check()
+
+    def on_epoch_end(self, epoch, logs=None):  # after the recorder: the finished epoch's checkpoint is kept
+        interrupts.check()
+
+
 class TrainingDiverged(UserError):
     def __init__(self, epoch: int, step: int, loss: float):
         kept = (f"the checkpoint of the last complete epoch ({epoch - 1}) stays in place" if epoch > 1
@@ -220,9 +233,11 @@ def _train(cfg: Config, strategy, in_rays, out_model, out_metrics, out_history, 
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
         batches = train_dataset(train, preset.batch, cfg.seed).skip(initial_epoch * steps)
         start = time.perf_counter()
-        model.fit(batches, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  validation_data=val_dataset(val), callbacks=[StopOnNonFiniteLoss(steps), recorder],
-                  shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+        with interrupts.held():
+            model.fit(batches, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                      validation_data=val_dataset(val),
+                      callbacks=[StopOnNonFiniteLoss(steps), recorder, StopWhenInterrupted()],
+                      shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
         train_s = time.perf_counter() - start
 
         last = recorder.history[-1]
