@@ -51,10 +51,10 @@ def held():
     try:
         yield
     except BaseException:
-        _depth -= 1
-        if not _depth:
+        if _depth == 1:
             _pending = None  # the stage is ending anyway, with this exception
         raise
-    _depth -= 1
+    finally:
+        _depth -= 1
     if not _depth:
         check()

@@ -151,7 +151,7 @@ class StopWhenInterrupted(keras.callbacks.Callback):
     def on_test_batch_end(self, batch, logs=None):
         interrupts.check()
 
-    def on_epoch_end(self, epoch, logs=None):  # after the recorder: the finished epoch's checkpoint is kept
+    def on_epoch_end(self, epoch, logs=None):  # listed after the recorder: a signal held through its save waits for it
         interrupts.check()
 
 
