@@ -34,13 +34,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from nerf_pipeline import atomic, camera, config, train  # noqa: E402
-from nerf_pipeline.errors import UserError  # noqa: E402
-from nerf_pipeline.evaluate import image_metrics  # noqa: E402
-from nerf_pipeline.model import ChunkedRenderer, HashGridField, MLPField, build_model  # noqa: E402
-from nerf_pipeline.rays import view_rays  # noqa: E402
-from nerf_pipeline.scene import read_tiny_nerf_npz  # noqa: E402
-from nerf_pipeline.split import split_views  # noqa: E402
+from nerf_pipeline import camera, config  # noqa: E402
+from nerf_pipeline.model.fields import HashGridField, MLPField  # noqa: E402
+from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
+from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
+from nerf_pipeline.runtime import atomic  # noqa: E402
+from nerf_pipeline.runtime.errors import UserError  # noqa: E402
+from nerf_pipeline.scenes.ray_files import view_rays  # noqa: E402
+from nerf_pipeline.scenes.scene import read_tiny_nerf_npz  # noqa: E402
+from nerf_pipeline.stages.evaluate import image_metrics  # noqa: E402
+from nerf_pipeline.stages.split import split_views  # noqa: E402
+from nerf_pipeline.training import datasets  # noqa: E402
 
 KERAS_EXAMPLE = {  # the Keras example as published, measured on lego_tiny (../shared/data/README.md)
     "time_to_18.9_s": 3886.0, "train_20_epochs_s": 3886.0, "render_120_frames_s": 136.0, "val_psnr_20_epochs": 18.90}
@@ -130,23 +134,25 @@ class BudgetRecorder(keras.callbacks.Callback):
 
 def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict, budget_s: float,
                  every_s: float | None, thresholds: list[float], seed: int, stop_psnr: float | None = None) -> dict:
-    preset = cfg.presets[name]
+    cfg = cfg.model_copy(update={"preset": name})
+    preset = cfg.active
     num_views = train_part["rgb"].shape[0]
     num_rays = train_part["rgb"][..., 0].size
-    train.check_batch(cfg, num_views, num_rays, preset_name=name)
+    datasets.check_batch(cfg, num_views, num_rays)
     keras.utils.set_random_seed(seed)
     # The learning rate decays over the budget. Its length in steps is unknown until the speed is:
     # at each evaluation point it is re-estimated from the speed since the previous point (the
     # first interval includes XLA compilation, so the estimate starts long and settles).
-    model = build_model(preset, near=float(train_part["near"]), far=float(train_part["far"]), seed=seed,
-                        total_steps=10**6)
+    model = build_nerf(preset, near=float(train_part["near"]), far=float(train_part["far"]), contracted=False,
+                       bound=cfg.scene.bound, background=0.0, seed=seed)
+    schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
 
     def set_horizon(curve: list[dict]) -> None:
         if len(curve) < 2:
             return
         (a, b), remaining_s = curve[-2:], budget_s - curve[-1]["wall_s"]
         speed = (b["step"] - a["step"]) / max(b["wall_s"] - a["wall_s"], 1e-6)
-        model.learning_rate_schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
+        schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
 
     renderer = ChunkedRenderer(model, 16384, preset.jit_compile)
     val_targets = val_part["rgb"]
@@ -158,8 +164,8 @@ def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict
     recorder = BudgetRecorder(evaluate, eval_schedule(budget_s, every_s), budget_s, set_horizon, stop_psnr)
     rss_before = rss_mb()
     print(f"[{name}] training for {budget_s:.0f} s", flush=True)
-    model.fit(train.train_dataset(train_part, preset.batch, seed), epochs=1,
-              steps_per_epoch=10**9, callbacks=[recorder], verbose=0, shuffle=False)
+    model.fit(datasets.train_dataset(train_part, preset.batch, seed), epochs=1, steps_per_epoch=10**9,
+              callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)
     train_s = recorder.train_s()
     peak = peak_rss_mb()
 

@@ -20,11 +20,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from nerf_pipeline import config, train  # noqa: E402
-from nerf_pipeline.model import HashGridField, build_model  # noqa: E402
-from nerf_pipeline.rays import view_rays  # noqa: E402
-from nerf_pipeline.scene import read_tiny_nerf_npz  # noqa: E402
-from nerf_pipeline.split import split_views  # noqa: E402
+from nerf_pipeline import config  # noqa: E402
+from nerf_pipeline.model.encodings import spherical_harmonics  # noqa: E402
+from nerf_pipeline.model.fields import HashGridField  # noqa: E402
+from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
+from nerf_pipeline.model.sampling import OccupancySampler  # noqa: E402
+from nerf_pipeline.scenes.ray_files import view_rays  # noqa: E402
+from nerf_pipeline.scenes.scene import read_tiny_nerf_npz  # noqa: E402
+from nerf_pipeline.stages.split import split_views  # noqa: E402
+from nerf_pipeline.training import datasets  # noqa: E402
 
 
 def timed(name: str, function, *args, repeats: int = 10) -> float:
@@ -53,12 +57,16 @@ def main() -> None:
     train_views, _ = split_views(scene.num_views, 0.2, "last", seed=0)
     part = view_rays(scene, train_views)
     keras.utils.set_random_seed(0)
-    model = build_model(preset, near=scene.near, far=scene.far, total_steps=args.warmup_steps * 10)
-    dataset = train.train_dataset(part, preset.batch, seed=0)
+    model = build_nerf(preset, near=scene.near, far=scene.far, contracted=False, bound=cfg.scene.bound,
+                       background=0.0, seed=0)
+    compile_for_training(model, preset.optimizer, args.warmup_steps * 10, preset.jit_compile)
+    dataset = datasets.train_dataset(part, preset.batch, seed=0)
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=args.warmup_steps, epochs=1, verbose=0, shuffle=False)
+    model.fit(dataset, steps_per_epoch=args.warmup_steps, epochs=1, verbose=0, shuffle=False,
+              callbacks=model.training_callbacks())
+    occupancy = isinstance(model.sampler, OccupancySampler)
     print(f"{name}: {args.warmup_steps} warm-up steps in {time.perf_counter() - start:.1f} s; "
-          f"occupied cells {float(tf.reduce_mean(model.occupied)) if model.use_occupancy else 1.0:.3f}")
+          f"occupied cells {float(tf.reduce_mean(model.sampler.grid.occupied)) if occupancy else 1.0:.3f}")
     (ray_origins, ray_directions), target = next(iter(dataset))
     num_samples = preset.sampler.num_samples
     print(f"batch: {ray_origins.shape[0]} rays x {num_samples} samples")
@@ -67,11 +75,12 @@ def main() -> None:
     step = tf.function(model.train_step, jit_compile=jit)
     timed("train step (all of it)", step, ((ray_origins, ray_directions), target))
 
-    sample = tf.function(lambda o, d: model.sample_along_rays(o, d, training=True), jit_compile=jit)
+    sample = tf.function(lambda o, d: model.sampler.sample(o, d, model.near, model.far, model.space, True,
+                                                           model.seed_generator), jit_compile=jit)
     timed("sampling along rays", sample, ray_origins, ray_directions)
 
     t_vals, _ = sample(ray_origins, ray_directions)
-    points = tf.reshape(ray_origins[:, None] + ray_directions[:, None] * t_vals[..., None], [-1, 3])
+    points = model.space.warp(tf.reshape(ray_origins[:, None] + ray_directions[:, None] * t_vals[..., None], [-1, 3]))
     directions = tf.reshape(tf.broadcast_to(ray_directions[:, None], [ray_origins.shape[0], num_samples, 3]), [-1, 3])
     field = model.field
     timed("field forward", tf.function(lambda p, d: field(p, d), jit_compile=jit), points, directions)
@@ -96,8 +105,6 @@ def main() -> None:
         features = encoding(points)
         mlp_vars = [v for v in field.trainable_variables if v is not encoding.table]
 
-        from nerf_pipeline.model import spherical_harmonics
-
         def mlp_fb(f, d):
             with tf.GradientTape() as tape:
                 h = field.density_out(field.density_hidden(f))
@@ -112,9 +119,11 @@ def main() -> None:
     gradients = [tf.zeros_like(v) for v in model.trainable_variables]
     timed("optimizer update", tf.function(lambda: model.optimizer.apply(gradients, model.trainable_variables),
                                           jit_compile=jit))
-    if model.use_occupancy:
-        timed("occupancy grid update (every "
-              f"{preset.sampler.update_every} steps)", tf.function(model.update_occupancy, jit_compile=jit))
+    if occupancy:
+        grid = model.sampler.grid
+        update = tf.function(lambda: grid.update(field.density, model.space.extent, model.seed_generator),
+                             jit_compile=jit)
+        timed(f"occupancy grid update (every {preset.sampler.update_every} steps)", update)
     print(f"parameters: {sum(int(np.prod(v.shape)) for v in model.trainable_variables):,}")
 
 

@@ -1,375 +1,402 @@
-"""The one typed, validated configuration: params.yaml parsed once into frozen dataclasses.
+"""The one typed, validated configuration: params.yaml parsed once into frozen pydantic models.
 
-Every stage receives a ``Config``; nothing else reads params.yaml. Unknown keys, missing
-keys, wrong types and out-of-range values are refused with a ``ConfigError`` that names
-the key (``presets.hashgrid.sampler.num_samples``), says what was expected, and for a
-misspelt key suggests the closest valid one (``epoch`` → ``epochs``).
+Every stage receives a ``Config``; nothing else reads params.yaml. The values live in one place,
+params.yaml: the classes here declare each key's type and range and have no defaults, so what
+MLflow logs and DVC tracks is what ran. The parts of a model are tagged unions: a field is a
+``HashGridFieldConfig`` or an ``MLPFieldConfig`` by its ``type``, a sampler a
+``UniformSamplerConfig`` or an ``OccupancySamplerConfig``, a batch ``RayBatchConfig`` or
+``ImageBatchConfig`` by its ``mode``; each accepts only its own keys.
+
+Errors are ``ConfigError``s that name the key's path (``presets.hashgrid.sampler.num_samples``),
+say what was expected and, for an unknown key, suggest the closest valid one (``epoch`` →
+``epochs``). This module imports neither TensorFlow nor Keras, so light stages stay light.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nerf_pipeline.errors import ConfigError
+from nerf_pipeline.runtime.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
-TINY_NERF_URL = "https://people.eecs.berkeley.edu/~bmild/nerf/tiny_nerf_data.npz"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
-class _Invalid(Exception):
-    """Raised by ``_check`` inside a dataclass; the loader adds the key's full path."""
+class Invalid(ValueError):
+    """Raised by a section's cross-key check: ``key`` (relative to the section) is the one to fix."""
 
     def __init__(self, key: str, message: str):
         super().__init__(message)
-        self.key, self.message = key, message
+        self.key = key
 
 
-def _check(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise _Invalid(key, message)
+class Section(BaseModel):
+    """A block of params.yaml: frozen, every key required, unknown keys refused, no type coercion
+    (``1.5`` is not a whole number, ``"3"`` not a number; a whole number is a valid float)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-# ----------------------------------------------------------------------------- sections
+# ----------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     """Where the scene comes from (stage ``download``)."""
 
     # synthetic | tiny_nerf | path to a local .npz | a NeRF-synthetic or instant-ngp/nerfstudio
     # folder (or its transforms*.json)
-    source: str = "synthetic"
+    source: Annotated[str, Field(min_length=1)]
     # Sampling bounds; null: the source's own (synthetic, tiny_nerf and .npz without them: 2 and 6;
-    # transforms folders: derived from the camera positions).
-    near: Optional[float] = None
-    far: Optional[float] = None
-    background: float = 0.0  # grey level behind the scene: 0 black (tiny_nerf), 1 white (NeRF paper)
-    downscale: int = 1  # transforms folders: average each downscale x downscale block of pixels
-    max_views: Optional[int] = None  # transforms folders: keep at most this many views, evenly spread
-    tiny_nerf_url: str = TINY_NERF_URL
-    tiny_nerf_sha256: str = ""
-    download_retries: int = 3
-    download_timeout_s: float = 30.0
+    # folders: derived from the camera positions).
+    near: Optional[Annotated[float, Field(ge=0)]]
+    far: Optional[PositiveFloat]
+    background: Annotated[float, Field(ge=0, le=1)]  # grey level behind the scene: 0 black, 1 white
+    downscale: PositiveInt  # folders: average each downscale x downscale block of pixels
+    max_views: Optional[Annotated[int, Field(ge=2)]]  # folders: keep at most this many views, evenly spread
+    tiny_nerf_url: str
+    tiny_nerf_sha256: str
+    download_retries: PositiveInt
+    download_timeout_s: PositiveFloat
 
-    def __post_init__(self):
-        _check(self.source != "", "source", "must be 'synthetic', 'tiny_nerf' or the path of a .npz file or folder")
-        _check(self.near is None or self.near >= 0, "near", f"must be >= 0 (got {self.near})")
-        _check(self.near is None or self.far is None or self.near < self.far, "near",
-               f"must satisfy 0 <= near < far (got near={self.near}, far={self.far})")
-        _check(0.0 <= self.background <= 1.0, "background", "must be a grey level in [0, 1]")
-        _check(self.downscale >= 1, "downscale", "must be a whole number >= 1")
-        _check(self.max_views is None or self.max_views >= 2, "max_views", "must be at least 2, or null for all")
-        _check(self.download_retries >= 1, "download_retries", "must be at least 1")
-        _check(self.download_timeout_s > 0, "download_timeout_s", "must be > 0")
+    @model_validator(mode="after")
+    def _near_below_far(self):
+        if self.near is not None and self.far is not None and self.near >= self.far:
+            raise Invalid("near", f"must be below data.far (got near={self.near}, far={self.far})")
+        return self
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Section):
     """The built-in scene that the project renders itself."""
 
-    num_views: int = 100
-    image_size: int = 100
-    supersample: int = 2
-    seed: int = 0
-
-    def __post_init__(self):
-        _check(self.num_views >= 2, "num_views", "must be at least 2 (one to train, one to validate)")
-        _check(8 <= self.image_size <= 2048, "image_size", "must be between 8 and 2048 pixels")
-        _check(1 <= self.supersample <= 8, "supersample", "must be between 1 and 8")
+    num_views: Annotated[int, Field(ge=2)]
+    image_size: Annotated[int, Field(ge=8, le=2048)]
+    supersample: Annotated[int, Field(ge=1, le=8)]  # anti-aliasing: supersample² rays per pixel
+    seed: int
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    val_fraction: float = 0.2
-    order: Literal["shuffled", "last"] = "shuffled"  # last: the Keras example's (last views validate)
-    seed: int = 0
-
-    def __post_init__(self):
-        _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be strictly between 0 and 1 (got {self.val_fraction})")
+class SplitConfig(Section):
+    val_fraction: Fraction
+    order: Literal["shuffled", "last"]  # last: the Keras example's (the last views validate)
+    seed: int
 
 
-@dataclass(frozen=True)
-class FieldConfig:
-    """The radiance field: ``mlp`` (positional encoding + MLP) or ``hashgrid`` (instant-ngp style)."""
+class SceneConfig(Section):
+    """How the model sees the scene's space (stage ``train``; see ``model.space``)."""
 
-    type: Literal["mlp", "hashgrid"] = "hashgrid"
-    # mlp
-    num_layers: int = 8
-    num_frequencies: int = 16
-    skip_every: int = 4
-    # both
-    width: int = 64
-    # hashgrid
-    num_levels: int = 12
-    features_per_level: int = 2
-    log2_table_size: int = 17
-    base_resolution: int = 16
-    max_resolution: int = 256
-
-    def __post_init__(self):
-        for key in ("num_layers", "width", "num_levels", "features_per_level", "base_resolution"):
-            _check(getattr(self, key) >= 1, key, "must be at least 1")
-        _check(self.num_frequencies >= 0, "num_frequencies", "must be >= 0")
-        _check(self.skip_every >= 0, "skip_every", "must be >= 0 (0: no skip connection)")
-        _check(10 <= self.log2_table_size <= 24, "log2_table_size", "must be between 10 and 24")
-        _check(self.max_resolution >= self.base_resolution, "max_resolution", "must be >= base_resolution")
-
-    def model_kwargs(self) -> dict:
-        """The keyword arguments of the chosen field's Keras layer, with ``type``."""
-        keys = {"mlp": ("num_layers", "width", "num_frequencies", "skip_every"),
-                "hashgrid": ("num_levels", "features_per_level", "log2_table_size", "base_resolution",
-                             "max_resolution", "width")}[self.type]
-        return {"type": self.type, **{k: getattr(self, k) for k in keys}}
+    # Half-size of the box that holds the scene, or, with contraction, the radius of the ball kept
+    # as it is (everything beyond is contracted into the shell between it and twice its radius).
+    bound: PositiveFloat
+    # auto: contract the captures whose scene reaches far beyond the cameras' focus (the scene
+    # file says so), not object scenes; on | off force it.
+    contraction: Literal["auto", "on", "off"]
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Where along rays the field is evaluated (see ``nerf_pipeline.sampling``)."""
-
-    strategy: Literal["uniform", "occupancy"] = "occupancy"
-    num_samples: int = 32
-    stratified: bool = True  # jitter sample depths while training (never at evaluation)
-    num_march: int = 256  # occupancy: bins per ray in which occupancy is read
-    grid_resolution: int = 64  # occupancy: cells per side of the grid over the scene cube
-    update_every: int = 16  # occupancy: steps between grid updates
-    warmup_steps: int = 128  # occupancy: steps before the first update (all cells occupied)
-    alpha_threshold: float = 0.01  # occupancy: a cell is empty if crossing it absorbs less light
-    decay: float = 0.95  # occupancy: decay of the per-cell running max of density
-
-    def __post_init__(self):
-        for key in ("num_samples", "num_march", "grid_resolution", "update_every"):
-            _check(getattr(self, key) >= 1, key, "must be at least 1")
-        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        _check(0.0 < self.alpha_threshold < 1.0, "alpha_threshold", "must be strictly between 0 and 1")
-        _check(0.0 <= self.decay <= 1.0, "decay", "must be in [0, 1]")
-
-    def model_kwargs(self) -> dict:
-        return dataclasses.asdict(self)
+# ----------------------------------------------------------------------------- model parts
 
 
-@dataclass(frozen=True)
-class BatchConfig:
-    mode: Literal["rays", "images"] = "rays"  # rays: random rays of all training views; images: whole views
-    size: int = 4096  # rays per step (mode rays) or images per step (mode images)
-    # Mode rays with occupancy sampling: draw candidate_factor * size rays and train on the size of
-    # them that cross occupied space first (the others render as the background whatever the
-    # weights, so they carry no gradient).
-    candidate_factor: int = 1
+class HashGridFieldConfig(Section):
+    """Multiresolution hash encoding (instant-ngp) + a small density MLP + a view-dependent colour MLP."""
 
-    def __post_init__(self):
-        _check(self.size >= 1, "size", "must be at least 1")
-        _check(self.candidate_factor >= 1, "candidate_factor", "must be at least 1")
-        _check(self.mode == "rays" or self.candidate_factor == 1, "candidate_factor",
-               "must be 1 with mode 'images' (whole images are trained on as they are)")
+    type: Literal["hashgrid"]
+    num_levels: PositiveInt
+    features_per_level: PositiveInt
+    log2_table_size: Annotated[int, Field(ge=10, le=24)]
+    base_resolution: PositiveInt
+    max_resolution: PositiveInt
+    width: PositiveInt  # hidden units of the density and colour MLPs
 
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Adam, with the learning rate decaying exponentially to ``final_learning_rate`` at the last step."""
-
-    learning_rate: float = 1e-2
-    final_learning_rate: float = 1e-3
-    beta_1: float = 0.9
-    beta_2: float = 0.99
-    epsilon: float = 1e-15
-
-    def __post_init__(self):
-        _check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        _check(self.final_learning_rate > 0, "final_learning_rate", "must be > 0")
-        _check(0 <= self.beta_1 < 1, "beta_1", "must be in [0, 1)")
-        _check(0 <= self.beta_2 < 1, "beta_2", "must be in [0, 1)")
-        _check(self.epsilon > 0, "epsilon", "must be > 0")
+    @model_validator(mode="after")
+    def _resolutions(self):
+        if self.max_resolution < self.base_resolution:
+            raise Invalid("max_resolution", f"must be >= base_resolution ({self.base_resolution})")
+        return self
 
 
-@dataclass(frozen=True)
-class PresetConfig:
-    """Everything that defines a model and how it trains (one entry of ``presets``)."""
+class MLPFieldConfig(Section):
+    """Positional encoding + a ReLU MLP with a skip connection (the Keras example's field)."""
 
-    # (``dataclasses.field`` spelt out: this class has a member called ``field``.)
-    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
-    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
-    batch: BatchConfig = dataclasses.field(default_factory=BatchConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    steps_per_epoch: Optional[int] = None  # None: one pass over the training rays (or images)
-    scene_bound: float = 1.5  # half-size of the cube that holds the scene (hash grid, occupancy)
-    jit_compile: bool = True  # XLA-compile the train and render steps
-
-    def __post_init__(self):
-        _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
-               "must be at least 1, or null for one pass over the training data")
-        _check(self.scene_bound > 0, "scene_bound", "must be > 0")
+    type: Literal["mlp"]
+    num_layers: PositiveInt
+    width: PositiveInt
+    num_frequencies: Annotated[int, Field(ge=0)]
+    skip_every: Annotated[int, Field(ge=0)]  # 0: no skip connection
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    chunk_rays: int = 16384  # rays rendered per compiled call
-    grid_views: int = 4  # val views shown in the PNG grid
-
-    def __post_init__(self):
-        _check(self.chunk_rays >= 1, "chunk_rays", "must be at least 1")
-        _check(self.grid_views >= 1, "grid_views", "must be at least 1")
+FieldConfig = Annotated[Union[HashGridFieldConfig, MLPFieldConfig], Field(discriminator="type")]
 
 
-@dataclass(frozen=True)
-class RenderConfig:
-    num_frames: int = 120
+class UniformSamplerConfig(Section):
+    """Evenly spaced samples between near and far (the original NeRF and the Keras example)."""
+
+    type: Literal["uniform"]
+    num_samples: PositiveInt
+    stratified: bool  # jitter sample depths while training (never at evaluation)
+
+
+class OccupancySamplerConfig(Section):
+    """Samples only in the cells of an occupancy grid that may hold matter (instant-ngp, nerfacc)."""
+
+    type: Literal["occupancy"]
+    num_samples: PositiveInt
+    stratified: bool
+    num_march: PositiveInt  # bins per ray in which the grid is read
+    grid_resolution: PositiveInt  # cells per side of the grid over the scene's space
+    update_every: PositiveInt  # training steps between grid updates
+    warmup_steps: Annotated[int, Field(ge=0)]  # steps before the first update (all cells occupied until then)
+    alpha_threshold: Fraction  # a cell is empty if crossing it absorbs less light than this
+    decay: Annotated[float, Field(ge=0, le=1)]  # decay of each cell's running max of density
+
+
+SamplerConfig = Annotated[Union[UniformSamplerConfig, OccupancySamplerConfig], Field(discriminator="type")]
+
+
+class RayBatchConfig(Section):
+    """Random rays drawn from all training views."""
+
+    mode: Literal["rays"]
+    size: PositiveInt  # rays trained on per step
+    # Draw candidate_factor * size rays and train on the size of them that cross occupied space first
+    # (the others render as the background whatever the weights, so they carry no gradient).
+    # Needs the occupancy sampler when > 1.
+    candidate_factor: PositiveInt
+
+
+class ImageBatchConfig(Section):
+    """Whole shuffled training views (the Keras example: 5 per step)."""
+
+    mode: Literal["images"]
+    size: PositiveInt  # views per step
+
+
+BatchConfig = Annotated[Union[RayBatchConfig, ImageBatchConfig], Field(discriminator="mode")]
+
+
+class OptimizerConfig(Section):
+    """Adam, its learning rate decaying exponentially to ``final_learning_rate`` at the last step."""
+
+    learning_rate: PositiveFloat
+    final_learning_rate: PositiveFloat
+    beta_1: Annotated[float, Field(ge=0, lt=1)]
+    beta_2: Annotated[float, Field(ge=0, lt=1)]
+    epsilon: PositiveFloat
+
+
+class PresetConfig(Section):
+    """A model (field + sampler) and how it trains: one entry of ``presets``."""
+
+    field: FieldConfig
+    sampler: SamplerConfig
+    batch: BatchConfig
+    optimizer: OptimizerConfig
+    steps_per_epoch: Optional[PositiveInt]  # null: one pass over the training rays (or views)
+    jit_compile: bool  # XLA-compile the train and render steps
+
+    @model_validator(mode="after")
+    def _candidates_need_occupancy(self):
+        if (isinstance(self.batch, RayBatchConfig) and self.batch.candidate_factor > 1
+                and not isinstance(self.sampler, OccupancySamplerConfig)):
+            raise Invalid("batch.candidate_factor", "must be 1 with a uniform sampler: candidates are chosen by "
+                          "the occupancy sampler's grid (the rays that cross occupied space)")
+        return self
+
+
+# ----------------------------------------------------------------------------- the rest
+
+
+class EvaluateConfig(Section):
+    chunk_rays: PositiveInt  # rays rendered per compiled call
+    grid_views: PositiveInt  # val views shown in the PNG grid
+
+
+class RenderConfig(Section):
+    num_frames: PositiveInt
     # The orbit's height and distance; null: the median of the scene's cameras.
     # (The Keras example's orbit is elevation 30, radius 4.)
-    elevation_deg: Optional[float] = None
-    radius: Optional[float] = None
-    fps: int = 30
-    chunk_rays: int = 16384
-    gif_frame_ms: int = 300  # duration of each epoch's frame in the training-progress GIF
-
-    def __post_init__(self):
-        _check(self.num_frames >= 1, "num_frames", "must be at least 1")
-        _check(self.elevation_deg is None or -90.0 < self.elevation_deg < 90.0, "elevation_deg",
-               "must be strictly between -90 and 90, or null")
-        _check(self.radius is None or self.radius > 0, "radius", "must be > 0, or null")
-        _check(self.fps >= 1, "fps", "must be at least 1")
-        _check(self.chunk_rays >= 1, "chunk_rays", "must be at least 1")
-        _check(self.gif_frame_ms >= 10, "gif_frame_ms", "must be at least 10")
+    elevation_deg: Optional[Annotated[float, Field(gt=-90, lt=90)]]
+    radius: Optional[PositiveFloat]
+    fps: PositiveInt
+    chunk_rays: PositiveInt
+    gif_frame_ms: Annotated[int, Field(ge=10)]  # duration of each epoch's frame in the training-progress GIF
 
 
-@dataclass(frozen=True)
-class MlflowConfig:
-    experiment: str = "nerf-pipeline"
-
-    def __post_init__(self):
-        _check(self.experiment.strip() != "", "experiment", "must be a non-empty name")
+class MlflowConfig(Section):
+    experiment: Annotated[str, Field(min_length=1)]
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Section):
     """The whole of params.yaml."""
 
-    epochs: int
-    seed: int = 0
-    preset: str = "hashgrid"
-    distribute: Literal["none", "mirrored", "multi_worker"] = "none"  # tf.distribute strategy of training
-    data: DataConfig = field(default_factory=DataConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    presets: dict[str, PresetConfig] = field(default_factory=lambda: {"hashgrid": PresetConfig()})
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    # The params as written, flattened ("presets.hashgrid.field.width": 64), for MLflow.
-    flat: dict = field(default_factory=dict, compare=False, repr=False)
+    epochs: PositiveInt
+    seed: int
+    preset: str  # which entry of ``presets`` trains
+    distribute: Literal["none", "mirrored", "multi_worker"]  # tf.distribute strategy of training
+    data: DataConfig
+    synthetic: SyntheticConfig
+    split: SplitConfig
+    scene: SceneConfig
+    presets: Annotated[dict[str, PresetConfig], Field(min_length=1)]
+    evaluate: EvaluateConfig
+    render: RenderConfig
+    mlflow: MlflowConfig
 
-    def __post_init__(self):
-        _check(self.epochs >= 1, "epochs", f"must be a whole number >= 1 (got {self.epochs})")
-        _check(self.preset in self.presets, "preset",
-               f"must name an entry of 'presets' ({', '.join(sorted(self.presets))}); got '{self.preset}'")
+    @model_validator(mode="after")
+    def _preset_exists(self):
+        if self.preset not in self.presets:
+            close = difflib.get_close_matches(self.preset, list(self.presets), n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise Invalid("preset", f"must name an entry of 'presets' ({', '.join(sorted(self.presets))}); "
+                          f"got '{self.preset}'.{hint}")
+        return self
 
     @property
-    def model(self) -> PresetConfig:
-        """The preset that trains."""
+    def active(self) -> PresetConfig:
+        """The preset that trains (``presets[preset]``)."""
         return self.presets[self.preset]
+
+    def used_params(self) -> dict:
+        """The params this run uses, flattened (``presets.hashgrid.field.width: 64``), for MLflow:
+        every section but the presets that do not train, and ``synthetic`` only for the built-in scene."""
+        data = self.model_dump()
+        data["presets"] = {self.preset: data["presets"][self.preset]}
+        if self.data.source != "synthetic":
+            del data["synthetic"]
+        return _flatten(data)
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if origin is dict:
-        return "a mapping of names to mappings"
-    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _convert(value, tp, path: str):
-    """Check ``value`` against the annotation ``tp``; return it converted (ints to floats, dataclasses built)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, path)
-            except ConfigError:
-                pass
-    elif origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif origin is dict:
-        _, value_type = typing.get_args(tp)
-        if isinstance(value, dict) and value:
-            return {str(k): _convert(v, value_type, f"{path}.{k}") for k, v in value.items()}
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, dict):
-            return _build(tp, value, path)
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"params.yaml: '{path}' must be {_type_name(tp)}; got {value!r}.")
-
-
-def _build(cls, data: dict, path: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "flat"]
-    prefix = f"{path}." if path else ""
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Valid keys here: {', '.join(names)}."
-            raise ConfigError(f"params.yaml: unknown key '{prefix}{key}'.{hint}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"params.yaml: missing key '{prefix}{f.name}' ({_type_name(hints[f.name])}).")
-            continue
-        kwargs[f.name] = _convert(data[f.name], hints[f.name], prefix + f.name)
-    try:
-        return cls(**kwargs)
-    except _Invalid as e:
-        raise ConfigError(f"params.yaml: '{prefix}{e.key}' {e.message}.") from None
-
-
-def _flatten(data, prefix: str = "") -> dict:
+def _flatten(data: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
+            flat.update(_flatten(value, f"{prefix}{key}."))
         else:
-            flat[name] = value
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
-def from_dict(data) -> Config:
-    """Validate a parsed params mapping. Raises ``ConfigError``."""
+def _describe(tp) -> str:
+    """What a value of annotation ``tp`` looks like, in words."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _describe(typing.get_args(tp)[0])
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        words = ["null" if a is type(None) else _describe(a) for a in typing.get_args(tp)]
+        return " or ".join(dict.fromkeys(words))  # a tagged union's members are all "a mapping"
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return "a mapping"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _union_members(tp) -> list:
+    """The model classes of a (possibly Annotated) tagged union, else []."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) is Union:
+        return [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return []
+
+
+def _walk(loc: tuple):
+    """Follow pydantic's error location through the params and the classes.
+
+    Returns ``(path, model, annotation)``: the location's key path as written in params.yaml
+    (union tags dropped), the model class that holds the last key, and that key's annotation.
+    """
+    path, model, annotation = [], Config, Config
+    for item in loc:
+        members = _union_members(annotation)
+        if members:  # pydantic puts the chosen tag in the location: choose the member it names
+            chosen = [m for m in members if item in typing.get_args(_tag_annotation(m))]
+            if chosen:
+                model = annotation = chosen[0]
+                continue
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        if typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            info = annotation.model_fields.get(str(item))
+            annotation = info.annotation if info is not None else None
+            if info is not None and info.metadata:
+                annotation = Annotated[(annotation, *info.metadata)]
+        path.append(str(item))
+    return ".".join(path), model, annotation
+
+
+def _tag_annotation(model: type[BaseModel]):
+    tag = "type" if "type" in model.model_fields else "mode"
+    return model.model_fields[tag].annotation
+
+
+def _message(error: dict, source: str) -> str:
+    kind, loc = error["type"], error["loc"]
+    path, model, annotation = _walk(loc)
+    where = f"'{path}'" if path else "the top level"
+    if kind == "extra_forbidden":
+        names = list(model.model_fields)
+        parent, _, key = path.rpartition(".")
+        prefix = f"{parent}." if parent else ""
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        message = f"{source}: unknown key '{path}'."
+        tag_key = next((name for name in ("type", "mode") if name in names), None)
+        if tag_key:  # a member of a tagged union: say which keys this kind takes
+            tag = typing.get_args(model.model_fields[tag_key].annotation)[0]
+            message += f" A {parent.rsplit('.', 1)[-1]} of {tag_key} '{tag}' takes {', '.join(names)}."
+        if close:
+            return f"{message} Did you mean '{prefix}{close[0]}'?"
+        return message if tag_key else f"{message} Valid keys here: {', '.join(names)}."
+    if kind == "missing":
+        return f"{source}: missing key '{path}' ({_describe(annotation)})."
+    if kind in ("union_tag_not_found", "union_tag_invalid"):
+        members = _union_members(annotation)
+        tag_key = error["ctx"]["discriminator"].strip("'")
+        tags = ", ".join(repr(typing.get_args(_tag_annotation(m))[0]) for m in members)
+        got = error["input"].get(tag_key) if isinstance(error["input"], dict) else None
+        if kind == "union_tag_not_found":
+            return f"{source}: missing key '{path}.{tag_key}' (one of {tags})."
+        close = difflib.get_close_matches(str(got), [t.strip("'") for t in tags.split(", ")], n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"{source}: '{path}.{tag_key}' must be one of {tags}; got {got!r}.{hint}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(error["ctx"].values()))
+        return f"{source}: {where} must be {op} {bound:g}; got {error['input']!r}."
+    if kind == "value_error":
+        problem = error.get("ctx", {}).get("error")
+        if isinstance(problem, Invalid):
+            where = f"'{path + '.' if path else ''}{problem.key}'"
+        message = str(problem) if problem is not None else error["msg"]
+        return f"{source}: {where} {message}" + ("" if message.endswith((".", "?")) else ".")
+    if kind in ("too_short", "string_too_short"):
+        return f"{source}: {where} must not be empty."
+    return f"{source}: {where} must be {_describe(annotation)}; got {error['input']!r}."
+
+
+def from_dict(data, source: str = DEFAULT_PARAMS) -> Config:
+    """Validate a parsed params mapping. Raises ``ConfigError`` (the first problem found)."""
     if not isinstance(data, dict):
-        raise ConfigError("params.yaml: expected a mapping of keys to values at the top level.")
-    cfg = _build(Config, data)
-    return dataclasses.replace(cfg, flat=_flatten(data))
+        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level.")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        # A misspelt key is both unknown and, under its right name, missing: the unknown one, with its
+        # "did you mean", says more.
+        errors = sorted(e.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        raise ConfigError(_message(errors[0], source)) from None
 
 
 def load(path=DEFAULT_PARAMS) -> Config:
@@ -383,7 +410,4 @@ def load(path=DEFAULT_PARAMS) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"'{path}' is not valid YAML: {e}") from None
-    try:
-        return from_dict(data)
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("params.yaml:", f"{path}:", 1)) from None
+    return from_dict(data, str(path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import imageio.v2 as imageio
 import numpy as np
 
-from nerf_pipeline import atomic
+from nerf_pipeline.runtime import atomic
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

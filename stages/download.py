@@ -1,6 +1,7 @@
-"""DVC stage `download`: parse the paths, call `nerf_pipeline.download.run`."""
+"""DVC stage `download`: parse the paths that `nerf_pipeline.stages.download.run` takes, then call it."""
 
-from nerf_pipeline import cli, download
+from nerf_pipeline.runtime import cli
+from nerf_pipeline.stages import download
 
 if __name__ == "__main__":
-    cli.main(download, "out_scene")
+    cli.main(download)

@@ -1,6 +1,7 @@
-"""DVC stage `evaluate`: parse the paths, call `nerf_pipeline.evaluate.run`."""
+"""DVC stage `evaluate`: parse the paths that `nerf_pipeline.stages.evaluate.run` takes, then call it."""
 
-from nerf_pipeline import cli, evaluate
+from nerf_pipeline.runtime import cli
+from nerf_pipeline.stages import evaluate
 
 if __name__ == "__main__":
-    cli.main(evaluate, "in_model", "in_rays", "in_run_file", "out_metrics", "out_per_view", "out_grid")
+    cli.main(evaluate)

@@ -1,6 +1,7 @@
-"""DVC stage `rays`: parse the paths, call `nerf_pipeline.rays.run`."""
+"""DVC stage `rays`: parse the paths that `nerf_pipeline.stages.rays.run` takes, then call it."""
 
-from nerf_pipeline import cli, rays
+from nerf_pipeline.runtime import cli
+from nerf_pipeline.stages import rays
 
 if __name__ == "__main__":
-    cli.main(rays, "in_scene", "in_split", "out_rays")
+    cli.main(rays)

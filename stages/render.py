@@ -1,6 +1,7 @@
-"""DVC stage `render`: parse the paths, call `nerf_pipeline.render.run`."""
+"""DVC stage `render`: parse the paths that `nerf_pipeline.stages.render.run` takes, then call it."""
 
-from nerf_pipeline import cli, render
+from nerf_pipeline.runtime import cli
+from nerf_pipeline.stages import render
 
 if __name__ == "__main__":
-    cli.main(render, "in_model", "in_rays", "in_progress", "in_run_file", "out_video", "out_depth_video", "out_gif")
+    cli.main(render)

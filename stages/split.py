@@ -1,6 +1,7 @@
-"""DVC stage `split`: parse the paths, call `nerf_pipeline.split.run`."""
+"""DVC stage `split`: parse the paths that `nerf_pipeline.stages.split.run` takes, then call it."""
 
-from nerf_pipeline import cli, split
+from nerf_pipeline.runtime import cli
+from nerf_pipeline.stages import split
 
 if __name__ == "__main__":
-    cli.main(split, "in_scene", "out_split")
+    cli.main(split)

@@ -1,7 +1,7 @@
-"""DVC stage `train`: parse the paths, call `nerf_pipeline.train.run`."""
+"""DVC stage `train`: parse the paths that `nerf_pipeline.stages.train.run` takes, then call it."""
 
-from nerf_pipeline import cli, train
+from nerf_pipeline.runtime import cli
+from nerf_pipeline.stages import train
 
 if __name__ == "__main__":
-    cli.main(train, "in_rays", "out_model", "out_metrics", "out_history", "out_progress", "out_run_file",
-             "out_checkpoint")
+    cli.main(train)

@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny configurations and throw-away copies of the project as real DVC repos."""
+"""Shared helpers and fixtures: tiny params, stage scripts run as DVC runs them, throw-away DVC projects,
+MLflow stores read back through the MLflow client.
+
+Tests that run training, a stage script with TensorFlow, or DVC are marked ``slow``
+(``python -m pytest -m "not slow"`` runs the rest in under two minutes).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,6 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "nerf_pipeline", ".dvcignore", ".gitignore")
+DVC = [sys.executable, "-m", "dvc"]
+TRAIN_OUTS = {"out_model": "out/model.keras", "out_metrics": "out/train.json", "out_history": "out/history.csv",
+              "out_progress": "out/progress.npz", "out_run_file": "out/run.json",
+              "out_checkpoint": "out/checkpoint"}
 
 
 def tiny_params(epochs: int = 2) -> dict:
@@ -33,12 +43,66 @@ def tiny_params(epochs: int = 2) -> dict:
     return params
 
 
+def write_params(folder: Path, params: dict) -> Path:
+    path = Path(folder) / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
 def run(cmd, cwd, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """Run a command; with ``check``, fail the test with its output if it fails."""
     result = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                             timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def stage(name: str, *args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the stage script ``stages/<name>.py`` with ``args``, as DVC would (never raises on failure)."""
+    return run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd, env=env, check=False,
+               timeout=timeout)
+
+
+def flags(**paths) -> list[str]:
+    """``in_rays="rays"`` → ``["--in-rays", "rays"]``."""
+    return [word for name, path in paths.items() for word in ("--" + name.replace("_", "-"), str(path))]
+
+
+def assert_user_error(result, *fragments) -> None:
+    """A refused user mistake: exit status 2, no traceback, and each fragment in the (re-wrapped) message."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())  # the message is wrapped to the terminal's width
+    for fragment in fragments:
+        assert fragment in message, result.stderr
+
+
+def make_rays(folder: Path, params: dict) -> Path:
+    """``folder/rays``, made from ``params`` by the real download, split and rays stage scripts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_params(folder, params)
+    for name, paths in (("download", dict(out_scene="scene.npz")),
+                        ("split", dict(in_scene="scene.npz", out_split="split.json")),
+                        ("rays", dict(in_scene="scene.npz", in_split="split.json", out_rays="rays"))):
+        result = stage(name, *flags(**paths), cwd=folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "rays"
+
+
+def write_rays(folder: Path, num_views: int = 7, image_size: int = 16, num_val: int = 1) -> Path:
+    """A rays folder of the built-in scene made in this process (no stage scripts): the last
+    ``num_val`` views validate."""
+    from nerf_pipeline.runtime import atomic
+    from nerf_pipeline.scenes import ray_files, synthetic
+    from nerf_pipeline.scenes.scene import validate
+
+    out = synthetic.render_scene(num_views=num_views, image_size=image_size, seed=0, supersample=1)
+    scene = validate(out["images"], out["poses"], out["focal"], out["near"], out["far"], out["depth"])
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic.save_npz(folder / "train.npz", **ray_files.view_rays(scene, range(num_views - num_val)))
+    atomic.save_npz(folder / "val.npz", **ray_files.view_rays(scene, range(num_views - num_val, num_views)))
+    return folder
 
 
 def free_port() -> int:
@@ -57,19 +121,36 @@ def make_project(path: Path, params: dict) -> Path:
             shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, path / name)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(path, params)
     run(["git", "init", "-q", "-b", "main"], path)
     run(["git", "config", "user.email", "tests@example.invalid"], path)
     run(["git", "config", "user.name", "tests"], path)
-    run([sys.executable, "-m", "dvc", "init", "-q"], path)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], path)
+    run(DVC + ["init", "-q"], path)
+    run(DVC + ["config", "core.analytics", "false"], path)
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "project"], path)
     return path
 
 
+def mlflow_runs(store) -> tuple:
+    """``(client, runs)`` of the experiment ``nerf-pipeline`` in ``store`` (a tracking URI, or a project
+    folder with its ``mlflow.db``), oldest first."""
+    import mlflow
+
+    uri = store if isinstance(store, str) else f"sqlite:///{Path(store) / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("nerf-pipeline")
+    if experiment is None:
+        return client, []
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def psnr(a, b) -> float:
+    return float(-10 * np.log10(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
 @pytest.fixture
-def write_params(tmp_path):
+def params_file(tmp_path):
     """Write a params mapping to a file in tmp_path and return its path."""
 
     def write(params: dict, name: str = "params.yaml") -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from nerf_pipeline import camera, synthetic
+from nerf_pipeline import camera
+from nerf_pipeline.scenes import synthetic
 
 
 def trace_views(poses, height, width, intrinsics):

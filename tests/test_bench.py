@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import yaml
 from conftest import REPO, tiny_params
 
-from nerf_pipeline import synthetic
+from nerf_pipeline.scenes import synthetic
 
 
+@pytest.mark.slow
 def test_bench_train_writes_the_documented_summary(tmp_path):
     data = synthetic.render_scene(num_views=10, image_size=24, seed=0)
     np.savez(tmp_path / "tiny.npz", images=data["images"], poses=data["poses"], focal=data["focal"])

@@ -1,11 +1,14 @@
-import dataclasses
+"""params.yaml → one typed config: every key checked, unknown and inapplicable keys refused by path."""
 
+import copy
+
+import pydantic
 import pytest
 import yaml
 from conftest import REPO
 
 from nerf_pipeline import config
-from nerf_pipeline.errors import ConfigError
+from nerf_pipeline.runtime.errors import ConfigError
 
 
 def repo_params() -> dict:
@@ -18,62 +21,135 @@ def test_repo_params_load_and_epochs_is_top_level():
     cfg = config.load(REPO / "params.yaml")
     assert cfg.epochs == params["epochs"]
     assert cfg.data.source == "synthetic"  # offline by default
-    assert cfg.preset == "hashgrid" and cfg.model is cfg.presets["hashgrid"]
-    assert cfg.flat["presets.hashgrid.field.num_levels"] == params["presets"]["hashgrid"]["field"]["num_levels"]
+    assert cfg.preset == "hashgrid" and cfg.active is cfg.presets["hashgrid"]
+    assert isinstance(cfg.active.field, config.HashGridFieldConfig)
+    assert isinstance(cfg.active.sampler, config.OccupancySamplerConfig)
+
+
+def test_used_params_are_the_active_preset_and_what_runs():
+    params = repo_params()
+    used = config.from_dict(params).used_params()
+    assert used["presets.hashgrid.field.num_levels"] == params["presets"]["hashgrid"]["field"]["num_levels"]
+    assert used["epochs"] == params["epochs"] and used["scene.bound"] == params["scene"]["bound"]
+    assert not any(key.startswith("presets.keras_example") for key in used)
+    params["data"]["source"] = "tiny_nerf"  # the built-in scene's params no longer apply
+    assert not any(key.startswith("synthetic.") for key in config.from_dict(params).used_params())
+
+
+def test_the_values_live_in_params_yaml_only():
+    """No config class has a default: a key left out of params.yaml is refused, never filled in."""
+    for cls in _sections():
+        for name, info in cls.model_fields.items():
+            assert info.is_required(), f"{cls.__name__}.{name} has a default"
+
+
+def _sections():
+    seen, todo = set(), [config.Section]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                todo.append(sub)
+    return seen
 
 
 def test_keras_example_preset_is_faithful():
     preset = config.load(REPO / "params.yaml").presets["keras_example"]
-    assert preset.field.model_kwargs() == {"type": "mlp", "num_layers": 8, "width": 64, "num_frequencies": 16,
-                                           "skip_every": 4}
-    assert (preset.sampler.strategy, preset.sampler.num_samples, preset.sampler.stratified) == ("uniform", 32, True)
-    assert (preset.batch.mode, preset.batch.size) == ("images", 5)
+    assert preset.field == config.MLPFieldConfig(type="mlp", num_layers=8, width=64, num_frequencies=16, skip_every=4)
+    assert preset.sampler == config.UniformSamplerConfig(type="uniform", num_samples=32, stratified=True)
+    assert preset.batch == config.ImageBatchConfig(mode="images", size=5)
     assert preset.optimizer.learning_rate == preset.optimizer.final_learning_rate == 1e-3
     assert (preset.optimizer.beta_1, preset.optimizer.beta_2, preset.optimizer.epsilon) == (0.9, 0.999, 1e-7)
 
 
+def changed(change: dict) -> dict:
+    """The repo's params with ``change`` merged in (nested mappings merged key by key; None deletes)."""
+    def merge(base, update):
+        for key, value in update.items():
+            if value is None and key in base:
+                del base[key]
+            elif isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+    return merge(copy.deepcopy(repo_params()), change)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"epoch": 3}, "unknown key 'epoch'. Did you mean 'epochs'?"),
-    ({"epochs": 0}, "'epochs' must be a whole number >= 1"),
+    ({"epochs": 0}, "'epochs' must be >= 1; got 0"),
     ({"epochs": 2.5}, "'epochs' must be a whole number; got 2.5"),
     ({"epochs": "ten"}, "'epochs' must be a whole number; got 'ten'"),
-    ({"split": {"val_fraction": 1.0}}, "'split.val_fraction' must be strictly between 0 and 1"),
-    ({"split": {"val_fraction": 0}}, "'split.val_fraction' must be strictly between 0 and 1"),
-    ({"split": {"order": "random"}}, "'split.order' must be one of 'shuffled', 'last'"),
-    ({"data": {"near": 6.0, "far": 2.0}}, "'data.near' must satisfy 0 <= near < far"),
-    ({"preset": "fast"}, "'preset' must name an entry of 'presets'"),
+    ({"epochs": True}, "'epochs' must be a whole number; got True"),
+    ({"split": {"val_fraction": 1.0}}, "'split.val_fraction' must be < 1"),
+    ({"split": {"val_fraction": 0}}, "'split.val_fraction' must be > 0"),
+    ({"split": {"order": "random"}}, "'split.order' must be one of 'shuffled', 'last'; got 'random'"),
+    ({"data": {"near": 6.0, "far": 2.0}}, "'data.near' must be below data.far"),
+    ({"preset": "hashgird"}, "'preset' must name an entry of 'presets' (hashgrid, keras_example); got 'hashgird'. "
+                             "Did you mean 'hashgrid'?"),
     ({"presets": {"hashgrid": {"sampler": {"num_sample": 8}}}},
-     "unknown key 'presets.hashgrid.sampler.num_sample'. Did you mean 'presets.hashgrid.sampler.num_samples'?"),
-    ({"presets": {"hashgrid": {"batch": {"size": -1}}}}, "'presets.hashgrid.batch.size' must be at least 1"),
-    ({"presets": {"hashgrid": {"field": {"type": "siren"}}}}, "'presets.hashgrid.field.type' must be one of 'mlp'"),
+     "unknown key 'presets.hashgrid.sampler.num_sample'. A sampler of type 'occupancy' takes"),
+    ({"presets": {"hashgrid": {"sampler": {"num_sample": 8}}}},
+     "Did you mean 'presets.hashgrid.sampler.num_samples'?"),
+    # keys of another kind of part are refused, not silently ignored
+    ({"presets": {"keras_example": {"field": {"num_levels": 4}}}},
+     "unknown key 'presets.keras_example.field.num_levels'. A field of type 'mlp' takes type, num_layers, width, "
+     "num_frequencies, skip_every. Did you mean 'presets.keras_example.field.num_layers'?"),
+    ({"presets": {"keras_example": {"sampler": {"num_march": 64}}}},
+     "unknown key 'presets.keras_example.sampler.num_march'. A sampler of type 'uniform' takes type, num_samples, "
+     "stratified."),
+    ({"presets": {"keras_example": {"batch": {"candidate_factor": 2}}}},
+     "unknown key 'presets.keras_example.batch.candidate_factor'. A batch of mode 'images' takes mode, size."),
+    ({"presets": {"hashgrid": {"sampler": {"type": "uniform"}}}},
+     "unknown key 'presets.hashgrid.sampler.num_march'. A sampler of type 'uniform'"),
+    ({"presets": {"hashgrid": {"sampler": {"type": "occupncy"}}}},
+     "'presets.hashgrid.sampler.type' must be one of 'uniform', 'occupancy'; got 'occupncy'. Did you mean 'occupancy'?"),
+    ({"presets": {"hashgrid": {"field": {"type": "siren"}}}},
+     "'presets.hashgrid.field.type' must be one of 'hashgrid', 'mlp'; got 'siren'"),
+    ({"presets": {"hashgrid": {"field": {"type": None}}}},
+     "missing key 'presets.hashgrid.field.type' (one of 'hashgrid', 'mlp')"),
+    ({"presets": {"hashgrid": {"sampler": {"decay": None}}}}, "missing key 'presets.hashgrid.sampler.decay' (a number)"),
+    ({"presets": {"hashgrid": {"batch": {"size": -1}}}}, "'presets.hashgrid.batch.size' must be >= 1; got -1"),
+    ({"presets": {"hashgrid": {"field": {"max_resolution": 8}}}},
+     "'presets.hashgrid.field.max_resolution' must be >= base_resolution (16)"),
+    ({"presets": {"keras_example": {"batch": {"mode": "rays", "candidate_factor": 2}}}},
+     "'presets.keras_example.batch.candidate_factor' must be 1 with a uniform sampler"),
     ({"presets": {"hashgrid": {"jit_compile": "yes"}}}, "'presets.hashgrid.jit_compile' must be true or false"),
-    ({"render": {"fps": 0}}, "'render.fps' must be at least 1"),
+    ({"scene": {"contraction": "always"}}, "'scene.contraction' must be one of 'auto', 'on', 'off'; got 'always'"),
+    ({"render": {"fps": 0}}, "'render.fps' must be >= 1"),
+    ({"render": {"elevation_deg": "x"}}, "'render.elevation_deg' must be a number or null; got 'x'"),
+    ({"mlflow": {"experiment": ""}}, "'mlflow.experiment' must not be empty"),
+    ({"presets": {"hashgrid": None, "keras_example": None}}, "'presets' must not be empty"),
 ])
 def test_bad_params_are_refused_with_the_key(change, message):
-    params = {"epochs": 1, **change}
     with pytest.raises(ConfigError) as error:
-        config.from_dict(params)
+        config.from_dict(changed(change))
     assert message in str(error.value)
 
 
-def test_missing_epochs_and_bad_yaml(tmp_path):
+def test_missing_keys_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="missing key 'epochs'"):
-        config.from_dict({"seed": 1})
+        config.from_dict(changed({"epochs": None}))
+    with pytest.raises(ConfigError, match=r"missing key 'render' \(a mapping\)"):
+        config.from_dict(changed({"render": None}))
     broken = tmp_path / "params.yaml"
     broken.write_text("epochs: [1,\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         config.load(broken)
     with pytest.raises(ConfigError, match="cannot read the params file"):
         config.load(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        config.from_dict([1, 2])
 
 
-def test_error_names_the_file(write_params):
-    path = write_params({"epochs": 1, "epoh": 2}, name="custom.yaml")
+def test_error_names_the_file(params_file):
+    path = params_file(changed({"epoh": 2}), name="custom.yaml")
     with pytest.raises(ConfigError, match=r"custom.yaml: unknown key 'epoh'"):
         config.load(path)
 
 
 def test_config_is_frozen():
-    cfg = config.from_dict({"epochs": 1})
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg = config.from_dict(repo_params())
+    with pytest.raises(pydantic.ValidationError):
         cfg.epochs = 2  # type: ignore[misc]

@@ -9,11 +9,11 @@ import sys
 import textwrap
 
 import pytest
-import yaml
-from conftest import REPO, free_port, tiny_params
+from conftest import REPO, TRAIN_OUTS, flags, free_port, make_rays, tiny_params, write_params
 
-from nerf_pipeline import config, distribute
-from nerf_pipeline.errors import ConfigError
+from nerf_pipeline import config
+from nerf_pipeline.runtime.errors import ConfigError
+from nerf_pipeline.training import distribute
 
 # Logical devices must be made before TensorFlow starts, so each run is a fresh process.
 DRIVER = textwrap.dedent("""
@@ -21,9 +21,10 @@ DRIVER = textwrap.dedent("""
     logging.basicConfig(level=logging.INFO)
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from nerf_pipeline import config, train
+    from nerf_pipeline import config
+    from nerf_pipeline.stages import train
     cfg = config.load("params.yaml")
-    train.run(cfg, *sys.argv[1:])
+    train.run(cfg, in_rays=sys.argv[1], **dict(zip(sys.argv[2::2], sys.argv[3::2])))
 """)
 
 
@@ -31,27 +32,20 @@ def train_on_two_devices(path, distribute_kind, rays_dir):
     params = tiny_params(epochs=3)
     params["distribute"] = distribute_kind
     params["presets"]["hashgrid"]["jit_compile"] = False  # the same numerics for both runs
-    (path / "params.yaml").write_text(yaml.safe_dump(params))
-    outs = [str(path / name) for name in ("model.keras", "train.json", "history.csv", "progress.npz", "run.json",
-                                          "checkpoint")]
+    write_params(path, params)
+    outs = [word for name, out in TRAIN_OUTS.items() for word in (name, str(path / out))]
     result = subprocess.run([sys.executable, "-c", DRIVER, str(rays_dir), *outs], cwd=path, capture_output=True,
                             text=True, timeout=600, env={**os.environ, "DVC_ROOT": str(path)})
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((path / "train.json").read_text()), result.stderr
+    return json.loads((path / TRAIN_OUTS["out_metrics"]).read_text()), result.stderr
 
 
 @pytest.fixture(scope="module")
 def rays_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rays")
-    (path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    for name, args in (("download", ["--out-scene", "scene.npz"]),
-                       ("split", ["--in-scene", "scene.npz", "--out-split", "split.json"]),
-                       ("rays", ["--in-scene", "scene.npz", "--in-split", "split.json", "--out-rays", "rays"])):
-        subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=path, check=True,
-                       capture_output=True)
-    return path / "rays"
+    return make_rays(tmp_path_factory.mktemp("rays"), tiny_params())
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_devices_follows_the_single_device_curve(tmp_path, rays_dir):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
@@ -70,7 +64,9 @@ def test_multi_worker_needs_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="needs the TF_CONFIG environment variable"):
         distribute.make_strategy("multi_worker")
-    assert config.from_dict({"epochs": 1, "distribute": "mirrored"}).distribute == "mirrored"
+    params = tiny_params()
+    params["distribute"] = "mirrored"
+    assert config.from_dict(params).distribute == "mirrored"
 
 
 def test_chief_is_worker_zero_without_a_chief(monkeypatch):
@@ -88,6 +84,7 @@ def test_chief_is_worker_zero_without_a_chief(monkeypatch):
     assert distribute.is_chief(tf.distribute.get_strategy())
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_train_together_and_only_the_chief_writes(tmp_path, rays_dir):
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     params = tiny_params(epochs=2)
@@ -96,9 +93,8 @@ def test_two_workers_on_loopback_train_together_and_only_the_chief_writes(tmp_pa
     for index in range(2):
         folder = tmp_path / f"worker{index}"
         folder.mkdir()
-        (folder / "params.yaml").write_text(yaml.safe_dump(params))
-        outs = ["--out-model", "out/model.keras", "--out-metrics", "out/train.json", "--out-history", "out/h.csv",
-                "--out-progress", "out/p.npz", "--out-run-file", "out/run.json", "--out-checkpoint", "out/ck"]
+        write_params(folder, params)
+        outs = flags(**TRAIN_OUTS)
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(subprocess.Popen(
             [sys.executable, str(REPO / "stages/train.py"), "--in-rays", str(rays_dir), *outs], cwd=folder,

@@ -1,55 +1,99 @@
-"""dvc.yaml is the map: each stage's code deps are exactly the modules its script runs."""
+"""dvc.yaml is the map: each stage's code deps are exactly the modules that can change its outputs,
+its cmd passes exactly the paths its run() takes, and its params are the keys it reads."""
 
 import ast
+import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO
 
+from nerf_pipeline.runtime import cli
+
 STAGES = ("download", "split", "rays", "train", "evaluate", "render")
+
+# Modules that carry a stage but cannot change what it writes: argument parsing and error
+# reporting, signal handling, atomic writes (the bytes are the same, only the way they land
+# differs), MLflow logging (what goes to the tracking store is not a DVC out). Editing one of
+# these reruns no stage. Package __init__ files hold docstrings only.
+NON_OUTPUT_MODULES = {
+    "nerf_pipeline/runtime/cli.py",
+    "nerf_pipeline/runtime/errors.py",
+    "nerf_pipeline/runtime/interrupts.py",
+    "nerf_pipeline/runtime/atomic.py",
+    "nerf_pipeline/runtime/tracking.py",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
-    """``nerf_pipeline`` modules a file imports (``from nerf_pipeline import x`` or ``from nerf_pipeline.x ...``)."""
+    """``nerf_pipeline`` modules a file imports (``from nerf_pipeline.x import y``, ``from nerf_pipeline.x.y import z``)."""
     modules = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nerf_pipeline":
-            if node.module == "nerf_pipeline":
-                modules |= {f"nerf_pipeline/{alias.name}.py" for alias in node.names}
-            else:
-                modules.add(node.module.replace(".", "/") + ".py")
-    return {m for m in modules if (REPO / m).is_file()}
+            base = node.module.replace(".", "/")
+            candidates = [f"{base}.py", *(f"{base}/{alias.name}.py" for alias in node.names)]
+            modules |= {c for c in candidates if (REPO / c).is_file()}
+    return modules
 
 
-def code_closure(script: str) -> set[str]:
-    seen, todo = set(), [script]
+def code_closure(module: str) -> set[str]:
+    seen, todo = {module}, [module]
     while todo:
-        for module in imported_modules(REPO / todo.pop()) - seen:
-            seen.add(module)
-            todo.append(module)
-    return seen | {script}
+        for imported in imported_modules(REPO / todo.pop()) - seen:
+            seen.add(imported)
+            todo.append(imported)
+    return seen
+
+
+def stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
 def test_stage_order_and_code_deps_are_exact():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert tuple(stages) == STAGES
-    for name in STAGES:
-        stage = stages[name]
-        script = f"stages/{name}.py"
-        assert stage["cmd"].startswith(f"python {script} "), name
+    assert tuple(stages()) == STAGES
+    for name, stage in stages().items():
+        assert stage["cmd"].startswith(f"python stages/{name}.py "), name
         code_deps = {d for d in stage["deps"] if d.endswith(".py")}
-        # nerf_pipeline/__init__.py holds only the version and docstring: not a dep
-        assert code_deps == code_closure(script), name
+        expected = code_closure(f"nerf_pipeline/stages/{name}.py") - NON_OUTPUT_MODULES
+        assert code_deps == expected, (f"stage '{name}': add {sorted(expected - code_deps)}, "
+                                       f"remove {sorted(code_deps - expected)}")
 
 
-def test_every_out_flag_names_a_declared_out_and_every_in_a_dep():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        words = stage["cmd"].split()
-        pairs = dict(zip(words[2::2], words[3::2]))
-        outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])}
-        for flag, path in pairs.items():
-            if flag.startswith("--out-"):
-                assert path in outs, (name, flag)
-            elif flag.startswith("--in-"):
-                assert path in stage["deps"], (name, flag)
+def test_every_module_is_a_dep_or_declared_not_to_change_outputs():
+    used = set().union(*(code_closure(f"nerf_pipeline/stages/{name}.py") for name in STAGES))
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "nerf_pipeline").rglob("*.py") if p.name != "__init__.py"}
+    assert modules - used - NON_OUTPUT_MODULES == set(), "a module no stage imports: is it dead code?"
+    assert NON_OUTPUT_MODULES <= modules
+
+
+def test_non_output_modules_are_plumbing_only():
+    """The non-output modules must not reach the model or the data code (else they could change outputs)."""
+    for module in NON_OUTPUT_MODULES:
+        reached = code_closure(module) - NON_OUTPUT_MODULES - {module}
+        assert reached <= {"nerf_pipeline/config.py"}, (module, reached)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_cmd_passes_exactly_the_paths_run_takes(name):
+    import importlib
+
+    stage = stages()[name]
+    words = stage["cmd"].split()
+    pairs = dict(zip(words[2::2], words[3::2]))
+    module = importlib.import_module(f"nerf_pipeline.stages.{name}")
+    assert {flag[2:].replace("-", "_") for flag in pairs} == set(cli.path_parameters(module))
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])}
+    for flag, path in pairs.items():
+        if flag.startswith("--out-"):
+            assert path in outs, (name, flag)
+        else:
+            assert flag.startswith("--in-") and path in stage["deps"], (name, flag)
+    assert "cfg" in inspect.signature(module.run).parameters
+
+
+def test_train_evaluate_render_depend_on_the_active_preset_only():
+    for name in ("train", "evaluate", "render"):
+        params = stages()[name]["params"]
+        assert "presets" not in params and not any(p.startswith("presets.keras") for p in params), name
+        assert any(p.startswith("presets.${preset}") for p in params), name

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nerf_pipeline import interrupts
+from nerf_pipeline.runtime import interrupts
 
 
 @pytest.fixture

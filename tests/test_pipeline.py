@@ -3,36 +3,40 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from conftest import make_project, run, tiny_params
+from conftest import DVC, make_project, mlflow_runs, run, tiny_params
 
 from nerf_pipeline import media
 
-DVC = [sys.executable, "-m", "dvc"]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """One tiny project, reproduced once; the tests below read it in order."""
+    """One tiny project, reproduced once and committed. Tests that read its first run find that run by
+    the id in its run file (``first_run``), so they hold whichever tests ran before them."""
     path = make_project(tmp_path_factory.mktemp("project"), tiny_params(epochs=2))
     result = run(DVC + ["repro"], path)
-    return path, result
+    first_run = json.loads((path / "models/mlflow_run.json").read_text())["run_id"]
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "first repro"], path)
+    return path, result, first_run
 
 
-def mlflow_runs(path):
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("nerf-pipeline")
-    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+@pytest.fixture(autouse=True)
+def committed_workspace(project):
+    """Each test starts from the committed first run: `dvc exp run` leaves its params and outs in the workspace."""
+    path = project[0]
+    run(["git", "checkout", "-f", "HEAD", "--", "."], path)
+    run(DVC + ["checkout", "--force", "-q"], path)
+    yield
 
 
 def test_repro_writes_every_out(project):
-    path, _ = project
+    path, _, _ = project
     for out in ("data/scene.npz", "data/split.json", "data/rays/train.npz", "data/rays/val.npz",
                 "models/model.keras", "models/progress.npz", "models/mlflow_run.json", "metrics/train.json",
                 "metrics/train_history.csv", "metrics/eval.json", "metrics/eval_per_view.csv", "eval/grid.png",
@@ -41,7 +45,7 @@ def test_repro_writes_every_out(project):
 
 
 def test_metrics_are_real(project):
-    path, _ = project
+    path, _, _ = project
     train = json.loads((path / "metrics/train.json").read_text())
     evaluation = json.loads((path / "metrics/eval.json").read_text())
     assert train["epochs"] == 2 and train["steps"] == 50
@@ -57,7 +61,7 @@ def test_metrics_are_real(project):
 
 
 def test_media_decode(project):
-    path, _ = project
+    path, _, _ = project
     assert media.count_video_frames(path / "render/orbit.mp4") == 12
     assert media.count_video_frames(path / "render/orbit_depth.mp4") == 12
     gif = imageio.mimread(path / "render/progress.gif")
@@ -67,11 +71,9 @@ def test_media_decode(project):
 
 
 def test_one_mlflow_run_with_everything(project):
-    path, _ = project
-    client, runs = mlflow_runs(path)
-    assert len(runs) == 1
-    run_info = runs[0]
-    assert run_info.info.run_id == json.loads((path / "models/mlflow_run.json").read_text())["run_id"]
+    path, _, first_run = project
+    client, _ = mlflow_runs(path)
+    run_info = client.get_run(first_run)  # one run holds every stage's params, metrics and artifacts
     assert run_info.info.status == "FINISHED"
     assert run_info.data.params["epochs"] == "2"
     assert run_info.data.params["presets.hashgrid.field.num_levels"] == "8"
@@ -86,18 +88,18 @@ def test_one_mlflow_run_with_everything(project):
 
 
 def test_second_repro_does_nothing(project):
-    path, _ = project
+    path, _, _ = project
+    _, before = mlflow_runs(path)
     result = run(DVC + ["repro"], path)
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
-    _, runs = mlflow_runs(path)
-    assert len(runs) == 1
+    _, after = mlflow_runs(path)
+    assert len(after) == len(before)
 
 
 def test_exp_run_reruns_only_training_and_lands_in_mlflow(project):
-    path, _ = project
-    run(["git", "add", "-A"], path)
-    run(["git", "commit", "-qm", "first repro"], path)
-    result = run(DVC + ["exp", "run", "-S", "epochs=3"], path)
+    path, _, _ = project
+    _, before = mlflow_runs(path)
+    result = run(DVC + ["exp", "run", "-S", "epochs=3", "-n", "three-epochs"], path)
     output = result.stdout + result.stderr
     for stage in ("download", "split", "rays"):
         assert f"Stage '{stage}' didn't change, skipping" in output, stage
@@ -105,16 +107,15 @@ def test_exp_run_reruns_only_training_and_lands_in_mlflow(project):
         assert f"Running stage '{stage}'" in output, stage
 
     shown = json.loads(run(DVC + ["exp", "show", "--json"], path).stdout)
-    experiments = [exp for baseline in shown for exp in (baseline.get("experiments") or [])]
-    assert len(experiments) == 1
-    name = experiments[0]["name"]
-    data = experiments[0]["revs"][0]["data"]
+    experiments = {exp["name"]: exp for baseline in shown for exp in (baseline.get("experiments") or [])}
+    name = "three-epochs"
+    data = experiments[name]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["epochs"] == 3
     eval_metrics = data["metrics"]["metrics/eval.json"]["data"]
     assert eval_metrics["psnr"] > 0
 
     _, runs = mlflow_runs(path)
-    assert len(runs) == 2
+    assert len(runs) == len(before) + 1
     latest = runs[-1]
     assert latest.info.run_name == name
     assert latest.data.tags["dvc.experiment"] == name
@@ -124,7 +125,7 @@ def test_exp_run_reruns_only_training_and_lands_in_mlflow(project):
 
 def test_temp_experiment_lands_in_the_project_store(project):
     """`dvc exp run --temp` runs in a copy under .dvc/tmp; its MLflow run must still land here."""
-    path, _ = project
+    path, _, _ = project
     _, before = mlflow_runs(path)
     run(DVC + ["exp", "run", "--temp", "-S", "epochs=1", "-n", "temp-exp"], path)
     _, runs = mlflow_runs(path)
@@ -141,7 +142,7 @@ def test_a_capture_runs_with_only_data_source_changed(project, tmp_path):
     the whole pipeline with nothing but `data.source` set."""
     from scenes import write_ngp
 
-    path, _ = project
+    path, _, _ = project
     write_ngp(tmp_path / "capture", num_views=8, height=20, width=28)
     run(DVC + ["exp", "run", "-S", f"data.source={tmp_path / 'capture'}", "-n", "capture"], path)
     evaluation = json.loads((path / "metrics/eval.json").read_text())

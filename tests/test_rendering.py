@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nerf_pipeline.rendering import composite
+from nerf_pipeline.model.rendering import composite
 
 
 def test_opaque_first_sample_takes_all():

@@ -21,32 +21,21 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import REPO, TRAIN_OUTS, assert_user_error, flags, make_rays, mlflow_runs, stage, tiny_params
+from conftest import write_params as write_params_file
 
 from nerf_pipeline import camera
 
 
-def stage(name, *args, cwd, env=None, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def assert_refused(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr, result.stderr
-    message = " ".join(result.stderr.split())
-    for fragment in fragments:
-        assert fragment in message, result.stderr
-
-
 def write_params(path, **changes):
+    """The tiny params with ``changes`` merged in (a mapping merges into its section)."""
     params = tiny_params()
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(params.get(key), dict):
             params[key] = {**params[key], **value}
         else:
             params[key] = value
-    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params_file(path, params)
 
 
 def good_arrays(n=4, size=8):
@@ -111,7 +100,7 @@ BAD_FILES = {
 def test_bad_scene_file_is_refused(tmp_path, case):
     arrays, raw, message = BAD_FILES[case]
     result = download(tmp_path, arrays=arrays, raw=raw)
-    assert_refused(result, "input.npz", message)
+    assert_user_error(result, "input.npz", message)
     assert outs(tmp_path) == []
 
 
@@ -127,23 +116,23 @@ def test_uint8_images_are_normalised_not_refused(tmp_path):
 
 @pytest.mark.parametrize("changes, messages", [
     ({"epoch": 3}, ["unknown key 'epoch'. Did you mean 'epochs'?"]),
-    ({"epochs": 0}, ["'epochs' must be a whole number >= 1 (got 0)"]),
+    ({"epochs": 0}, ["'epochs' must be >= 1; got 0"]),
     ({"epochs": 1.5}, ["'epochs' must be a whole number; got 1.5"]),
-    ({"split": {"val_fraction": 1.2}}, ["'split.val_fraction' must be strictly between 0 and 1 (got 1.2)"]),
-    ({"data": {"near": 6.0, "far": 2.0}}, ["'data.near' must satisfy 0 <= near < far"]),
+    ({"split": {"val_fraction": 1.2}}, ["'split.val_fraction' must be < 1; got 1.2"]),
+    ({"data": {"near": 6.0, "far": 2.0}}, ["'data.near' must be below data.far"]),
     ({"data": {"source": "synthetc"}}, ["'data.source' is 'synthetc'", "Did you mean 'synthetic'?"]),
 ])
 def test_bad_params_are_refused_before_any_work(tmp_path, changes, messages):
     write_params(tmp_path, **changes)
     result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
-    assert_refused(result, *messages)
+    assert_user_error(result, *messages)
     assert outs(tmp_path) == []
 
 
 def test_too_few_views_for_the_split(tmp_path):
     assert download(tmp_path, arrays=good_arrays(n=1)).returncode == 0
     result = stage("split", "--in-scene", "out/scene.npz", "--out-split", "out/split.json", cwd=tmp_path)
-    assert_refused(result, "the scene has 1 views: too few for split.val_fraction = 0.2")
+    assert_user_error(result, "the scene has 1 views: too few for split.val_fraction = 0.2")
     assert outs(tmp_path) == ["out/scene.npz"]
 
 
@@ -151,7 +140,7 @@ def test_unwritable_output_folder(tmp_path):
     (tmp_path / "blocker").write_text("a file where a folder should be")
     write_params(tmp_path)
     result = stage("download", "--out-scene", "blocker/scene.npz", cwd=tmp_path)
-    assert_refused(result, "cannot write the output 'blocker/scene.npz'", "is not writable")
+    assert_user_error(result, "cannot write the output 'blocker/scene.npz'", "is not writable")
     assert (tmp_path / "blocker").read_text() == "a file where a folder should be"
 
 
@@ -183,11 +172,11 @@ def test_tiny_nerf_download_is_checked_against_its_sha256(tmp_path):
         write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/tiny_nerf_data.npz",
                                      "tiny_nerf_sha256": "0" * 64})
         result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
-        assert_refused(result, f"sha256 {digest} does not match the pinned 'data.tiny_nerf_sha256'")
+        assert_user_error(result, f"sha256 {digest} does not match the pinned 'data.tiny_nerf_sha256'")
         assert outs(tmp_path) == []
 
         write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/missing.npz"})
-        assert_refused(stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path), "HTTP 404")
+        assert_user_error(stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path), "HTTP 404")
 
         write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/tiny_nerf_data.npz",
                                      "tiny_nerf_sha256": digest})
@@ -201,33 +190,24 @@ def test_unreachable_url_fails_at_once(tmp_path):
                                  "download_retries": 1})
     start = time.perf_counter()
     result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
-    assert_refused(result, "http://127.0.0.1:9/tiny_nerf_data.npz", "data.source: synthetic")
+    assert_user_error(result, "http://127.0.0.1:9/tiny_nerf_data.npz", "data.source: synthetic")
     assert time.perf_counter() - start < 30
     assert outs(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- training
 
-TRAIN_OUTS = ("out/model.keras", "out/train.json", "out/history.csv", "out/progress.npz", "out/run.json",
-              "out/checkpoint")
-
-
 def train_args():
-    flags = ("--out-model", "--out-metrics", "--out-history", "--out-progress", "--out-run-file", "--out-checkpoint")
-    return ["--in-rays", "rays", *[a for pair in zip(flags, TRAIN_OUTS) for a in pair]]
+    return flags(in_rays="rays", **TRAIN_OUTS)
 
 
 @pytest.fixture(scope="module")
 def rays_project(tmp_path_factory):
     """A folder with tiny precomputed rays (7 views of 16 px), made by the real stages."""
-    path = tmp_path_factory.mktemp("rays_project")
     params = tiny_params()
     params["synthetic"].update(num_views=7, image_size=16)
-    (path / "params.yaml").write_text(yaml.safe_dump(params))
-    for name, args in (("download", ["--out-scene", "scene.npz"]),
-                       ("split", ["--in-scene", "scene.npz", "--out-split", "split.json"]),
-                       ("rays", ["--in-scene", "scene.npz", "--in-split", "split.json", "--out-rays", "rays"])):
-        assert stage(name, *args, cwd=path).returncode == 0
+    path = tmp_path_factory.mktemp("rays_project")
+    make_rays(path, params)
     return path
 
 
@@ -236,49 +216,44 @@ def train_in(tmp_path, rays_project, env=None, **changes):
     if not (tmp_path / "rays").exists():
         os.symlink(rays_project / "rays", tmp_path / "rays")
     params = yaml.safe_load((rays_project / "params.yaml").read_text())
-    for key, value in changes.items():
-        params[key] = value
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    params.update(changes)
+    write_params_file(tmp_path, params)
     return stage("train", *train_args(), cwd=tmp_path, env={"DVC_ROOT": str(tmp_path), **(env or {})})
 
 
+@pytest.mark.slow
 def test_batch_larger_than_the_data(tmp_path, rays_project):
     params = tiny_params()
     params["presets"]["hashgrid"]["batch"]["size"] = 5000  # 5 train views of 16 x 16 = 1280 rays
     result = train_in(tmp_path, rays_project, presets=params["presets"])
-    assert_refused(result, "'presets.hashgrid.batch.size' is 5000 but the training split has only 1280 rays")
+    assert_user_error(result, "'presets.hashgrid.batch.size' is 5000 but the training split has only 1280 rays")
     assert outs(tmp_path) == [] and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_is_reported_before_training(tmp_path, rays_project):
     start = time.perf_counter()
     result = train_in(tmp_path, rays_project, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
-    assert_refused(result, "cannot use the MLflow tracking store http://127.0.0.1:9")
+    assert_user_error(result, "cannot use the MLflow tracking store http://127.0.0.1:9")
     assert "Epoch 1" not in result.stdout
     assert time.perf_counter() - start < 120
     assert outs(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, rays_project):
     params = tiny_params(epochs=20)
     # A learning rate that grows 10^1.7-fold per epoch of 5 steps: fine at first, divergent soon after.
     params["presets"]["hashgrid"]["optimizer"].update(learning_rate=1e-4, final_learning_rate=1e30)
     params["presets"]["hashgrid"]["steps_per_epoch"] = 5
     result = train_in(tmp_path, rays_project, epochs=20, presets=params["presets"])
-    assert_refused(result, "training diverged: the loss became", "the checkpoint of the last complete epoch")
+    assert_user_error(result, "training diverged: the loss became", "the checkpoint of the last complete epoch")
     meta = json.loads((tmp_path / "out/checkpoint/meta.json").read_text())
     assert meta["epoch"] >= 1 and all(np.isfinite(row["loss"]) for row in meta["history"])
     assert outs(tmp_path)[0] == "out/checkpoint" and all(p.startswith("out/checkpoint") for p in outs(tmp_path))
 
 
-def mlflow_runs(path):
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("nerf-pipeline")
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-
-
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
     """kill -9 in the middle of training; the rerun continues from the last checkpoint and ends
     where an uninterrupted run ends. A checkpoint of other params is not resumed."""
@@ -318,7 +293,7 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
     history = (resumed_dir / "out/history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == [str(e) for e in range(1, epochs + 1)]
 
-    first, second = mlflow_runs(resumed_dir)
+    _, (first, second) = mlflow_runs(resumed_dir)
     assert first.info.status == "KILLED" and second.info.status == "FINISHED"
     assert second.data.tags["resumes_run"] == first.info.run_id
     assert second.data.tags["resumed_from_epoch"] == str(killed_at)
@@ -330,6 +305,7 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
     assert json.loads((resumed_dir / "out/train.json").read_text())["resumed_from_epoch"] == 0
 
 
+@pytest.mark.slow
 def test_terminated_training_ends_its_mlflow_run_as_killed(tmp_path, rays_project):
     os.symlink(rays_project / "rays", tmp_path / "rays")
     params = yaml.safe_load((rays_project / "params.yaml").read_text())
@@ -345,6 +321,6 @@ def test_terminated_training_ends_its_mlflow_run_as_killed(tmp_path, rays_projec
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "[train] interrupted" in stderr and "Traceback" not in stderr
-    (run,) = mlflow_runs(tmp_path)
+    _, (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "KILLED"
     assert not (tmp_path / "out/model.keras").exists()

@@ -1,54 +1,69 @@
+"""Samplers: uniform depths as the Keras example draws them; occupancy-guided depths only in occupied cells."""
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from nerf_pipeline import sampling
+from nerf_pipeline.config import OccupancySamplerConfig, UniformSamplerConfig
+from nerf_pipeline.model.occupancy import UpdateOccupancyGrid
+from nerf_pipeline.model.sampling import OccupancySampler, UniformSampler, make_sampler
+from nerf_pipeline.model.space import BoxSpace, ContractedSpace
 
 DOWN = (tf.constant([[0.1, 0.1, 5.0]]), tf.constant([[0.0, 0.0, -1.0]]))  # straight down onto the origin
+UNIT_BOX = BoxSpace(1.0)
+
+
+def uniform(num_samples, stratified):
+    return make_sampler(UniformSamplerConfig(type="uniform", num_samples=num_samples, stratified=stratified))
+
+
+def occupancy_sampler(layers, num_samples=16, num_march=64):
+    """An occupancy sampler over a 4^3 grid (cells of 0.5 over [-1, 1]^3) whose z-layers ``layers`` are occupied."""
+    sampler = make_sampler(OccupancySamplerConfig(
+        type="occupancy", num_samples=num_samples, stratified=True, num_march=num_march, grid_resolution=4,
+        update_every=1, warmup_steps=0, alpha_threshold=0.01, decay=0.95))
+    grid = np.zeros((4, 4, 4), np.float32)
+    grid[:, :, layers] = 1.0
+    sampler.grid.occupied.assign(grid)
+    return sampler
 
 
 def test_uniform_samples_without_jitter_are_linspace():
-    t_vals, deltas = sampling.uniform_samples(3, 2.0, 6.0, 5, stratified=False)
+    sampler = uniform(5, stratified=True)
+    assert isinstance(sampler, UniformSampler) and sampler.callbacks() == []
+    origins = tf.zeros([3, 3])
+    t_vals, deltas = sampler.sample(origins, origins, 2.0, 6.0, UNIT_BOX, training=False, seed_generator=None)
     np.testing.assert_allclose(t_vals, np.tile(np.linspace(2, 6, 5), (3, 1)), rtol=1e-6)
     np.testing.assert_allclose(deltas[:, :-1], 1.0, rtol=1e-6)
     assert np.all(deltas[:, -1] == 1e10)
+    assert sampler.hits(origins, origins, 2.0, 6.0, UNIT_BOX).numpy().all()
 
 
 def test_uniform_jitter_stays_in_its_stratum():
-    t_vals, _ = sampling.uniform_samples(256, 2.0, 6.0, 8, stratified=True, seed=keras.random.SeedGenerator(1))
-    base = np.linspace(2, 6, 8)
-    offset = t_vals.numpy() - base
+    origins = tf.zeros([256, 3])
+    t_vals, _ = uniform(8, stratified=True).sample(origins, origins, 2.0, 6.0, UNIT_BOX, training=True,
+                                                   seed_generator=keras.random.SeedGenerator(1))
+    offset = t_vals.numpy() - np.linspace(2, 6, 8)
     assert np.all(offset >= 0) and np.all(offset <= 0.5 + 1e-6)
     assert offset.std() > 0.1  # really jittered
 
 
-def test_ray_box_intersection_hand_computed():
-    t_enter, t_exit = sampling.ray_box_intersection(*DOWN, -tf.ones(3), tf.ones(3))
-    np.testing.assert_allclose([t_enter[0], t_exit[0]], [4.0, 6.0])
-    t_enter, t_exit = sampling.ray_box_intersection(tf.constant([[5.0, 5.0, 5.0]]), DOWN[1], -tf.ones(3), tf.ones(3))
-    assert t_enter[0] >= t_exit[0]  # misses
-
-
-def occupancy(layers):
-    grid = np.zeros((4, 4, 4), np.float32)  # cells of 0.5 over [-1, 1]^3, indexed [x, y, z]
-    grid[:, :, layers] = 1.0
-    return tf.constant(grid)
-
-
 def test_occupancy_samples_land_only_in_occupied_cells():
     # z-layer 1 covers z in [-0.5, 0]: the downward ray crosses it at depths 5 to 5.5
-    t_vals, deltas = sampling.occupancy_samples(*DOWN, near=2.0, far=6.0, occupied=occupancy([1]), scene_bound=1.0,
-                                                num_samples=16, num_march=64, stratified=True,
-                                                seed=keras.random.SeedGenerator(0))
+    sampler = occupancy_sampler([1])
+    t_vals, deltas = sampler.sample(*DOWN, 2.0, 6.0, UNIT_BOX, training=True,
+                                    seed_generator=keras.random.SeedGenerator(0))
     assert np.all(t_vals.numpy() >= 5.0 - 1e-5) and np.all(t_vals.numpy() <= 5.5 + 1e-5)
     assert np.all(np.diff(t_vals.numpy(), axis=-1) >= 0)
     np.testing.assert_allclose(deltas.numpy().sum(), 0.5, rtol=1e-5)
+    assert isinstance(sampler, OccupancySampler)
+    assert [type(c) for c in sampler.callbacks()] == [UpdateOccupancyGrid]
 
 
 def test_occupancy_samples_skip_the_gap_between_occupied_cells():
-    t_vals, deltas = sampling.occupancy_samples(*DOWN, near=2.0, far=6.0, occupied=occupancy([0, 3]), scene_bound=1.0,
-                                                num_samples=8, num_march=64, stratified=False)
+    t_vals, deltas = occupancy_sampler([0, 3], num_samples=8).sample(*DOWN, 2.0, 6.0, UNIT_BOX, training=False,
+                                                                     seed_generator=None)
     t = t_vals.numpy()[0]
     # z-layer 3 (z in [0.5, 1]) is crossed at depths 4 to 4.5, layer 0 at 5.5 to 6: none in between
     assert np.all((t <= 4.5 + 1e-5) | (t >= 5.5 - 1e-5))
@@ -57,15 +72,27 @@ def test_occupancy_samples_skip_the_gap_between_occupied_cells():
 
 
 def test_full_grid_gives_even_spacing_inside_the_box():
-    t_vals, deltas = sampling.occupancy_samples(*DOWN, near=2.0, far=6.0, occupied=tf.ones([4, 4, 4]),
-                                                scene_bound=1.0, num_samples=4, num_march=64, stratified=False)
+    t_vals, deltas = occupancy_sampler([0, 1, 2, 3], num_samples=4).sample(*DOWN, 2.0, 6.0, UNIT_BOX,
+                                                                           training=False, seed_generator=None)
     np.testing.assert_allclose(t_vals.numpy()[0], [4.25, 4.75, 5.25, 5.75], atol=1e-4)
     np.testing.assert_allclose(deltas.numpy()[0], 0.5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("origin", [[0.1, 0.1, 5.0], [5.0, 5.0, 5.0]])
-def test_empty_grid_or_missed_box_contributes_nothing(origin):
-    _, deltas = sampling.occupancy_samples(tf.constant([origin]), DOWN[1], 2.0, 6.0,
-                                           occupied=tf.zeros([4, 4, 4]) if origin[0] < 1 else tf.ones([4, 4, 4]),
-                                           scene_bound=1.0, num_samples=4, num_march=16, stratified=False)
+@pytest.mark.parametrize("origin, layers", [([0.1, 0.1, 5.0], []), ([5.0, 5.0, 5.0], [0, 1, 2, 3])])
+def test_empty_grid_or_missed_box_contributes_nothing(origin, layers):
+    sampler = occupancy_sampler(layers, num_samples=4, num_march=16)
+    origins = tf.constant([origin])
+    _, deltas = sampler.sample(origins, DOWN[1], 2.0, 6.0, UNIT_BOX, training=False, seed_generator=None)
     np.testing.assert_allclose(deltas.numpy(), 0.0)
+    assert not sampler.hits(origins, DOWN[1], 2.0, 6.0, UNIT_BOX).numpy()[0]
+
+
+def test_occupancy_samples_in_a_contracted_space_reach_the_far_background():
+    """With every cell occupied, a ray's samples spread from near to far; each stands for its share of its bin."""
+    sampler = occupancy_sampler([0, 1, 2, 3], num_samples=32, num_march=64)
+    space = ContractedSpace(0.5)  # the grid covers the contracted cube [-1, 1]^3
+    origins, directions = tf.constant([[2.0, 0.0, 0.0]]), tf.constant([[-1.0, 0.0, 0.0]])
+    t_vals, deltas = sampler.sample(origins, directions, 0.5, 100.0, space, training=False, seed_generator=None)
+    t, d = t_vals.numpy()[0], deltas.numpy()[0]
+    assert t[0] < 1.0 and t[-1] > 40.0 and np.all(np.diff(t) > 0)
+    np.testing.assert_allclose(d.sum(), 100.0 - 0.5, rtol=1e-3)  # all of [near, far] is occupied

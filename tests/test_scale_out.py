@@ -10,9 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import free_port, make_project, run, tiny_params
-
-DVC = [sys.executable, "-m", "dvc"]
+from conftest import DVC, free_port, make_project, mlflow_runs, run, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +23,7 @@ def reproduced(tmp_path_factory):
     return path
 
 
-def mlflow_runs(tracking_uri):
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("nerf-pipeline")
-    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-
-
+@pytest.mark.slow
 def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     path = reproduced
     run(DVC + ["exp", "run", "--queue", "-S", "epochs=2", "-n", "sweep-a"], path)
@@ -52,7 +43,7 @@ def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     run(DVC + ["queue", "stop", "--kill"], path, check=False)
     assert status.count("Success") == 2, status + run(DVC + ["queue", "logs", "sweep-b"], path, check=False).stdout
 
-    _, runs = mlflow_runs(f"sqlite:///{path / 'mlflow.db'}")
+    _, runs = mlflow_runs(path)
     by_name = {r.info.run_name: r for r in runs}
     assert {"sweep-a", "sweep-b"} <= set(by_name)
     for name, epochs in (("sweep-a", "2"), ("sweep-b", "3")):
@@ -65,6 +56,7 @@ def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     assert {"sweep-a", "sweep-b"} <= names
 
 
+@pytest.mark.slow
 def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work(reproduced, tmp_path):
     path = reproduced
     remote = tmp_path / "remote"
@@ -80,6 +72,7 @@ def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work(reproduced, tmp_path
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
     port = free_port()
     server = subprocess.Popen(

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from nerf_pipeline import camera
-from nerf_pipeline.errors import DataError
-from nerf_pipeline.scene import Scene, read_tiny_nerf_npz, validate
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.scene import Scene, read_tiny_nerf_npz, validate
 
 
 def arrays(n=3, size=4):

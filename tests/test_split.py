@@ -1,7 +1,7 @@
 import pytest
 
-from nerf_pipeline.errors import DataError
-from nerf_pipeline.split import split_views
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.stages.split import split_views
 
 
 def test_last_order_is_the_keras_example_split():

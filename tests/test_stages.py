@@ -1,26 +1,29 @@
 """The stage scripts as DVC runs them: user mistakes give one clear paragraph, exit 2, and no out."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import REPO, assert_user_error, flags, stage, tiny_params
+
+from nerf_pipeline.runtime import cli
+from nerf_pipeline.stages import download, evaluate, rays, render, split, train
+
+STAGES = {"download": download, "split": split, "rays": rays, "train": train, "evaluate": evaluate,
+          "render": render}
 
 
-def stage(name, *args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_user_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    message = " ".join(result.stderr.split())  # the message is wrapped to the terminal's width
-    for fragment in fragments:
-        assert fragment in message, result.stderr
+@pytest.mark.parametrize("name", STAGES)
+def test_a_stage_script_takes_exactly_the_paths_of_run_by_name(name):
+    """The flags come from run()'s keyword-only parameters and go back by name: no script can pass a path
+    to the wrong parameter, whatever the order of the names."""
+    module = STAGES[name]
+    parameters = cli.path_parameters(module)
+    assert parameters and all(p.startswith(("in_", "out_")) for p in parameters)
+    args = cli.parse_paths(module, flags(**{p: f"path/of/{p}" for p in reversed(parameters)}))
+    assert {p: getattr(args, p) for p in parameters} == {p: f"path/of/{p}" for p in parameters}
+    assert f"cli.main({name})" in (REPO / "stages" / f"{name}.py").read_text()
 
 
 def test_download_split_rays_by_hand(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nerf_pipeline import synthetic
+from nerf_pipeline.scenes import synthetic
 from nerf_pipeline.camera import generate_rays, hemisphere_poses
 
 DOWN = (0.0, 0.0, -1.0)

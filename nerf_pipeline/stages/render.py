@@ -1,13 +1,13 @@
 """Stage ``render``: a 360° orbit video of the trained model, its depth video, and a GIF of training.
 
-Reads the trained model, the rays folder (image size, intrinsics, camera poses), the
-training-progress frames and the MLflow run file. Writes:
+Reads ``in_model`` (the trained model), ``in_rays`` (image size, intrinsics, camera poses),
+``in_progress`` (the training-progress frames) and ``in_run_file`` (the MLflow run). Writes:
 
-* ``video``: mp4 (H.264), ``render.num_frames`` frames (120: every one of the Keras
+* ``out_video``: mp4 (H.264), ``render.num_frames`` frames (120: every one of the Keras
   example's), a full turn about the scene's up axis at elevation ``render.elevation_deg``
   and distance ``render.radius`` (null: the cameras' median);
-* ``depth_video``: the same orbit's depth, inferno, near bright;
-* ``gif``: one frame per epoch, val view 0 as it looked after that epoch.
+* ``out_depth_video``: the same orbit's depth, inferno, near bright;
+* ``out_gif``: one frame per epoch, val view 0 as it looked after that epoch.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ import time
 
 import numpy as np
 
-from nerf_pipeline import camera, media, rays, tracking
+from nerf_pipeline import camera, media
 from nerf_pipeline.config import Config
-from nerf_pipeline.model import ChunkedRenderer, load_model
-from nerf_pipeline.scene import read_npz
+from nerf_pipeline.model.nerf import load_model
+from nerf_pipeline.model.renderer import ChunkedRenderer
+from nerf_pipeline.runtime import tracking
+from nerf_pipeline.scenes import ray_files
+from nerf_pipeline.scenes.scene import read_npz
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 def orbit_path(poses: np.ndarray, elevation_deg, radius) -> tuple[float, float]:
     """``(elevation_deg, radius)`` of the orbit: the given values, else the median of the cameras'.
 
-    Scenes are z-up and centred on what the cameras look at (``transforms.py`` makes them so),
+    Scenes are z-up and centred on what the cameras look at (``scenes/folders.py`` makes them so),
     so the orbit turns about the z axis through the origin.
     """
     positions = np.asarray(poses)[:, :3, 3]
@@ -40,13 +43,13 @@ def orbit_path(poses: np.ndarray, elevation_deg, radius) -> tuple[float, float]:
     return elevation_deg, radius
 
 
-def run(cfg: Config, in_model, in_rays, in_progress, in_run_file, out_video, out_depth_video, out_gif) -> dict:
-    val = rays.load(in_rays, "val")
-    train_poses = rays.load(in_rays, "train")["poses"]
+def run(cfg: Config, *, in_model, in_rays, in_progress, in_run_file, out_video, out_depth_video, out_gif) -> dict:
+    val = ray_files.load(in_rays, "val")
+    train_poses = ray_files.load(in_rays, "train")["poses"]
     height, width = val["rgb"].shape[1:3]
     progress = read_npz(in_progress, required=("frames",))["frames"]
     model = load_model(in_model)
-    renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.model.jit_compile)
+    renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.active.jit_compile)
     r = cfg.render
     elevation, radius = orbit_path(np.concatenate([train_poses, val["poses"]]), r.elevation_deg, r.radius)
     poses = camera.orbit_poses(r.num_frames, elevation, radius)

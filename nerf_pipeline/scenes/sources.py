@@ -1,4 +1,4 @@
-"""Stage ``download``: bring the scene that ``data.source`` names into one normalised file.
+"""The scene that ``data.source`` names, read (or rendered, or downloaded) into a ``Scene``.
 
 Sources:
 
@@ -8,12 +8,8 @@ Sources:
   set. With no network it fails at once and says which other sources exist; it never
   falls back to another source by itself.
 * a folder (or its ``transforms*.json``) in the NeRF-synthetic or instant-ngp/nerfstudio
-  layout (``transforms.py``);
+  layout (``folders.py``);
 * any other value: the path of a local ``.npz`` in the tiny_nerf layout.
-
-Writes ``scene.npz`` (layout in ``scene.py``): images [N, H, W, 3] float32, poses
-[N, 4, 4] float32, intrinsics [N, 4] float32, near/far [] float32, depth [N, H, W] float32
-(synthetic only), the source's own split (NeRF-synthetic only).
 """
 
 from __future__ import annotations
@@ -28,10 +24,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from nerf_pipeline import synthetic, transforms
 from nerf_pipeline.config import Config
-from nerf_pipeline.errors import DataError
-from nerf_pipeline.scene import Scene, read_tiny_nerf_npz, validate
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes import folders, synthetic
+from nerf_pipeline.scenes.scene import Scene, read_tiny_nerf_npz, validate
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +104,9 @@ def load_scene(cfg: Config) -> Scene:
         return validate(out["images"], out["poses"], out["focal"], near, far, out["depth"], source="synthetic scene")
     if data.source == "tiny_nerf":
         return download_tiny_nerf(cfg)
-    layout = transforms.find_layout(data.source)
+    layout = folders.find_layout(data.source)
     if layout is not None:
-        return transforms.read_scene(*layout, data.background, data.downscale, data.max_views, data.near, data.far)
+        return folders.read_scene(*layout, data.background, data.downscale, data.max_views, data.near, data.far)
     path = Path(data.source)
     if path.suffix != ".npz":
         close = difflib.get_close_matches(data.source, ["synthetic", "tiny_nerf"], n=1, cutoff=0.6)
@@ -119,12 +115,3 @@ def load_scene(cfg: Config) -> Scene:
                         f"'tiny_nerf', the path of an .npz file nor a folder with transforms json.{hint}")
     return read_tiny_nerf_npz(path, data.near, data.far)
 
-
-def run(cfg: Config, out_scene) -> Scene:
-    """Write ``out_scene`` (scene.npz) from ``cfg.data.source``."""
-    scene = load_scene(cfg)
-    scene.save(out_scene)
-    log.info("wrote %s: %d views of %dx%d, focal %.2f, near %.2f, far %.2f%s", out_scene, scene.num_views,
-             scene.height, scene.width, float(scene.intrinsics[0, 0]), scene.near, scene.far,
-             ", with depth" if scene.depth is not None else "")
-    return scene

@@ -20,9 +20,9 @@ import subprocess
 import types
 from pathlib import Path
 
-from nerf_pipeline import atomic
+from nerf_pipeline.runtime import atomic
 from nerf_pipeline.config import Config
-from nerf_pipeline.errors import DataError, UserError
+from nerf_pipeline.runtime.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def start_run(cfg: Config, resumes: str | None = None, resumed_epoch: int = 0):
         _end_if_running(mlflow, resumes, "KILLED")
     run = mlflow.start_run(run_name=experiment_name or None, tags=tags)
     try:
-        mlflow.log_params({key: "null" if value is None else value for key, value in cfg.flat.items()})
+        mlflow.log_params({key: "null" if value is None else value for key, value in cfg.used_params().items()})
         log.info("MLflow run %s (%s) in %s%s", run.info.run_id, run.info.run_name, tracking_uri(),
                  f", resuming run {resumes} after epoch {resumed_epoch}" if resumes else "")
         yield run

@@ -1,6 +1,6 @@
-"""Stage ``rays``: precompute every pixel's ray once, for the train and the val views.
+"""The rays folder that stage ``rays`` writes and ``train``, ``evaluate`` and ``render`` read.
 
-Reads ``scene.npz`` and ``split.json``. Writes a folder with ``train.npz`` and ``val.npz``:
+A folder with ``train.npz`` and ``val.npz``:
 
 ==============  =======================  ==============================================
 key             shape, dtype             meaning
@@ -13,6 +13,7 @@ view_ids        [V] int32                the views' indices in the scene
 poses           [V, 4, 4] float32        their camera-to-world matrices
 intrinsics      [V, 4] float32           per view fx, fy, cx, cy (pixels)
 near, far       [] float32               sampling bounds
+unbounded       [] bool                  the scene's background reaches far (see scene.py)
 ==============  =======================  ==============================================
 
 That is 36 bytes per pixel (40 with depth): 36 MB for 100 views of 100×100. The Keras
@@ -23,17 +24,13 @@ example instead materialises the encoded samples (32 samples × 99 features × 4
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline import atomic, camera
-from nerf_pipeline.config import Config
-from nerf_pipeline.errors import DataError
-from nerf_pipeline.scene import Scene, read_npz
-
-log = logging.getLogger(__name__)
+from nerf_pipeline import camera
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.scene import Scene, read_npz
 
 PARTS = ("train", "val")
 
@@ -46,13 +43,14 @@ def view_rays(scene: Scene, view_ids) -> dict:
     ray_origins, ray_directions = camera.generate_rays(poses, scene.height, scene.width, intrinsics)
     arrays = dict(ray_origins=ray_origins, ray_directions=ray_directions, rgb=scene.images[view_ids],
                   view_ids=view_ids, poses=poses, intrinsics=intrinsics,
-                  near=np.float32(scene.near), far=np.float32(scene.far))
+                  near=np.float32(scene.near), far=np.float32(scene.far), unbounded=np.bool_(scene.unbounded))
     if scene.depth is not None:
         arrays["depth"] = scene.depth[view_ids]
     return arrays
 
 
 def read_split(path, num_views: int) -> dict:
+    """``{"train": [view], "val": [view]}`` of a split file, checked against the scene's view count."""
     try:
         split = json.loads(Path(path).read_text())
         parts = {part: [int(v) for v in split[part]] for part in PARTS}
@@ -66,18 +64,9 @@ def read_split(path, num_views: int) -> dict:
     return parts
 
 
-def run(cfg: Config, in_scene, in_split, out_rays) -> None:
-    scene = Scene.load(in_scene)
-    split = read_split(in_split, scene.num_views)
-    with atomic.atomic_dir(out_rays) as tmp:
-        for part in PARTS:
-            arrays = view_rays(scene, split[part])
-            atomic.save_npz(Path(tmp) / f"{part}.npz", **arrays)
-            log.info("%s: %d views, %d rays", part, len(split[part]), arrays["rgb"].size // 3)
-
-
 def load(path, part: str) -> dict:
     """One part (``train`` or ``val``) of a rays folder, as a dict of arrays."""
-    return read_npz(Path(path) / f"{part}.npz",
-                    required=("ray_origins", "ray_directions", "rgb", "view_ids", "poses", "intrinsics", "near",
-                              "far"))
+    arrays = read_npz(Path(path) / f"{part}.npz", required=("ray_origins", "ray_directions", "rgb", "view_ids",
+                                                              "poses", "intrinsics", "near", "far"))
+    arrays.setdefault("unbounded", np.bool_(False))
+    return arrays

@@ -18,7 +18,6 @@ of the training data, matches the current one.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline import atomic
+from nerf_pipeline.runtime import atomic
 from nerf_pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -35,8 +34,8 @@ log = logging.getLogger(__name__)
 def fingerprint(cfg: Config, data_files) -> str:
     """sha256 of the params that shape training and of the bytes of ``data_files``."""
     digest = hashlib.sha256()
-    params = {"epochs": cfg.epochs, "seed": cfg.seed, "preset": cfg.preset,
-              "model": dataclasses.asdict(cfg.model), "background": cfg.data.background,
+    params = {"epochs": cfg.epochs, "seed": cfg.seed, "preset": cfg.preset, "model": cfg.active.model_dump(),
+              "scene": cfg.scene.model_dump(), "background": cfg.data.background,
               "chunk_rays": cfg.evaluate.chunk_rays}
     digest.update(json.dumps(params, sort_keys=True).encode())
     for path in data_files:

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.errors import DataError
-from nerf_pipeline.scene import Scene, validate
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.scene import Scene, validate
 
 log = logging.getLogger(__name__)
 
 TARGET_RADIUS = 4.0
+UNBOUNDED_FAR = 1000.0  # an unbounded scene's far bound: 250 camera distances, sampled in inverse depth
 DISTORTION_KEYS = ("k1", "k2", "p1", "p2")
 UNSUPPORTED_DISTORTION_KEYS = ("k3", "k4")
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", *DISTORTION_KEYS,
@@ -212,18 +213,21 @@ def _file_path(frame: dict, source: str, index: int) -> str:
     return frame["file_path"]
 
 
-def _finish(images, poses, intrinsics, near, far, split, source) -> Scene:
-    """Normalise poses, derive bounds, validate."""
+def _finish(images, poses, intrinsics, near, far, split, source, unbounded: bool = False) -> Scene:
+    """Normalise poses, derive bounds (far reaches ``UNBOUNDED_FAR`` for an unbounded scene), validate."""
     sizes = {image.shape[:2] for image in images}
     if len(sizes) > 1:
         raise DataError(f"{source}: the images have different sizes {sorted(sizes)}; all views must share one.")
     poses, transform = normalize_poses(np.stack(poses))
     derived_near, derived_far = bounds_from_cameras(poses)
+    if unbounded:
+        derived_far = UNBOUNDED_FAR
     near = derived_near if near is None else near
     far = derived_far if far is None else far
     log.info("poses re-centred on %s and scaled by %.4g; near %.3g, far %.3g",
              np.round(transform["center"], 3).tolist(), transform["scale"], near, far)
-    return validate(np.stack(images), poses, np.asarray(intrinsics), near, far, split=split, source=source)
+    return validate(np.stack(images), poses, np.asarray(intrinsics), near, far, split=split, source=source,
+                    unbounded=unbounded)
 
 
 # ----------------------------------------------------------------------------- the layouts
@@ -289,9 +293,10 @@ def read_transforms(path: Path, background: float, downscale: int, max_views, ne
     """An instant-ngp / nerfstudio capture (one ``transforms.json``)."""
     meta = _load_json(path)
     source = str(path)
-    if meta.get("aabb_scale", 1) not in (None, 1):
-        log.warning("%s: aabb_scale is %s; the model only represents the cube of presets.*.scene_bound around the "
-                    "cameras' focus, so scenery far beyond it is not reconstructed", source, meta["aabb_scale"])
+    unbounded = (meta.get("aabb_scale") or 1) > 1
+    if unbounded:
+        log.info("%s: aabb_scale is %s: the scene reaches beyond the cameras' focus, so it is marked unbounded "
+                 "(scene.contraction: auto contracts it)", source, meta["aabb_scale"])
     images, poses, intrinsics = [], [], []
     for index in evenly_spread(len(meta["frames"]), max_views):
         frame = meta["frames"][index]
@@ -304,7 +309,7 @@ def read_transforms(path: Path, background: float, downscale: int, max_views, ne
         poses.append(_matrix(frame, source, index))
         intrinsics.append([fx / downscale, fy / downscale, cx / downscale, cy / downscale])
     log.info("instant-ngp/nerfstudio capture %s: %d views", source, len(images))
-    return _finish(images, poses, intrinsics, near, far, None, source)
+    return _finish(images, poses, intrinsics, near, far, None, source, unbounded)
 
 
 def read_scene(layout: str, path: Path, background: float, downscale: int, max_views, near, far) -> Scene:

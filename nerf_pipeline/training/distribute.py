@@ -19,7 +19,7 @@ import os
 
 import tensorflow as tf
 
-from nerf_pipeline.errors import ConfigError
+from nerf_pipeline.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +56,33 @@ def can_jit_compile(strategy: tf.distribute.Strategy) -> bool:
     nor across workers (collective ops), so multi-replica training runs without XLA.
     """
     return strategy.num_replicas_in_sync == 1
+
+
+def adapt_for_keras_fit(model, strategy: tf.distribute.Strategy) -> None:
+    """Let Keras 3's ``fit`` train ``model`` under ``MultiWorkerMirroredStrategy``; nothing under other strategies.
+
+    Keras 3 (3.15) fails twice there, keras-team/keras#20585 (open): ``fit`` builds the model by
+    reducing its first batch across replicas, which the multi-worker strategy cannot do for a batch
+    of per-replica tensors, and it averages a step's outputs over an axis 0 that scalar metrics lack.
+    Both fixes act on this one model instance, so the model's class stays plain Keras:
+
+    * the build step only builds the optimizer (the model is built in its constructor);
+    * each step's metrics get a leading axis of 1.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+
+    def build_optimizer_only(iterator=None, data_batch=None):
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+
+    def with_leading_axis(step):
+        def wrapped(data):
+            return {name: value[None] for name, value in step(data).items()}
+        return wrapped
+
+    # (Keras calls these through the instance, so instance attributes take precedence over its methods.)
+    model._maybe_symbolic_build = build_optimizer_only
+    model.train_step = with_leading_axis(model.train_step)
+    model.test_step = with_leading_axis(model.test_step)
+

@@ -12,6 +12,9 @@ near, far  [] float32              sampling bounds along each unit-length ray
 depth      [N, H, W] float32       optional: ground-truth distance along the pixel-centre
                                    ray to the first surface, 0 where the ray hits nothing
 split_train, split_val             optional [int32]: the source's own train/val views
+unbounded  [] bool                 optional (false): the scene reaches far beyond what the
+                                   cameras look at (a capture's background); ``scene.contraction:
+                                   auto`` contracts such scenes
 =========  ======================  ================================================
 
 ``validate`` checks every property a stage relies on and raises ``DataError`` naming the
@@ -29,9 +32,9 @@ from typing import Optional
 
 import numpy as np
 
-from nerf_pipeline import atomic
+from nerf_pipeline.runtime import atomic
 from nerf_pipeline.camera import as_intrinsics, rotation_error
-from nerf_pipeline.errors import DataError
+from nerf_pipeline.runtime.errors import DataError
 
 ROTATION_TOLERANCE = 1e-3
 TINY_NERF_NEAR, TINY_NERF_FAR = 2.0, 6.0  # the Keras example's bounds for tiny_nerf_data.npz
@@ -46,6 +49,7 @@ class Scene:
     far: float
     depth: Optional[np.ndarray] = None  # [N, H, W] float32
     split: Optional[dict] = None  # {"train": [int], "val": [int]}: the source's own split
+    unbounded: bool = False  # the scene's background reaches far beyond the cameras' focus
 
     @property
     def num_views(self) -> int:
@@ -61,7 +65,7 @@ class Scene:
 
     def save(self, path) -> None:
         arrays = dict(images=self.images, poses=self.poses, intrinsics=self.intrinsics,
-                      near=np.float32(self.near), far=np.float32(self.far))
+                      near=np.float32(self.near), far=np.float32(self.far), unbounded=np.bool_(self.unbounded))
         if self.depth is not None:
             arrays["depth"] = self.depth
         if self.split is not None:
@@ -76,7 +80,8 @@ class Scene:
         if "split_train" in arrays and "split_val" in arrays:
             split = {"train": arrays["split_train"].tolist(), "val": arrays["split_val"].tolist()}
         return validate(arrays["images"], arrays["poses"], arrays["intrinsics"], arrays["near"], arrays["far"],
-                        arrays.get("depth"), split=split, source=str(path))
+                        arrays.get("depth"), split=split, source=str(path),
+                        unbounded=bool(arrays.get("unbounded", False)))
 
 
 def read_npz(path, required) -> dict:
@@ -104,7 +109,8 @@ def _scalar(value, name: str, source: str) -> float:
     return float(value.reshape(()))
 
 
-def validate(images, poses, intrinsics, near, far, depth=None, split=None, source: str = "scene") -> Scene:
+def validate(images, poses, intrinsics, near, far, depth=None, split=None, source: str = "scene",
+             unbounded: bool = False) -> Scene:
     """Check and normalise a scene's arrays. Raises ``DataError`` with ``source`` in the message.
 
     ``intrinsics``: a focal length (principal point at the centre) or ``(fx, fy, cx, cy)``
@@ -173,7 +179,7 @@ def validate(images, poses, intrinsics, near, far, depth=None, split=None, sourc
             raise DataError(f"{source}: its train/val split must name views 0..{images.shape[0] - 1}, "
                             "at least one in each part.")
     return Scene(images=images, poses=poses.astype(np.float32), intrinsics=intrinsics.astype(np.float32),
-                 near=near, far=far, depth=depth, split=split)
+                 near=near, far=far, depth=depth, split=split, unbounded=unbounded)
 
 
 def read_tiny_nerf_npz(path, near: float | None = None, far: float | None = None) -> Scene:

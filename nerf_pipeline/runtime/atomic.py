@@ -4,6 +4,11 @@ A stage that crashes (or is killed, or fills the disk) half-way through writing 
 at most a stray temporary file, never a truncated output that DVC would cache.
 ``os.replace`` is atomic on POSIX when both names are on the same file system, which
 they are since the temporary file lives beside its target.
+
+Temporary files and folders are created with the modes a plain ``open``/``mkdir`` would give
+(0666 and 0777, less the umask, which the kernel applies), so the published output has ordinary
+permissions. The process umask is never read or changed: changing it, even for a moment, would
+also change the mode of files that TensorFlow's and MLflow's threads create meanwhile.
 """
 
 from __future__ import annotations
@@ -11,22 +16,37 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temporary_name(path: Path, suffix: str) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
 
 
-def _publish(tmp, mode: int) -> None:
-    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would have."""
-    os.chmod(tmp, mode & ~_umask())
+def _new_file(path: Path, suffix: str) -> Path:
+    """Create an empty file with a fresh name beside ``path``, mode 0666 less the umask."""
+    while True:
+        tmp = _temporary_name(path, suffix)
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _new_folder(path: Path) -> Path:
+    """Create an empty folder with a fresh name beside ``path``, mode 0777 less the umask."""
+    while True:
+        tmp = _temporary_name(path, "")
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -39,12 +59,9 @@ def atomic_path(path, suffix: str | None = None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
-                               dir=path.parent)
-    os.close(fd)
+    tmp = _new_file(path, suffix if suffix is not None else path.suffix)
     try:
-        yield Path(tmp)
-        _publish(tmp, 0o666)  # mkstemp makes files private (0600)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -60,13 +77,12 @@ def atomic_dir(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _new_folder(path)
     try:
         yield tmp
-        _publish(tmp, 0o777)  # mkdtemp makes folders private (0700)
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            old = _new_folder(path.parent / f"{path.name}.old")
             os.replace(path, old / "content")
         os.replace(tmp, path)
         if old is not None:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scenes import write_blender, write_ngp
 
-from nerf_pipeline import camera, rays, synthetic, transforms
-from nerf_pipeline.errors import DataError
-from nerf_pipeline.render import orbit_path
+from nerf_pipeline import camera
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes import folders, ray_files, synthetic
+from nerf_pipeline.stages.render import orbit_path
 
 QUANTUM = 1.0 / 255  # PNG stores 8 bits
 
@@ -27,7 +28,7 @@ def similarity(original_poses, loaded_poses):
 def check_rays_and_pixels(scene, original_poses, intrinsics, height, width):
     """The loaded scene's rays, mapped back to the original frame, are the original cameras' rays,
     and tracing them gives the loaded pixels."""
-    part = rays.view_rays(scene, range(scene.num_views))
+    part = ray_files.view_rays(scene, range(scene.num_views))
     rotation, scale, translation = similarity(original_poses, scene.poses.astype(np.float64))
     np.testing.assert_allclose(scene.poses[:, :3, :3], rotation @ original_poses[:, :3, :3], atol=1e-5)
     origins = (part["ray_origins"] - translation) / scale @ rotation  # R^T applied to row vectors
@@ -41,7 +42,7 @@ def check_rays_and_pixels(scene, original_poses, intrinsics, height, width):
 
 def test_blender_round_trip_keeps_split_pixels_and_rays(tmp_path):
     written = write_blender(tmp_path / "scene")
-    scene = transforms.read_scene(*transforms.find_layout(str(tmp_path / "scene")), background=0.0, downscale=1,
+    scene = folders.read_scene(*folders.find_layout(str(tmp_path / "scene")), background=0.0, downscale=1,
                                   max_views=None, near=None, far=None)
     assert scene.num_views == 8  # 6 train + 2 val; test is not used
     assert scene.split == {"train": list(range(6)), "val": [6, 7]}
@@ -53,7 +54,7 @@ def test_blender_round_trip_keeps_split_pixels_and_rays(tmp_path):
 
 def test_blender_alpha_is_composited_on_the_background(tmp_path):
     written = write_blender(tmp_path / "scene")
-    scene = transforms.read_scene("blender", tmp_path / "scene", background=1.0, downscale=1, max_views=None,
+    scene = folders.read_scene("blender", tmp_path / "scene", background=1.0, downscale=1, max_views=None,
                                   near=None, far=None)
     missed = written["depth"][:8] == 0
     np.testing.assert_allclose(scene.images[missed], 1.0)  # white where alpha is 0, whatever the RGB there
@@ -64,7 +65,7 @@ def test_blender_alpha_is_composited_on_the_background(tmp_path):
 def test_ngp_round_trip_with_off_centre_principal_point_and_fx_ne_fy(tmp_path, per_frame):
     intrinsics = (30.0, 24.0, 15.0, 9.0)  # fx != fy, principal point off the centre (14, 10)
     written = write_ngp(tmp_path / "capture", intrinsics=intrinsics, per_frame=per_frame)
-    scene = transforms.read_scene(*transforms.find_layout(str(tmp_path / "capture")), background=0.0, downscale=1,
+    scene = folders.read_scene(*folders.find_layout(str(tmp_path / "capture")), background=0.0, downscale=1,
                                   max_views=None, near=None, far=None)
     assert scene.images.shape == (6, 20, 28, 3) and scene.split is None
     np.testing.assert_allclose(scene.intrinsics, [intrinsics] * 6)
@@ -77,17 +78,17 @@ def test_ngp_round_trip_with_off_centre_principal_point_and_fx_ne_fy(tmp_path, p
 
 def test_ngp_reads_jpg_and_the_json_path(tmp_path):
     write_ngp(tmp_path / "capture", extension="jpg")
-    layout = transforms.find_layout(str(tmp_path / "capture" / "transforms.json"))
+    layout = folders.find_layout(str(tmp_path / "capture" / "transforms.json"))
     assert layout == ("ngp", tmp_path / "capture" / "transforms.json")
-    scene = transforms.read_scene(*layout, background=0.0, downscale=1, max_views=None, near=None, far=None)
+    scene = folders.read_scene(*layout, background=0.0, downscale=1, max_views=None, near=None, far=None)
     assert scene.images.shape == (6, 20, 28, 3)
 
 
 def test_downscale_averages_blocks_and_scales_intrinsics(tmp_path):
     intrinsics = (30.0, 24.0, 15.0, 9.0)
     write_ngp(tmp_path / "capture", intrinsics=intrinsics)
-    full = transforms.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None)
-    half = transforms.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 2, None, None, None)
+    full = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None)
+    half = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 2, None, None, None)
     assert half.images.shape == (6, 10, 14, 3)
     np.testing.assert_allclose(half.images, full.images.reshape(6, 10, 2, 14, 2, 3).mean(axis=(2, 4)), atol=1e-6)
     np.testing.assert_allclose(half.intrinsics, np.array([intrinsics] * 6) / 2)
@@ -95,22 +96,22 @@ def test_downscale_averages_blocks_and_scales_intrinsics(tmp_path):
 
 def test_max_views_keeps_evenly_spread_views(tmp_path):
     write_ngp(tmp_path / "capture", num_views=10)
-    scene = transforms.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, 4, None, None)
+    scene = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, 4, None, None)
     assert scene.num_views == 4
-    np.testing.assert_array_equal(transforms.evenly_spread(10, 4), [0, 3, 6, 9])
+    np.testing.assert_array_equal(folders.evenly_spread(10, 4), [0, 3, 6, 9])
     written = write_blender(tmp_path / "blender", num_train=8, num_val=4)
-    scene = transforms.read_scene("blender", tmp_path / "blender", 0.0, 1, 6, None, None)
+    scene = folders.read_scene("blender", tmp_path / "blender", 0.0, 1, 6, None, None)
     assert (len(scene.split["train"]), len(scene.split["val"])) == (4, 2)
     assert written["rgb"].shape[0] == 13
 
 
 def test_normalize_poses_centres_turns_and_scales():
     poses = camera.hemisphere_poses(12, 10.0, seed=3)
-    tilt = transforms._rotation_between(np.array([0.0, 0.0, 1.0]), np.array([0.6, 0.0, 0.8]))
+    tilt = folders._rotation_between(np.array([0.0, 0.0, 1.0]), np.array([0.6, 0.0, 0.8]))
     world = np.tile(np.eye(4), (12, 1, 1))
     world[:, :3, :3] = tilt @ poses[:, :3, :3]
     world[:, :3, 3] = poses[:, :3, 3] @ tilt.T + [5.0, -3.0, 2.0]
-    normalized, info = transforms.normalize_poses(world)
+    normalized, info = folders.normalize_poses(world)
     np.testing.assert_allclose(info["center"], [5.0, -3.0, 2.0], atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(normalized[:, :3, 3], axis=-1), 4.0, rtol=1e-6)
     up = normalized[:, :3, 1].mean(0)
@@ -132,7 +133,7 @@ def test_undistort_inverts_the_opencv_model():
         y = (yd - p1 * (r2 + 2 * y * y) - 2 * p2 * x * y) / radial
     ramp = lambda u, v: np.stack([0.01 * u, 0.015 * v, 0.005 * (u + v)], -1)  # noqa: E731
     distorted = ramp(x * fx + cx, y * fy + cy).astype(np.float32)  # what the lens recorded at each pixel
-    restored = transforms.undistort(distorted, fx, fy, cx, cy, k1, k2, p1, p2)
+    restored = folders.undistort(distorted, fx, fy, cx, cy, k1, k2, p1, p2)
     expected = ramp(cols, rows)
     inner = (slice(6, -6), slice(6, -6))  # pixels whose source lies inside the recorded image
     np.testing.assert_allclose(restored[inner], expected[inner], atol=2e-3)
@@ -155,7 +156,7 @@ def edit(path, change):
 
 
 def read(path):
-    return transforms.read_scene(*transforms.find_layout(str(path)), 0.0, 1, None, None, None)
+    return folders.read_scene(*folders.find_layout(str(path)), 0.0, 1, None, None, None)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -190,7 +191,7 @@ def test_missing_or_broken_images_and_files(tmp_path):
         read(tmp_path / "capture")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds neither"):
-        transforms.find_layout(str(tmp_path / "empty"))
+        folders.find_layout(str(tmp_path / "empty"))
     (tmp_path / "scene" / "transforms_val.json").unlink()
     with pytest.raises(DataError, match="missing transforms_val.json"):
         read(tmp_path / "scene")
@@ -214,3 +215,14 @@ def test_ngp_camera_angles_stand_in_for_focal_lengths(tmp_path):
          lambda m: [m.pop(k) for k in ("fl_x", "fl_y", "cx", "cy")] and m.update(camera_angle_x=2 * math.atan(14 / 30)))
     scene = read(tmp_path / "capture")
     np.testing.assert_allclose(scene.intrinsics[0], [30.0, 30.0, 14.0, 10.0], rtol=1e-6)
+
+
+def test_a_capture_with_a_large_aabb_scale_is_unbounded(tmp_path):
+    """instant-ngp's aabb_scale > 1 says the scene reaches beyond the cameras' focus: the scene is marked
+    unbounded (``scene.contraction: auto`` contracts it) and its far bound reaches the background."""
+    write_ngp(tmp_path / "capture")
+    assert not folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None).unbounded
+    meta = json.loads((tmp_path / "capture/transforms.json").read_text())
+    (tmp_path / "capture/transforms.json").write_text(json.dumps({**meta, "aabb_scale": 4}))
+    scene = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None)
+    assert scene.unbounded and scene.far == folders.UNBOUNDED_FAR and scene.near == pytest.approx(2.0, rel=0.2)

@@ -1,6 +1,7 @@
 """Stage ``split``: a deterministic train/validation split of the scene's views.
 
-Reads ``scene.npz`` (only the number of views is used). Writes ``split.json``:
+Reads ``in_scene`` (``scene.npz``; only the number of views and its own split are used). Writes
+``out_split`` (``split.json``):
 ``{"train": [view indices], "val": [view indices], "num_views": N}``. With
 ``split.order: last`` the first ``int(N * (1 - val_fraction))`` views train and the rest
 validate, as in the Keras example; with ``shuffled`` the views are permuted by a
@@ -15,10 +16,10 @@ import logging
 
 import numpy as np
 
-from nerf_pipeline import atomic
 from nerf_pipeline.config import Config
-from nerf_pipeline.errors import DataError
-from nerf_pipeline.scene import Scene
+from nerf_pipeline.runtime import atomic
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.scene import Scene
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def split_views(num_views: int, val_fraction: float, order: str, seed: int) -> t
     return sorted(int(v) for v in views[:num_train]), sorted(int(v) for v in views[num_train:])
 
 
-def run(cfg: Config, in_scene, out_split) -> dict:
+def run(cfg: Config, *, in_scene, out_split) -> dict:
     scene = Scene.load(in_scene)
     if scene.split is not None:
         train, val = sorted(scene.split["train"]), sorted(scene.split["val"])

@@ -1,27 +1,30 @@
 """Stage ``evaluate``: render every val view with deterministic samples and score it.
 
-Reads the trained model, the rays folder (``val.npz``) and the MLflow run file. Writes:
+Reads ``in_model`` (the trained model), ``in_rays`` (``val.npz``) and ``in_run_file`` (the
+MLflow run). Writes:
 
-* ``metrics``: ``eval.json`` — ``psnr`` and ``ssim`` (means over val views, ``tf.image``),
+* ``out_metrics``: ``eval.json`` — ``psnr`` and ``ssim`` (means over val views, ``tf.image``),
   ``psnr_min``, ``depth_mae`` (mean absolute depth error over pixels whose ground truth hits
   a surface, when the scene has depth), ``num_views``, ``render_s``;
-* ``per_view``: CSV, one row per val view (``view_id, psnr, ssim[, depth_mae]``);
-* ``grid``: PNG, one row per shown view: ground truth | prediction | depth (inferno).
+* ``out_per_view``: CSV, one row per val view (``view_id, psnr, ssim[, depth_mae]``);
+* ``out_grid``: PNG, one row per shown view: ground truth | prediction | depth (inferno).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-from nerf_pipeline import atomic, media, rays, tracking
+from nerf_pipeline import media
 from nerf_pipeline.config import Config
-from nerf_pipeline.model import ChunkedRenderer, load_model
+from nerf_pipeline.model.nerf import load_model
+from nerf_pipeline.model.renderer import ChunkedRenderer
+from nerf_pipeline.runtime import atomic, tracking
+from nerf_pipeline.scenes import ray_files
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,10 @@ def depth_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     return errors / np.maximum(hit.sum(axis=(1, 2)), 1)
 
 
-def run(cfg: Config, in_model, in_rays, in_run_file, out_metrics, out_per_view, out_grid) -> dict:
-    val = rays.load(in_rays, "val")
+def run(cfg: Config, *, in_model, in_rays, in_run_file, out_metrics, out_per_view, out_grid) -> dict:
+    val = ray_files.load(in_rays, "val")
     model = load_model(in_model)
-    renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.model.jit_compile)
+    renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
     with tracking.reopen_run(cfg, in_run_file) as mlflow:
         start = time.perf_counter()
         out = renderer(val["ray_origins"], val["ray_directions"])
@@ -63,7 +66,8 @@ def run(cfg: Config, in_model, in_rays, in_run_file, out_metrics, out_per_view, 
                                 media.colorize_depth(out["depth"][i], out["acc"][i], lo, hi)], axis=1)
                 for i in range(shown)]
         media.write_png(out_grid, np.concatenate(rows, axis=0))
-        atomic.write_text(out_per_view, _csv(columns))
+        atomic.write_text(out_per_view, pd.DataFrame(columns).to_csv(index=False, float_format="%.6g",
+                                                                      lineterminator="\n"))
         atomic.write_json(out_metrics, metrics)
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if k != "num_views"})
         mlflow.log_artifact(str(out_grid), artifact_path="eval")
@@ -71,11 +75,3 @@ def run(cfg: Config, in_model, in_rays, in_run_file, out_metrics, out_per_view, 
              metrics["num_views"], render_s)
     return metrics
 
-
-def _csv(columns: dict) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for values in zip(*columns.values()):
-        writer.writerow([f"{v:.6g}" if isinstance(v, (float, np.floating)) else int(v) for v in values])
-    return out.getvalue()

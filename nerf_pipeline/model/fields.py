@@ -1,0 +1,120 @@
+"""Radiance fields: colour and density at points of the scene, seen from directions.
+
+A field is a Keras layer with two methods:
+
+* ``call(points [N, 3], directions [N, 3]) -> (rgb [N, 3] in [0, 1], sigma [N] >= 0)``;
+* ``density(points [N, 3]) -> sigma [N]`` (what the occupancy grid asks).
+
+Points are in the space's field coordinates (``space.warp``: world units inside the scene's
+bound, contracted beyond), directions unit length in world coordinates. A field is built from its
+config class by ``make_field``; a new field is a class here, registered under its config's ``type``,
+and a config class in ``config.py``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from nerf_pipeline.config import HashGridFieldConfig, MLPFieldConfig
+from nerf_pipeline.model.encodings import HashEncoding, positional_encoding, spherical_harmonics, truncated_exp
+
+PACKAGE = "nerf_pipeline"
+
+
+def _dense(width: int, input_dim: int, name: str, activation=None) -> keras.layers.Dense:
+    layer = keras.layers.Dense(width, activation=activation, name=name)
+    layer.build((None, input_dim))
+    return layer
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MLPField(keras.layers.Layer):
+    """Positionally encoded MLP (the Keras example's network); ignores the view direction.
+
+    ``num_layers`` ReLU layers of ``width`` units; the encoded input is concatenated again after
+    every ``skip_every`` layers (the Keras example: after layer 4 of 8). The output layer gives 4
+    numbers: colour through a sigmoid, density through a ReLU. Points are encoded as they are
+    (world units in a box space, as the Keras example does).
+    """
+
+    def __init__(self, config: dict, extent: float, **kwargs):
+        super().__init__(**kwargs)
+        self.field_config = MLPFieldConfig(**config)
+        self.extent = float(extent)
+        c = self.field_config
+        input_dim = 3 + 6 * c.num_frequencies
+        self.hidden, in_dim = [], input_dim
+        for i in range(c.num_layers):
+            if self._skip_before(i):
+                in_dim += input_dim
+            self.hidden.append(_dense(c.width, in_dim, f"dense_{i}", "relu"))
+            in_dim = c.width
+        self.output_layer = _dense(4, in_dim, "rgb_sigma")
+
+    def _skip_before(self, layer: int) -> bool:
+        return bool(self.field_config.skip_every) and layer > 0 and layer % self.field_config.skip_every == 0
+
+    def call(self, points, directions=None):
+        encoded = positional_encoding(points, self.field_config.num_frequencies)
+        x = encoded
+        for i, layer in enumerate(self.hidden):
+            if self._skip_before(i):
+                x = tf.concat([x, encoded], axis=-1)
+            x = layer(x)
+        out = self.output_layer(x)
+        return tf.sigmoid(out[:, :3]), tf.nn.relu(out[:, 3])
+
+    def density(self, points):
+        return self.call(points)[1]
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.field_config.model_dump(), "extent": self.extent}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HashGridField(keras.layers.Layer):
+    """Hash-encoded field (instant-ngp): ``encoding → width ReLU → 16`` for density, then colour.
+
+    The density MLP's first output is a log-density (``sigma = exp(.)``), the other 15 are
+    geometry features; the colour MLP maps them and the spherical harmonics of the view direction
+    through 2 × ``width`` ReLU layers to a sigmoid RGB. The hash grid covers ``[-extent, extent]^3``.
+    """
+
+    def __init__(self, config: dict, extent: float, **kwargs):
+        super().__init__(**kwargs)
+        self.field_config = HashGridFieldConfig(**config)
+        self.extent = float(extent)
+        c = self.field_config
+        self.encoding = HashEncoding(c.num_levels, c.features_per_level, c.log2_table_size, c.base_resolution,
+                                     c.max_resolution, extent, name="encoding")
+        self.density_hidden = _dense(c.width, self.encoding.output_dim, "density_hidden", "relu")
+        self.density_out = _dense(16, c.width, "density_out")
+        self.color_hidden = [_dense(c.width, 15 + 16, "color_hidden_0", "relu"),
+                             _dense(c.width, c.width, "color_hidden_1", "relu")]
+        self.color_out = _dense(3, c.width, "color_out")
+
+    def _density_and_geometry(self, points):
+        h = self.density_out(self.density_hidden(self.encoding(points)))
+        return truncated_exp(h[:, 0]), h[:, 1:]
+
+    def density(self, points):
+        return self._density_and_geometry(points)[0]
+
+    def call(self, points, directions):
+        sigma, geometry = self._density_and_geometry(points)
+        x = tf.concat([geometry, spherical_harmonics(directions)], axis=-1)
+        for layer in self.color_hidden:
+            x = layer(x)
+        return tf.sigmoid(self.color_out(x)), sigma
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.field_config.model_dump(), "extent": self.extent}
+
+
+FIELDS = {"mlp": MLPField, "hashgrid": HashGridField}
+
+
+def make_field(config: HashGridFieldConfig | MLPFieldConfig, extent: float) -> keras.layers.Layer:
+    """The field that ``config`` (its ``type``) describes, covering ``[-extent, extent]^3``."""
+    return FIELDS[config.type](config.model_dump(), extent, name="field")

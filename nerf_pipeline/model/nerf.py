@@ -1,0 +1,188 @@
+"""The NeRF: a field, a sampler and a space composed, volume-rendered and trained with ``model.fit``.
+
+``NeRF(field, sampler, space, …)`` renders rays by asking the sampler for depths in the space,
+the field for colour and density at the warped points, and compositing them (``rendering``).
+Its ``train_step`` is what ``fit`` runs. Rays are always flat: ``ray_origins, ray_directions:
+[R, 3]`` float32, unit directions.
+
+``build_nerf`` makes one from a preset; ``compile_for_training`` gives it Adam with the preset's
+decaying learning rate; ``load_model`` reads one that the train stage saved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from nerf_pipeline.config import OptimizerConfig, PresetConfig, RayBatchConfig
+from nerf_pipeline.model import rendering
+from nerf_pipeline.model.fields import make_field
+from nerf_pipeline.model.sampling import make_sampler
+from nerf_pipeline.model.space import make_space
+from nerf_pipeline.runtime.errors import DataError
+
+PACKAGE = "nerf_pipeline"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NeRF(keras.Model):
+    """Field + sampler + space, rendered by compositing; trained on batches of rays.
+
+    ``fit``/``evaluate`` take batches ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])``.
+    Metrics: ``loss`` (MSE) and ``psnr`` (of each batch's MSE, averaged over batches: with one
+    image per validation batch this is the mean per-image PSNR).
+
+    Args:
+        field, sampler: layers (``fields``, ``sampling``).
+        space: ``space.BoxSpace`` or ``space.ContractedSpace``.
+        near, far: sampling bounds along each ray.
+        background: grey level seen where a ray is not fully absorbed.
+        rays_per_step: train on this many rays of each batch, those that can meet matter first
+            (``sampler.hits``); ``None``: all of them.
+    """
+
+    def __init__(self, field, sampler, space, near: float, far: float, background: float, seed: int,
+                 rays_per_step: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.field, self.sampler, self.space = field, sampler, space
+        self.near, self.far = float(near), float(far)
+        self.background, self.seed, self.rays_per_step = float(background), int(seed), rays_per_step
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.psnr_tracker = keras.metrics.Mean(name="psnr")
+        self.built = True
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def render_rays(self, ray_origins, ray_directions, training: bool = False) -> dict:
+        """``rendering.composite``'s dict for flat rays: ``rgb [R, 3]``, ``depth [R]``, ``acc [R]``, ``weights [R, S]``."""
+        t_vals, deltas = self.sampler.sample(ray_origins, ray_directions, self.near, self.far, self.space, training,
+                                             self.seed_generator)
+        num_rays, num_samples = tf.shape(t_vals)[0], tf.shape(t_vals)[1]
+        points = ray_origins[:, None, :] + ray_directions[:, None, :] * t_vals[..., None]  # [R, S, 3]
+        directions = tf.broadcast_to(ray_directions[:, None, :], tf.shape(points))
+        rgb, sigma = self.field(self.space.warp(tf.reshape(points, [-1, 3])), tf.reshape(directions, [-1, 3]))
+        return rendering.composite(tf.reshape(rgb, [num_rays, num_samples, 3]),
+                                   tf.reshape(sigma, [num_rays, num_samples]), t_vals, deltas, self.background)
+
+    def rays_hit(self, ray_origins, ray_directions):
+        """``[R]`` bool: whether each ray can meet matter; renderers skip the others (they are background)."""
+        return self.sampler.hits(ray_origins, ray_directions, self.near, self.far, self.space)
+
+    def call(self, inputs, training=False):
+        ray_origins, ray_directions = inputs
+        return self.render_rays(ray_origins, ray_directions, training=training)["rgb"]
+
+    # -- training ---------------------------------------------------------------------------
+
+    def training_callbacks(self) -> list:
+        """What keeps the parts' state up to date during ``fit`` (the occupancy grid's updates)."""
+        return self.sampler.callbacks()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.psnr_tracker]
+
+    def _update_metrics(self, loss):
+        self.loss_tracker.update_state(loss)
+        self.psnr_tracker.update_state(-10.0 * tf.math.log(loss) / math.log(10.0))
+        return {"loss": self.loss_tracker.result(), "psnr": self.psnr_tracker.result()}
+
+    def _rays_to_train_on(self, ray_origins, ray_directions, target_rgb):
+        """The first ``rays_per_step`` rays of the batch (this replica's share), those that can meet matter first."""
+        if self.rays_per_step is None:
+            return ray_origins, ray_directions, target_rgb
+        keep_count = self.rays_per_step // tf.distribute.get_strategy().num_replicas_in_sync
+        misses = tf.cast(tf.logical_not(self.rays_hit(ray_origins, ray_directions)), tf.int32)
+        keep = tf.argsort(misses, stable=True)[:keep_count]
+        return tf.gather(ray_origins, keep), tf.gather(ray_directions, keep), tf.gather(target_rgb, keep)
+
+    def train_step(self, data):
+        (ray_origins, ray_directions), target_rgb = data
+        ray_origins, ray_directions, target_rgb = self._rays_to_train_on(ray_origins, ray_directions, target_rgb)
+        with tf.GradientTape() as tape:
+            rgb = self.render_rays(ray_origins, ray_directions, training=True)["rgb"]
+            loss = tf.reduce_mean(tf.square(rgb - target_rgb))
+            # Replicas' gradients are summed; each contributes its share of the global batch's mean.
+            replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(replica_loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._update_metrics(loss)
+
+    def test_step(self, data):
+        (ray_origins, ray_directions), target_rgb = data
+        rgb = self.render_rays(ray_origins, ray_directions, training=False)["rgb"]
+        return self._update_metrics(tf.reduce_mean(tf.square(rgb - target_rgb)))
+
+    # -- saving -----------------------------------------------------------------------------
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {"field": serialize(self.field), "sampler": serialize(self.sampler), "space": serialize(self.space),
+                "near": self.near, "far": self.far, "background": self.background, "seed": self.seed,
+                "rays_per_step": self.rays_per_step, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for part in ("field", "sampler", "space"):
+            config[part] = keras.saving.deserialize_keras_object(config[part])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ExponentialToFinal(keras.optimizers.schedules.LearningRateSchedule):
+    """``initial * (final / initial) ** min(step / total_steps, 1)``: exponential decay that ends at ``final``.
+
+    ``total_steps`` is a variable, so a run whose length is known only once it is under way
+    (a wall-clock budget) can set it after training has started (``set_total_steps``).
+    """
+
+    def __init__(self, initial: float, final: float, total_steps: float):
+        self.initial, self.final = float(initial), float(final)
+        self.total_steps = tf.Variable(float(max(total_steps, 1)), trainable=False, dtype=tf.float32)
+
+    def set_total_steps(self, total_steps: float) -> None:
+        self.total_steps.assign(float(max(total_steps, 1)))
+
+    def __call__(self, step):
+        progress = tf.minimum(tf.cast(step, tf.float32) / self.total_steps, 1.0)
+        return self.initial * (self.final / self.initial) ** progress
+
+    def get_config(self):
+        return {"initial": self.initial, "final": self.final, "total_steps": float(self.total_steps.numpy())}
+
+
+def build_nerf(preset: PresetConfig, near: float, far: float, contracted: bool, bound: float, background: float,
+               seed: int) -> NeRF:
+    """An untrained ``NeRF`` of ``preset`` in a box of half-size ``bound`` or, ``contracted``, an unbounded space.
+
+    Call it inside a ``tf.distribute`` strategy's scope to train with that strategy.
+    """
+    space = make_space(contracted, bound)
+    batch = preset.batch
+    rays_per_step = batch.size if isinstance(batch, RayBatchConfig) and batch.candidate_factor > 1 else None
+    return NeRF(make_field(preset.field, space.extent), make_sampler(preset.sampler), space, near=near, far=far,
+                background=background, seed=seed, rays_per_step=rays_per_step)
+
+
+def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: int,
+                         jit_compile: bool) -> ExponentialToFinal:
+    """Compile ``model`` with Adam whose learning rate decays over ``total_steps``; returns the schedule
+    (a budgeted run, such as the benchmark's, stretches it with ``set_total_steps``)."""
+    schedule = ExponentialToFinal(optimizer.learning_rate, optimizer.final_learning_rate, total_steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=optimizer.beta_1, beta_2=optimizer.beta_2,
+                                                  epsilon=optimizer.epsilon), jit_compile=jit_compile)
+    # Build the optimizer's slots now, in the caller's strategy scope, rather than inside fit().
+    model.optimizer.build(model.trainable_variables)
+    return schedule
+
+
+def load_model(path) -> NeRF:
+    """A model saved by the train stage (``.keras``), without its optimizer."""
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot load the trained model ({e}); run the train stage again.") from None

@@ -1,0 +1,1 @@
+"""What carries the stages but cannot change their outputs: CLI, atomic writes, signals, errors, MLflow."""

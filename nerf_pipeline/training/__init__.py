@@ -1,0 +1,1 @@
+"""What the train stage needs beside the model: batches, callbacks, checkpoints, tf.distribute strategies."""

@@ -1,0 +1,107 @@
+"""The composed NeRF: it learns the built-in scene, finds empty space, saves and loads, and its schedule."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import psnr, tiny_params
+
+from nerf_pipeline.camera import generate_rays
+from nerf_pipeline.config import from_dict
+from nerf_pipeline.model.fields import HashGridField, MLPField
+from nerf_pipeline.model.nerf import ExponentialToFinal, NeRF, build_nerf, compile_for_training, load_model
+from nerf_pipeline.model.renderer import ChunkedRenderer
+from nerf_pipeline.model.sampling import OccupancySampler, UniformSampler
+from nerf_pipeline.model.space import BoxSpace, ContractedSpace
+from nerf_pipeline.scenes import synthetic
+
+
+def tiny_preset(name="hashgrid"):
+    params = tiny_params()
+    params["presets"]["hashgrid"]["field"].update(num_levels=4, log2_table_size=12, max_resolution=32)
+    params["presets"]["hashgrid"]["sampler"].update(num_samples=24, warmup_steps=20, update_every=10)
+    return from_dict(params).presets[name]
+
+
+def tiny_model(name="hashgrid", contracted=False, background=0.0):
+    return build_nerf(tiny_preset(name), near=2.0, far=6.0, contracted=contracted, bound=1.5,
+                      background=background, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_scene():
+    scene = synthetic.render_scene(num_views=8, image_size=24, seed=0, supersample=1)
+    origins, directions = generate_rays(scene["poses"], 24, 24, scene["focal"])
+    return scene, origins, directions
+
+
+def test_a_preset_composes_its_parts():
+    model = tiny_model()
+    assert isinstance(model.field, HashGridField) and isinstance(model.sampler, OccupancySampler)
+    assert isinstance(model.space, BoxSpace) and model.field.encoding.extent == 1.5
+    assert model.rays_per_step == 512  # candidate_factor 2: keep 512 of 1024 drawn
+    keras_example = tiny_model("keras_example", contracted=True)
+    assert isinstance(keras_example.field, MLPField) and isinstance(keras_example.sampler, UniformSampler)
+    assert isinstance(keras_example.space, ContractedSpace) and keras_example.rays_per_step is None
+    assert keras_example.training_callbacks() == []
+
+
+@pytest.mark.slow
+def test_training_learns_the_scene_and_finds_empty_space(tiny_scene):
+    scene, origins, directions = tiny_scene
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    compile_for_training(model, tiny_preset().optimizer, total_steps=150, jit_compile=True)
+    rays = [a[:6].reshape(-1, 3) for a in (origins, directions, scene["images"])]
+    data = tf.data.Dataset.from_tensor_slices(((rays[0], rays[1]), rays[2])).shuffle(4096, seed=0).repeat().batch(1024)
+    renderer = ChunkedRenderer(model, 4096)
+    before = psnr(renderer(origins[6:], directions[6:])["rgb"], scene["images"][6:])
+    model.fit(data, steps_per_epoch=150, epochs=1, verbose=0, callbacks=model.training_callbacks())
+    after = psnr(renderer(origins[6:], directions[6:])["rgb"], scene["images"][6:])
+    assert after > before + 5.0, (before, after)
+    grid = model.sampler.grid
+    assert int(grid.updates.numpy()) == 14  # after steps 20, 30, ..., 150
+    occupied = grid.occupied.numpy()
+    assert 0.0 < occupied.mean() < 0.5  # most of the cube is empty
+    # the magenta pillar's top (0, 0, 0.6) is matter; the air at (0, 0, 1.3) is not
+    cell = lambda p: tuple(((np.array(p) + 1.5) / 3.0 * 32).astype(int))  # noqa: E731
+    assert occupied[cell([0.0, 0.0, 0.6])] == 1.0
+    assert occupied[cell([0.0, 0.0, 1.3])] == 0.0
+
+
+@pytest.mark.parametrize("name, contracted", [("hashgrid", False), ("hashgrid", True), ("keras_example", False)])
+def test_save_and_load_render_the_same(tmp_path, tiny_scene, name, contracted):
+    _, origins, directions = tiny_scene
+    model = tiny_model(name, contracted)
+    if name == "hashgrid":
+        model.sampler.grid.occupied.assign(tf.cast(tf.random.uniform([32] * 3, seed=2) > 0.5, tf.float32))
+        model.field.encoding.table.assign(tf.random.normal(model.field.encoding.table.shape, seed=3))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = load_model(path)
+    assert isinstance(loaded, NeRF) and type(loaded.space) is type(model.space)
+    assert type(loaded.sampler) is type(model.sampler) and loaded.sampler.sampler_config == model.sampler.sampler_config
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    a = ChunkedRenderer(model, 1000)(origins[0], directions[0])
+    b = ChunkedRenderer(loaded, 1000)(origins[0], directions[0])
+    np.testing.assert_allclose(a["rgb"], b["rgb"], atol=1e-6)
+    assert a["rgb"].shape == (24, 24, 3) and a["depth"].shape == (24, 24)
+
+
+def test_learning_rate_ends_at_its_final_value_and_can_be_stretched():
+    schedule = ExponentialToFinal(1e-2, 1e-3, total_steps=100)
+    np.testing.assert_allclose([float(schedule(0)), float(schedule(50)), float(schedule(100)), float(schedule(500))],
+                               [1e-2, 1e-2 * 0.1**0.5, 1e-3, 1e-3], rtol=1e-5)
+    step_fn = tf.function(lambda step: schedule(step), jit_compile=True)
+    assert float(step_fn(tf.constant(100))) == pytest.approx(1e-3, rel=1e-5)
+    schedule.set_total_steps(200)  # seen by the already compiled function
+    assert float(step_fn(tf.constant(100))) == pytest.approx(1e-2 * 0.1**0.5, rel=1e-5)
+
+
+def test_compile_for_training_returns_the_schedule_it_uses():
+    model = tiny_model()
+    schedule = compile_for_training(model, tiny_preset().optimizer, total_steps=10, jit_compile=False)
+    assert model.optimizer.built and not hasattr(model, "learning_rate_schedule")
+    schedule.set_total_steps(20)
+    assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(0)))
