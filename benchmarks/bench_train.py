@@ -3,8 +3,9 @@
     python benchmarks/bench_train.py --scene ../shared/data/lego_tiny.npz --budget-s 600 \\
         --versus keras_example --out summary.json
 
-The scene (an .npz in tiny_nerf layout) is split as the Keras example splits it: the first 80%
-of views train, the last 20% validate. Each preset trains with ``model.fit``; at scheduled
+The scene is anything ``data.source`` takes; it goes through the pipeline's own data stages
+(download, poses, split, rays) into a temporary folder. An .npz in tiny_nerf layout is split as the
+Keras example splits it: the first 80% of views train, the last 20% validate. Each preset trains with ``model.fit``; at scheduled
 moments of training time the clock is paused, every val view is rendered with deterministic
 samples and the mean per-view PSNR is recorded as a point ``{wall_s, step, val_psnr}``
 (``wall_s`` is training time only: XLA compilation included, evaluation excluded and reported
@@ -25,6 +26,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,10 +42,9 @@ from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E
 from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
 from nerf_pipeline.runtime import atomic  # noqa: E402
 from nerf_pipeline.runtime.errors import UserError  # noqa: E402
-from nerf_pipeline.scenes.ray_files import view_rays  # noqa: E402
-from nerf_pipeline.scenes.scene import read_tiny_nerf_npz  # noqa: E402
+from nerf_pipeline.scenes import ray_files  # noqa: E402
+from nerf_pipeline.stages import download, poses, rays, split  # noqa: E402
 from nerf_pipeline.stages.evaluate import image_metrics  # noqa: E402
-from nerf_pipeline.stages.split import split_views  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 KERAS_EXAMPLE = {  # the Keras example as published, measured on lego_tiny (../shared/data/README.md)
@@ -132,19 +133,36 @@ class BudgetRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict, budget_s: float,
+def prepare_rays(cfg: config.Config, folder: Path) -> Path:
+    """The scene of ``cfg.data.source`` through the pipeline's data stages into ``folder``; the rays folder."""
+    download.run(cfg, out_scene=folder / "scene")
+    poses.run(cfg, in_scene=folder / "scene", out_cameras=folder / "cameras.npz")
+    split.run(cfg, in_cameras=folder / "cameras.npz", out_split=folder / "split.json")
+    rays.run(cfg, in_scene=folder / "scene", in_cameras=folder / "cameras.npz", in_split=folder / "split.json",
+             out_rays=folder / "rays")
+    return folder / "rays"
+
+
+def mean_psnr(renderer, part) -> float:
+    """The mean per-view PSNR of every view of ``part``, rendered one at a time."""
+    values = []
+    for view in range(part.num_views):
+        out = renderer(*part.view_rays(view))
+        values.append(-10 * np.log10(np.mean((out["rgb"] - part.view_rgb(view)) ** 2)))
+    return float(np.mean(values))
+
+
+def bench_preset(cfg: config.Config, name: str, train_part, val_part, budget_s: float,
                  every_s: float | None, thresholds: list[float], seed: int, stop_psnr: float | None = None) -> dict:
     cfg = cfg.model_copy(update={"preset": name})
     preset = cfg.active
-    num_views = train_part["rgb"].shape[0]
-    num_rays = train_part["rgb"][..., 0].size
-    datasets.check_batch(cfg, num_views, num_rays)
+    datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(seed)
     # The learning rate decays over the budget. Its length in steps is unknown until the speed is:
     # at each evaluation point it is re-estimated from the speed since the previous point (the
     # first interval includes XLA compilation, so the estimate starts long and settles).
-    model = build_nerf(preset, near=float(train_part["near"]), far=float(train_part["far"]), contracted=False,
-                       bound=cfg.scene.bound, background=0.0, seed=seed)
+    model = build_nerf(preset, near=train_part.near, far=train_part.far, contracted=False,
+                       bound=cfg.scene.bound, background=cfg.data.background, seed=seed)
     schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
 
     def set_horizon(curve: list[dict]) -> None:
@@ -155,13 +173,8 @@ def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict
         schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
 
     renderer = ChunkedRenderer(model, 16384, preset.jit_compile)
-    val_targets = val_part["rgb"]
-
-    def evaluate() -> float:
-        out = renderer(val_part["ray_origins"], val_part["ray_directions"])
-        return float(np.mean(-10 * np.log10(np.mean((out["rgb"] - val_targets) ** 2, axis=(1, 2, 3)))))
-
-    recorder = BudgetRecorder(evaluate, eval_schedule(budget_s, every_s), budget_s, set_horizon, stop_psnr)
+    recorder = BudgetRecorder(lambda: mean_psnr(renderer, val_part), eval_schedule(budget_s, every_s), budget_s,
+                              set_horizon, stop_psnr)
     rss_before = rss_mb()
     print(f"[{name}] training for {budget_s:.0f} s", flush=True)
     model.fit(datasets.train_dataset(train_part, preset.batch, seed), epochs=1, steps_per_epoch=10**9,
@@ -169,14 +182,15 @@ def bench_preset(cfg: config.Config, name: str, train_part: dict, val_part: dict
     train_s = recorder.train_s()
     peak = peak_rss_mb()
 
-    final = renderer(val_part["ray_origins"], val_part["ray_directions"])
-    psnr, ssim = image_metrics(final["rgb"], val_targets)
+    scores = [image_metrics(renderer(*val_part.view_rays(v))["rgb"][None], val_part.view_rgb(v)[None])
+              for v in range(val_part.num_views)]
+    psnr, ssim = (np.concatenate(values) for values in zip(*scores))
 
     # The 120-frame orbit of the Keras example (theta 0..360, phi -30, radius 4), twice: the first
     # pass compiles, the second is timed.
-    height, width = val_targets.shape[1:3]
-    poses = camera.orbit_poses(120, 30.0, 4.0)
-    orbit_origins, orbit_directions = camera.generate_rays(poses, height, width, val_part["intrinsics"][0])
+    height, width = val_part.height, val_part.width
+    orbit_poses = camera.orbit_poses(120, 30.0, 4.0)
+    orbit_origins, orbit_directions = camera.generate_rays(orbit_poses, height, width, val_part.intrinsics[0])
     renderer(orbit_origins[:1], orbit_directions[:1])
     start = time.perf_counter()
     orbit = renderer(orbit_origins, orbit_directions)
@@ -234,20 +248,24 @@ def main() -> None:
     parser.add_argument("--eval-every-s", type=float, default=None,
                         help="evaluate at this fixed interval (default: every 5 s to 1 min, then sparser)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[18.9, 25.0, 28.0, 30.0])
-    parser.add_argument("--near", type=float, default=2.0)
-    parser.add_argument("--far", type=float, default=6.0)
+    parser.add_argument("--near", type=float, default=None, help="sampling bounds (default: the scene's own)")
+    parser.add_argument("--far", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     cfg = config.load(args.params)
-    scene = read_tiny_nerf_npz(args.scene, args.near, args.far)
-    train_views, val_views = split_views(scene.num_views, 0.2, "last", seed=0)
-    train_part, val_part = view_rays(scene, train_views), view_rays(scene, val_views)
-    print(f"{args.scene}: {len(train_views)} train / {len(val_views)} val views of {scene.height}x{scene.width}")
+    data = cfg.data.model_copy(update={"source": args.scene, "near": args.near, "far": args.far})
+    cfg = cfg.model_copy(update={"data": data, "split": cfg.split.model_copy(update={"val_fraction": 0.2,
+                                                                                      "order": "last"})})
+    scratch = tempfile.TemporaryDirectory(prefix="nerf-bench-")
+    rays_folder = prepare_rays(cfg, Path(scratch.name))
+    train_part, val_part = ray_files.load(rays_folder, "train"), ray_files.load(rays_folder, "val")
+    print(f"{args.scene}: {train_part.num_views} train / {val_part.num_views} val views of "
+          f"{val_part.height}x{val_part.width}")
 
     summary = {"scene": str(args.scene), "machine": machine(), "reference_keras_example": KERAS_EXAMPLE,
-               "split": {"train": len(train_views), "val": len(val_views)}, "budget_s": args.budget_s,
+               "split": {"train": train_part.num_views, "val": val_part.num_views}, "budget_s": args.budget_s,
                "thresholds": args.thresholds, "results": {}}
     runs = [(args.preset or cfg.preset, args.budget_s, None)]
     if args.versus:

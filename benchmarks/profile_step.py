@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,10 +28,11 @@ from nerf_pipeline.model.encodings import spherical_harmonics  # noqa: E402
 from nerf_pipeline.model.fields import HashGridField  # noqa: E402
 from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
 from nerf_pipeline.model.sampling import OccupancySampler  # noqa: E402
-from nerf_pipeline.scenes.ray_files import view_rays  # noqa: E402
-from nerf_pipeline.scenes.scene import read_tiny_nerf_npz  # noqa: E402
-from nerf_pipeline.stages.split import split_views  # noqa: E402
+from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train import prepare_rays  # noqa: E402
 
 
 def timed(name: str, function, *args, repeats: int = 10) -> float:
@@ -53,19 +57,24 @@ def main() -> None:
     cfg = config.load(args.params)
     name = args.preset or cfg.preset
     preset = cfg.presets[name]
-    scene = read_tiny_nerf_npz(args.scene, 2.0, 6.0)
-    train_views, _ = split_views(scene.num_views, 0.2, "last", seed=0)
-    part = view_rays(scene, train_views)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": args.scene}),
+                                 "split": cfg.split.model_copy(update={"order": "last"})})
+    with tempfile.TemporaryDirectory(prefix="nerf-profile-") as scratch:
+        part = ray_files.load(prepare_rays(cfg, Path(scratch)), "train")
+        profile(cfg, name, preset, part, args.warmup_steps)
+
+
+def profile(cfg, name, preset, part, warmup_steps: int) -> None:
     keras.utils.set_random_seed(0)
-    model = build_nerf(preset, near=scene.near, far=scene.far, contracted=False, bound=cfg.scene.bound,
-                       background=0.0, seed=0)
-    compile_for_training(model, preset.optimizer, args.warmup_steps * 10, preset.jit_compile)
+    model = build_nerf(preset, near=part.near, far=part.far, contracted=False, bound=cfg.scene.bound,
+                       background=cfg.data.background, seed=0)
+    compile_for_training(model, preset.optimizer, warmup_steps * 10, preset.jit_compile)
     dataset = datasets.train_dataset(part, preset.batch, seed=0)
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=args.warmup_steps, epochs=1, verbose=0, shuffle=False,
+    model.fit(dataset, steps_per_epoch=warmup_steps, epochs=1, verbose=0, shuffle=False,
               callbacks=model.training_callbacks())
     occupancy = isinstance(model.sampler, OccupancySampler)
-    print(f"{name}: {args.warmup_steps} warm-up steps in {time.perf_counter() - start:.1f} s; "
+    print(f"{name}: {warmup_steps} warm-up steps in {time.perf_counter() - start:.1f} s; "
           f"occupied cells {float(tf.reduce_mean(model.sampler.grid.occupied)) if occupancy else 1.0:.3f}")
     (ray_origins, ray_directions), target = next(iter(dataset))
     num_samples = preset.sampler.num_samples

@@ -136,3 +136,85 @@ def rotation_error(poses: np.ndarray) -> np.ndarray:
     rotations = np.asarray(poses, dtype=np.float64)[..., :3, :3]
     gram = np.einsum("...ki,...kj->...ij", rotations, rotations)
     return np.abs(gram - np.eye(3)).max(axis=(-2, -1))
+
+
+# ----------------------------------------------------------------------------- a capture's frame
+
+TARGET_RADIUS = 4.0  # the median camera distance after normalize_poses (tiny_nerf's convention)
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The rotation [3, 3] that turns unit vector ``a`` onto unit vector ``b`` (Rodrigues)."""
+    v, c = np.cross(a, b), float(np.dot(a, b))
+    if c < -1.0 + 1e-9:  # opposite: half a turn about any axis perpendicular to a
+        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        axis /= np.linalg.norm(axis)
+        return 2.0 * np.outer(axis, axis) - np.eye(3)
+    skew = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + skew + skew @ skew / (1.0 + c)
+
+
+def look_at_point(poses: np.ndarray) -> np.ndarray:
+    """The point closest (least squares) to every camera's optical axis; the cameras' mean
+    position if the axes are near parallel (a forward-facing capture)."""
+    centres, forward = poses[:, :3, 3], -poses[:, :3, 2]
+    projectors = np.eye(3)[None] - forward[:, :, None] * forward[:, None, :]  # onto each axis' normal plane
+    a, b = projectors.sum(0), np.einsum("nij,nj->i", projectors, centres)
+    if np.linalg.cond(a) > 1e4:
+        return centres.mean(0)
+    return np.linalg.solve(a, b)
+
+
+def normalize_poses(poses: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Re-centre, turn (mean camera up to +z) and scale (median camera distance 4) camera-to-world poses.
+
+    Returns the new poses [N, 4, 4] float64 and ``{"center", "rotation", "scale"}`` of the map
+    ``x -> scale * rotation @ (x - center)``.
+    """
+    poses = np.asarray(poses, dtype=np.float64)
+    center = look_at_point(poses)
+    up = poses[:, :3, 1].mean(0)
+    up /= max(np.linalg.norm(up), 1e-12)
+    rotation = rotation_between(up, np.array([0.0, 0.0, 1.0]))
+    positions = (poses[:, :3, 3] - center) @ rotation.T
+    scale = TARGET_RADIUS / max(float(np.median(np.linalg.norm(positions, axis=-1))), 1e-12)
+    out = np.tile(np.eye(4), (len(poses), 1, 1))
+    out[:, :3, :3] = rotation @ poses[:, :3, :3]
+    out[:, :3, 3] = positions * scale
+    return out, {"center": center.tolist(), "rotation": rotation.tolist(), "scale": scale}
+
+
+def bounds_from_cameras(poses: np.ndarray) -> tuple[float, float]:
+    """``(near, far)``: half the closest and 1.5 times the farthest camera distance to the origin."""
+    distances = np.linalg.norm(poses[:, :3, 3], axis=-1)
+    return 0.5 * float(distances.min()), 1.5 * float(distances.max())
+
+
+def azimuth_coverage_deg(positions: np.ndarray) -> float:
+    """How much of the full turn about the z axis the cameras at ``positions [N, 3]`` span, in degrees:
+    360 minus the widest azimuth gap between neighbouring cameras."""
+    azimuths = np.sort(np.degrees(np.arctan2(positions[:, 1], positions[:, 0])) % 360.0)
+    gaps = np.diff(np.concatenate([azimuths, azimuths[:1] + 360.0]))
+    return float(360.0 - gaps.max()) if len(azimuths) > 1 else 0.0
+
+
+def spiral_poses(poses: np.ndarray, num_frames: int, rotations: float = 2.0,
+                 target=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Poses [num_frames, 4, 4] float32 on a spiral around the cameras' mean position, looking at ``target``.
+
+    As LLFF renders its forward-facing captures: the spiral lies in the plane facing the target,
+    its radii the 90th percentile of the cameras' spread in that plane's two axes (and a quarter of
+    the spread towards the target as depth), turning ``rotations`` times; it stays where the
+    cameras were.
+    """
+    positions = np.asarray(poses, dtype=np.float64)[:, :3, 3]
+    centre = positions.mean(0)
+    frame = look_at(centre, target, world_up=(0.0, 0.0, 1.0) if abs(centre[2]) < 0.99 * np.linalg.norm(centre)
+                    else (0.0, 1.0, 0.0))
+    local = (positions - centre) @ frame[:3, :3]  # offsets in the mean camera's (right, up, back) axes
+    radii = np.percentile(np.abs(local), 90, axis=0) * np.array([1.0, 1.0, 0.25])
+    angles = np.linspace(0.0, 2.0 * np.pi * rotations, num_frames, endpoint=False)
+    offsets = np.stack([np.cos(angles) * radii[0], np.sin(angles) * radii[1],
+                        np.sin(angles / rotations) * radii[2]], axis=-1)
+    frames = [look_at(centre + frame[:3, :3] @ offset, target) for offset in offsets]
+    return np.stack(frames).astype(np.float32)

@@ -52,16 +52,18 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Where the scene comes from (stage ``download``)."""
 
-    # synthetic | tiny_nerf | path to a local .npz | a NeRF-synthetic or instant-ngp/nerfstudio
-    # folder (or its transforms*.json)
+    # synthetic | tiny_nerf | the path of an .npz, a video, a folder of photos, a COLMAP or LLFF capture,
+    # a NeRF-synthetic or instant-ngp/nerfstudio folder (or its transforms*.json); see scenes/sources.py
     source: Annotated[str, Field(min_length=1)]
-    # Sampling bounds; null: the source's own (synthetic, tiny_nerf and .npz without them: 2 and 6;
-    # folders: derived from the camera positions).
+    # Sampling bounds (in the scene's units after the poses stage); null: the source's own (synthetic,
+    # tiny_nerf and .npz without them: 2 and 6; captures: derived from the cameras and the source).
     near: Optional[Annotated[float, Field(ge=0)]]
     far: Optional[PositiveFloat]
     background: Annotated[float, Field(ge=0, le=1)]  # grey level behind the scene: 0 black, 1 white
-    downscale: PositiveInt  # folders: average each downscale x downscale block of pixels
-    max_views: Optional[Annotated[int, Field(ge=2)]]  # folders: keep at most this many views, evenly spread
+    downscale: PositiveInt  # the rays stage averages each downscale x downscale block of pixels
+    max_views: Optional[Annotated[int, Field(ge=2)]]  # folders and captures: at most this many views, evenly spread
+    max_frames: Annotated[int, Field(ge=2)]  # videos: frames taken at even spacing
+    drop_blurriest: Annotated[float, Field(ge=0, lt=1)]  # videos: the fraction of those frames dropped as blurriest
     tiny_nerf_url: str
     tiny_nerf_sha256: str
     download_retries: PositiveInt
@@ -87,6 +89,14 @@ class SplitConfig(Section):
     val_fraction: Fraction
     order: Literal["shuffled", "last"]  # last: the Keras example's (the last views validate)
     seed: int
+
+
+class PosesConfig(Section):
+    """Structure from motion (stage ``poses``) for sources without poses (photos, videos)."""
+
+    matcher: Literal["auto", "sequential", "exhaustive"]  # auto: sequential for video frames, else exhaustive
+    max_image_side: Annotated[int, Field(ge=64)]  # SfM runs on copies whose long side is at most this
+    min_registered: Fraction  # stop unless at least this fraction of the images registers
 
 
 class SceneConfig(Section):
@@ -212,13 +222,27 @@ class PresetConfig(Section):
 # ----------------------------------------------------------------------------- the rest
 
 
+class ValidationConfig(Section):
+    """Validation during training (each epoch)."""
+
+    max_views: PositiveInt  # at most this many val views, evenly spread, rendered whole
+
+
 class EvaluateConfig(Section):
+    split: Literal["test", "val"]  # test: the scene's test split when it has one (else val, said in the log)
+    max_views: Optional[PositiveInt]  # null: every view of the split; else this many, evenly spread
     chunk_rays: PositiveInt  # rays rendered per compiled call
-    grid_views: PositiveInt  # val views shown in the PNG grid
+    grid_views: PositiveInt  # views shown in the PNG grid
 
 
 class RenderConfig(Section):
+    # auto: a 360° orbit when the cameras go around the scene, else a spiral where they were
+    # (as LLFF renders forward-facing captures); orbit | spiral force one
+    camera_path: Literal["auto", "orbit", "spiral"]
     num_frames: PositiveInt
+    # Output size; null: the training views' size (one given: the other follows their aspect ratio).
+    width: Optional[Annotated[int, Field(ge=8, le=8192)]]
+    height: Optional[Annotated[int, Field(ge=8, le=8192)]]
     # The orbit's height and distance; null: the median of the scene's cameras.
     # (The Keras example's orbit is elevation 30, radius 4.)
     elevation_deg: Optional[Annotated[float, Field(gt=-90, lt=90)]]
@@ -241,9 +265,11 @@ class Config(Section):
     distribute: Literal["none", "mirrored", "multi_worker"]  # tf.distribute strategy of training
     data: DataConfig
     synthetic: SyntheticConfig
+    poses: PosesConfig
     split: SplitConfig
     scene: SceneConfig
     presets: Annotated[dict[str, PresetConfig], Field(min_length=1)]
+    validation: ValidationConfig
     evaluate: EvaluateConfig
     render: RenderConfig
     mlflow: MlflowConfig

@@ -18,6 +18,7 @@ def depth_range(depth: np.ndarray, acc: np.ndarray) -> tuple[float, float]:
     hit = depth[acc > 0.5]
     if hit.size == 0:
         return 0.0, 1.0
+    hit = hit[::max(1, hit.size // 1_000_000)]  # a million evenly spread pixels pin the percentiles
     lo, hi = np.percentile(hit, [2, 98])
     return float(lo), float(max(hi, lo + 1e-6))
 
@@ -37,19 +38,22 @@ def write_png(path, image: np.ndarray) -> None:
         imageio.imwrite(tmp, image, format="PNG")
 
 
-def _even(frames: np.ndarray) -> np.ndarray:
-    """Pad [T, H, W, 3] to even H and W: H.264 in yuv420p needs them."""
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad [H, W, 3] to even H and W: H.264 in yuv420p needs them."""
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
     if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    return frames
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frame
 
 
-def write_mp4(path, frames: np.ndarray, fps: int) -> None:
-    """``frames [T, H, W, 3]`` uint8 → H.264 mp4 (every frame kept)."""
+def write_mp4(path, frames, fps: int) -> None:
+    """``frames``: [T, H, W, 3] uint8, or any iterable of [H, W, 3] uint8 frames → H.264 mp4 (every frame
+    kept), written frame by frame."""
     with atomic.atomic_path(path, suffix=".mp4") as tmp:
-        imageio.mimwrite(tmp, _even(frames), format="FFMPEG", fps=fps, codec="libx264", quality=8,
-                         pixelformat="yuv420p", macro_block_size=1)
+        with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8, pixelformat="yuv420p",
+                                macro_block_size=1) as writer:
+            for frame in frames:
+                writer.append_data(_even(np.asarray(frame)))
 
 
 def write_gif(path, frames: np.ndarray, frame_ms: int) -> None:

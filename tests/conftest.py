@@ -78,30 +78,50 @@ def assert_user_error(result, *fragments) -> None:
         assert fragment in message, result.stderr
 
 
+DATA_STAGES = (("download", dict(out_scene="scene")),
+               ("poses", dict(in_scene="scene", out_cameras="cameras.npz")),
+               ("split", dict(in_cameras="cameras.npz", out_split="split.json")),
+               ("rays", dict(in_scene="scene", in_cameras="cameras.npz", in_split="split.json", out_rays="rays")))
+
+
 def make_rays(folder: Path, params: dict) -> Path:
-    """``folder/rays``, made from ``params`` by the real download, split and rays stage scripts."""
+    """``folder/rays``, made from ``params`` by the real download, poses, split and rays stage scripts."""
     folder.mkdir(parents=True, exist_ok=True)
     write_params(folder, params)
-    for name, paths in (("download", dict(out_scene="scene.npz")),
-                        ("split", dict(in_scene="scene.npz", out_split="split.json")),
-                        ("rays", dict(in_scene="scene.npz", in_split="split.json", out_rays="rays"))):
+    for name, paths in DATA_STAGES:
         result = stage(name, *flags(**paths), cwd=folder)
         assert result.returncode == 0, result.stderr[-3000:]
     return folder / "rays"
 
 
+def run_data_stages(folder: Path, params: dict) -> Path:
+    """The download, poses, split and rays stages run in this process (their ``run``) into ``folder``;
+    returns ``folder``, which then holds ``scene/``, ``cameras.npz``, ``split.json`` and ``rays/``."""
+    from nerf_pipeline import config
+    from nerf_pipeline.stages import download, poses, rays, split
+
+    cfg = config.from_dict(params)
+    folder.mkdir(parents=True, exist_ok=True)
+    modules = {"download": download, "poses": poses, "split": split, "rays": rays}
+    for name, paths in DATA_STAGES:
+        modules[name].run(cfg, **{key: folder / value for key, value in paths.items()})
+    return folder
+
+
 def write_rays(folder: Path, num_views: int = 7, image_size: int = 16, num_val: int = 1) -> Path:
     """A rays folder of the built-in scene made in this process (no stage scripts): the last
     ``num_val`` views validate."""
-    from nerf_pipeline.runtime import atomic
     from nerf_pipeline.scenes import ray_files, synthetic
-    from nerf_pipeline.scenes.scene import validate
 
     out = synthetic.render_scene(num_views=num_views, image_size=image_size, seed=0, supersample=1)
-    scene = validate(out["images"], out["poses"], out["focal"], out["near"], out["far"], out["depth"])
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic.save_npz(folder / "train.npz", **ray_files.view_rays(scene, range(num_views - num_val)))
-    atomic.save_npz(folder / "val.npz", **ray_files.view_rays(scene, range(num_views - num_val, num_views)))
+    intrinsics = [out["focal"], out["focal"], image_size / 2, image_size / 2]
+    parts = {"train": range(num_views - num_val), "val": range(num_views - num_val, num_views)}
+    for part, views in parts.items():
+        writer = ray_files.PartWriter(folder, part, len(views), image_size, image_size, with_depth=True)
+        for view in views:
+            writer.add((out["images"][view] * 255 + 0.5).astype(np.uint8), out["depth"][view])
+        writer.finish(out["poses"][list(views)], [intrinsics] * len(views), list(views), out["near"], out["far"],
+                      unbounded=False)
     return folder
 
 

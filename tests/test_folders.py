@@ -1,4 +1,9 @@
-"""Loaders of NeRF-synthetic and instant-ngp/nerfstudio folders: pixels, rays, intrinsics, errors."""
+"""Loaders of NeRF-synthetic and instant-ngp/nerfstudio folders: pixels, rays, intrinsics, errors.
+
+The strongest check runs the real data stages (download, poses, split, rays) on a folder written
+by the built-in renderer through known cameras: the rays the pipeline makes, mapped back through
+the similarity the poses stage applied, are those cameras' rays, and tracing them gives the pixels.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_data_stages, tiny_params
 from scenes import write_blender, write_ngp
 
 from nerf_pipeline import camera
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import folders, ray_files, synthetic
+from nerf_pipeline.scenes.images import undistort
+from nerf_pipeline.scenes.scene import check_cameras
 from nerf_pipeline.stages.render import orbit_path
 
 QUANTUM = 1.0 / 255  # PNG stores 8 bits
@@ -25,93 +33,129 @@ def similarity(original_poses, loaded_poses):
     return rotation, scale, o_loaded[0] - scale * rotation @ o[0]
 
 
-def check_rays_and_pixels(scene, original_poses, intrinsics, height, width):
-    """The loaded scene's rays, mapped back to the original frame, are the original cameras' rays,
-    and tracing them gives the loaded pixels."""
-    part = ray_files.view_rays(scene, range(scene.num_views))
-    rotation, scale, translation = similarity(original_poses, scene.poses.astype(np.float64))
-    np.testing.assert_allclose(scene.poses[:, :3, :3], rotation @ original_poses[:, :3, :3], atol=1e-5)
-    origins = (part["ray_origins"] - translation) / scale @ rotation  # R^T applied to row vectors
-    directions = part["ray_directions"] @ rotation
-    expected_origins, expected_directions = camera.generate_rays(original_poses, height, width, intrinsics)
-    np.testing.assert_allclose(origins, expected_origins, atol=1e-4)
-    np.testing.assert_allclose(directions, expected_directions, atol=1e-5)
-    traced, _ = synthetic.trace(origins, directions)
-    np.testing.assert_allclose(part["rgb"], traced, atol=QUANTUM)
+def through_the_pipeline(tmp_path, source, **data) -> dict:
+    """The rays parts that the data stages make of ``source``, by part name."""
+    params = tiny_params()
+    params["data"].update(source=str(source), **data)
+    folder = run_data_stages(tmp_path / "run", params)
+    return {part: ray_files.load(folder / "rays", part) for part in ray_files.parts(folder / "rays")}
 
 
-def test_blender_round_trip_keeps_split_pixels_and_rays(tmp_path):
+def check_rays_and_pixels(parts: dict, original_poses, intrinsics, height, width):
+    """Every view's rays, mapped back to the original frame, are the original cameras' rays, and
+    tracing them gives the stored pixels."""
+    loaded = {int(v): pose for part in parts.values() for v, pose in zip(part.view_ids, part.poses)}
+    views = sorted(loaded)
+    rotation, scale, translation = similarity(original_poses[views], np.stack([loaded[v] for v in views]))
+    for part in parts.values():
+        for k, view in enumerate(part.view_ids):
+            np.testing.assert_allclose(part.poses[k, :3, :3], rotation @ original_poses[view, :3, :3], atol=1e-5)
+            origins, directions = part.view_rays(k)
+            origins = (origins - translation) / scale @ rotation  # R^T applied to row vectors
+            directions = directions @ rotation
+            expected = camera.generate_rays(original_poses[view], height, width, intrinsics)
+            np.testing.assert_allclose(origins, expected[0], atol=1e-4)
+            np.testing.assert_allclose(directions, expected[1], atol=1e-5)
+            traced, _ = synthetic.trace(origins, directions)
+            np.testing.assert_allclose(part.view_rgb(k), traced, atol=QUANTUM)
+
+
+def test_blender_split_files_keep_their_parts_pixels_and_rays(tmp_path):
     written = write_blender(tmp_path / "scene")
-    scene = folders.read_scene(*folders.find_layout(str(tmp_path / "scene")), background=0.0, downscale=1,
-                                  max_views=None, near=None, far=None)
-    assert scene.num_views == 8  # 6 train + 2 val; test is not used
-    assert scene.split == {"train": list(range(6)), "val": [6, 7]}
-    np.testing.assert_allclose(scene.intrinsics, [[written["focal"], written["focal"], 12.0, 12.0]] * 8, rtol=1e-6)
-    check_rays_and_pixels(scene, written["poses"][:8].astype(np.float64), written["focal"], 24, 24)
+    views = folders.read_blender(tmp_path / "scene", background=0.0, max_views=None)
+    assert views.count == 9 and views.cameras.split == {"train": list(range(6)), "val": [6, 7], "test": [8]}
+    np.testing.assert_allclose(views.cameras.intrinsics, [[written["focal"], written["focal"], 12.0, 12.0]] * 9,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(views.cameras.poses, written["poses"])  # as written; the poses stage normalises
+    parts = through_the_pipeline(tmp_path, tmp_path / "scene")
+    assert {name: part.num_views for name, part in parts.items()} == {"train": 6, "val": 2, "test": 1}
+    check_rays_and_pixels(parts, written["poses"].astype(np.float64), written["focal"], 24, 24)
     # cameras 4 from the centre stay there: near and far as tiny_nerf's
-    assert scene.near == pytest.approx(2.0, rel=0.01) and scene.far == pytest.approx(6.0, rel=0.01)
+    assert parts["train"].near == pytest.approx(2.0, rel=0.01) and parts["train"].far == pytest.approx(6.0, rel=0.01)
 
 
 def test_blender_alpha_is_composited_on_the_background(tmp_path):
     written = write_blender(tmp_path / "scene")
-    scene = folders.read_scene("blender", tmp_path / "scene", background=1.0, downscale=1, max_views=None,
-                                  near=None, far=None)
-    missed = written["depth"][:8] == 0
-    np.testing.assert_allclose(scene.images[missed], 1.0)  # white where alpha is 0, whatever the RGB there
-    np.testing.assert_allclose(scene.images[~missed], written["rgb"][:8][~missed], atol=QUANTUM)
+    views = folders.read_blender(tmp_path / "scene", background=1.0, max_views=None)
+    images = np.stack([views.read(i) for i in range(views.count)])
+    missed = written["depth"] == 0
+    np.testing.assert_allclose(images[missed], 1.0)  # white where alpha is 0, whatever the RGB there
+    np.testing.assert_allclose(images[~missed], written["rgb"][~missed], atol=QUANTUM)
+
+
+def test_split_files_with_instant_ngp_intrinsics_and_no_val_file(tmp_path):
+    """Blender-style split files whose top level carries fl_x/fl_y/cx/cy/w/h and k1..p2 (as
+    ../shared/data/stitch does) use those intrinsics; without transforms_val.json the split stage
+    cuts val views out of train."""
+    intrinsics = (30.0, 24.0, 11.0, 13.0)
+    written = write_blender(tmp_path / "scene", num_train=8, num_val=2, num_test=2)
+    for part in ("train", "val", "test"):
+        path = tmp_path / "scene" / f"transforms_{part}.json"
+        meta = json.loads(path.read_text())
+        meta.update(fl_x=intrinsics[0], fl_y=intrinsics[1], cx=intrinsics[2], cy=intrinsics[3], w=24, h=24,
+                    k1=0.0, k2=0.0, p1=0.0, p2=0.0, aabb_scale=16)
+        path.write_text(json.dumps(meta))
+    views = folders.read_blender(tmp_path / "scene", background=0.0, max_views=None)
+    np.testing.assert_allclose(views.cameras.intrinsics, [intrinsics] * 12)
+    assert views.cameras.unbounded  # aabb_scale 16: a capture whose background reaches far
+    (tmp_path / "scene" / "transforms_val.json").unlink()
+    parts = through_the_pipeline(tmp_path, tmp_path / "scene")
+    assert {name: part.num_views for name, part in parts.items()} == {"train": 6, "val": 2, "test": 2}
+    assert set(parts["val"].view_ids) < set(range(8)) and list(parts["test"].view_ids) == [8, 9]
+    np.testing.assert_allclose(parts["train"].intrinsics, [intrinsics] * 6)
+    assert parts["train"].unbounded and parts["train"].far == 1000.0
+    assert written["rgb"].shape[0] == 12
 
 
 @pytest.mark.parametrize("per_frame", [False, True])
 def test_ngp_round_trip_with_off_centre_principal_point_and_fx_ne_fy(tmp_path, per_frame):
     intrinsics = (30.0, 24.0, 15.0, 9.0)  # fx != fy, principal point off the centre (14, 10)
     written = write_ngp(tmp_path / "capture", intrinsics=intrinsics, per_frame=per_frame)
-    scene = folders.read_scene(*folders.find_layout(str(tmp_path / "capture")), background=0.0, downscale=1,
-                                  max_views=None, near=None, far=None)
-    assert scene.images.shape == (6, 20, 28, 3) and scene.split is None
-    np.testing.assert_allclose(scene.intrinsics, [intrinsics] * 6)
-    check_rays_and_pixels(scene, written["poses"].astype(np.float64), np.asarray(intrinsics), 20, 28)
+    views = folders.read_transforms(tmp_path / "capture" / "transforms.json", background=0.0, max_views=None)
+    assert (views.count, views.height, views.width) == (6, 20, 28) and views.cameras.split is None
+    np.testing.assert_allclose(views.cameras.intrinsics, [intrinsics] * 6)
+    parts = through_the_pipeline(tmp_path, tmp_path / "capture")
+    check_rays_and_pixels(parts, written["poses"].astype(np.float64), np.asarray(intrinsics), 20, 28)
     # the capture's offset and scale are undone: centred, radius 4, z up
-    distances = np.linalg.norm(scene.poses[:, :3, 3], axis=-1)
-    assert np.median(distances) == pytest.approx(4.0, rel=1e-5)
-    assert np.all(scene.poses[:, 2, 3] > 0)  # all cameras above the ground plane, as written
+    poses = np.concatenate([part.poses for part in parts.values()])
+    assert np.median(np.linalg.norm(poses[:, :3, 3], axis=-1)) == pytest.approx(4.0, rel=1e-5)
+    assert np.all(poses[:, 2, 3] > 0)  # all cameras above the ground plane, as written
 
 
 def test_ngp_reads_jpg_and_the_json_path(tmp_path):
     write_ngp(tmp_path / "capture", extension="jpg")
     layout = folders.find_layout(str(tmp_path / "capture" / "transforms.json"))
     assert layout == ("ngp", tmp_path / "capture" / "transforms.json")
-    scene = folders.read_scene(*layout, background=0.0, downscale=1, max_views=None, near=None, far=None)
-    assert scene.images.shape == (6, 20, 28, 3)
+    views = folders.read_transforms(layout[1], background=0.0, max_views=None)
+    assert views.read(5).shape == (20, 28, 3)
 
 
 def test_downscale_averages_blocks_and_scales_intrinsics(tmp_path):
     intrinsics = (30.0, 24.0, 15.0, 9.0)
     write_ngp(tmp_path / "capture", intrinsics=intrinsics)
-    full = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None)
-    half = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 2, None, None, None)
-    assert half.images.shape == (6, 10, 14, 3)
-    np.testing.assert_allclose(half.images, full.images.reshape(6, 10, 2, 14, 2, 3).mean(axis=(2, 4)), atol=1e-6)
-    np.testing.assert_allclose(half.intrinsics, np.array([intrinsics] * 6) / 2)
+    full = through_the_pipeline(tmp_path / "full", tmp_path / "capture")["train"]
+    half = through_the_pipeline(tmp_path / "half", tmp_path / "capture", downscale=2)["train"]
+    assert half.images.shape == (full.num_views, 10, 14, 3)
+    blocks = np.asarray(full.images, np.float64).reshape(-1, 10, 2, 14, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(half.images, blocks, atol=0.5 + 1e-9)  # one rounding to uint8
+    np.testing.assert_allclose(half.intrinsics, np.array([intrinsics] * full.num_views) / 2)
 
 
 def test_max_views_keeps_evenly_spread_views(tmp_path):
     write_ngp(tmp_path / "capture", num_views=10)
-    scene = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, 4, None, None)
-    assert scene.num_views == 4
-    np.testing.assert_array_equal(folders.evenly_spread(10, 4), [0, 3, 6, 9])
-    written = write_blender(tmp_path / "blender", num_train=8, num_val=4)
-    scene = folders.read_scene("blender", tmp_path / "blender", 0.0, 1, 6, None, None)
-    assert (len(scene.split["train"]), len(scene.split["val"])) == (4, 2)
-    assert written["rgb"].shape[0] == 13
+    assert folders.read_transforms(tmp_path / "capture/transforms.json", 0.0, 4).count == 4
+    write_blender(tmp_path / "blender", num_train=8, num_val=4)
+    views = folders.read_blender(tmp_path / "blender", 0.0, 6)
+    assert {part: len(v) for part, v in views.cameras.split.items()} == {"train": 4, "val": 2, "test": 1}
 
 
 def test_normalize_poses_centres_turns_and_scales():
     poses = camera.hemisphere_poses(12, 10.0, seed=3)
-    tilt = folders._rotation_between(np.array([0.0, 0.0, 1.0]), np.array([0.6, 0.0, 0.8]))
+    tilt = camera.rotation_between(np.array([0.0, 0.0, 1.0]), np.array([0.6, 0.0, 0.8]))
     world = np.tile(np.eye(4), (12, 1, 1))
     world[:, :3, :3] = tilt @ poses[:, :3, :3]
     world[:, :3, 3] = poses[:, :3, 3] @ tilt.T + [5.0, -3.0, 2.0]
-    normalized, info = folders.normalize_poses(world)
+    normalized, info = camera.normalize_poses(world)
     np.testing.assert_allclose(info["center"], [5.0, -3.0, 2.0], atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(normalized[:, :3, 3], axis=-1), 4.0, rtol=1e-6)
     up = normalized[:, :3, 1].mean(0)
@@ -133,7 +177,7 @@ def test_undistort_inverts_the_opencv_model():
         y = (yd - p1 * (r2 + 2 * y * y) - 2 * p2 * x * y) / radial
     ramp = lambda u, v: np.stack([0.01 * u, 0.015 * v, 0.005 * (u + v)], -1)  # noqa: E731
     distorted = ramp(x * fx + cx, y * fy + cy).astype(np.float32)  # what the lens recorded at each pixel
-    restored = folders.undistort(distorted, fx, fy, cx, cy, k1, k2, p1, p2)
+    restored = undistort(distorted, fx, fy, cx, cy, k1, k2, p1, p2)
     expected = ramp(cols, rows)
     inner = (slice(6, -6), slice(6, -6))  # pixels whose source lies inside the recorded image
     np.testing.assert_allclose(restored[inner], expected[inner], atol=2e-3)
@@ -156,11 +200,16 @@ def edit(path, change):
 
 
 def read(path):
-    return folders.read_scene(*folders.find_layout(str(path)), 0.0, 1, None, None, None)
+    """Read every view and check the cameras, as writing the scene would."""
+    kind, found = folders.find_layout(str(path))
+    views = (folders.read_blender if kind == "blender" else folders.read_transforms)(found, 0.0, None)
+    check_cameras(views.cameras, views.source)
+    return [views.read(i) for i in range(views.count)]
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda m: m.pop("camera_angle_x"), "'camera_angle_x' must be the horizontal field of view"),
+    (lambda m: m.pop("camera_angle_x"), "frame 0 has no focal length"),
+    (lambda m: m.update(camera_angle_x=4.0), "'camera_angle_x' must be a field of view in radians"),
     (lambda m: m["frames"][1].pop("transform_matrix"), "frame 1 has no 'transform_matrix'"),
     (lambda m: m["frames"][0].pop("file_path"), "frame 0 has no 'file_path'"),
     (lambda m: m["frames"][2].update(transform_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 1]]),
@@ -190,11 +239,11 @@ def test_missing_or_broken_images_and_files(tmp_path):
     with pytest.raises(DataError, match="not valid JSON"):
         read(tmp_path / "capture")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds neither"):
-        folders.find_layout(str(tmp_path / "empty"))
-    (tmp_path / "scene" / "transforms_val.json").unlink()
-    with pytest.raises(DataError, match="missing transforms_val.json"):
-        read(tmp_path / "scene")
+    assert folders.find_layout(str(tmp_path / "empty")) is None  # another layout's folder, perhaps
+    (tmp_path / "scene" / "transforms_train.json").unlink()
+    (tmp_path / "scene" / "transforms_val.json").rename(tmp_path / "scene" / "transforms_train_old.json")
+    with pytest.raises(DataError, match="missing transforms_train.json"):
+        folders.read_blender(tmp_path / "scene", 0.0, None)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -213,16 +262,17 @@ def test_ngp_camera_angles_stand_in_for_focal_lengths(tmp_path):
     write_ngp(tmp_path / "capture", intrinsics=(30.0, 30.0, 14.0, 10.0))
     edit(tmp_path / "capture" / "transforms.json",
          lambda m: [m.pop(k) for k in ("fl_x", "fl_y", "cx", "cy")] and m.update(camera_angle_x=2 * math.atan(14 / 30)))
-    scene = read(tmp_path / "capture")
-    np.testing.assert_allclose(scene.intrinsics[0], [30.0, 30.0, 14.0, 10.0], rtol=1e-6)
+    views = folders.read_transforms(tmp_path / "capture" / "transforms.json", 0.0, None)
+    np.testing.assert_allclose(views.cameras.intrinsics[0], [30.0, 30.0, 14.0, 10.0], rtol=1e-6)
 
 
 def test_a_capture_with_a_large_aabb_scale_is_unbounded(tmp_path):
     """instant-ngp's aabb_scale > 1 says the scene reaches beyond the cameras' focus: the scene is marked
-    unbounded (``scene.contraction: auto`` contracts it) and its far bound reaches the background."""
+    unbounded (``scene.contraction: auto`` contracts it) and the poses stage sets its far bound far out."""
     write_ngp(tmp_path / "capture")
-    assert not folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None).unbounded
+    assert not folders.read_transforms(tmp_path / "capture/transforms.json", 0.0, None).cameras.unbounded
     meta = json.loads((tmp_path / "capture/transforms.json").read_text())
     (tmp_path / "capture/transforms.json").write_text(json.dumps({**meta, "aabb_scale": 4}))
-    scene = folders.read_scene("ngp", tmp_path / "capture/transforms.json", 0.0, 1, None, None, None)
-    assert scene.unbounded and scene.far == folders.UNBOUNDED_FAR and scene.near == pytest.approx(2.0, rel=0.2)
+    assert folders.read_transforms(tmp_path / "capture/transforms.json", 0.0, None).cameras.unbounded
+    train = through_the_pipeline(tmp_path, tmp_path / "capture")["train"]
+    assert train.unbounded and train.far == 1000.0 and train.near == pytest.approx(2.0, rel=0.2)

@@ -10,6 +10,7 @@ import pytest
 from conftest import DVC, make_project, mlflow_runs, run, tiny_params
 
 from nerf_pipeline import media
+from nerf_pipeline.scenes import ray_files
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,9 @@ def committed_workspace(project):
 
 def test_repro_writes_every_out(project):
     path, _, _ = project
-    for out in ("data/scene.npz", "data/split.json", "data/rays/train.npz", "data/rays/val.npz",
+    for out in ("data/scene/images.npy", "data/scene/depth.npy", "data/scene/cameras.npz", "data/cameras.npz",
+                "data/split.json", "data/rays/train/images.npy", "data/rays/train/cameras.npz",
+                "data/rays/val/images.npy",
                 "models/model.keras", "models/progress.npz", "models/mlflow_run.json", "metrics/train.json",
                 "metrics/train_history.csv", "metrics/eval.json", "metrics/eval_per_view.csv", "eval/grid.png",
                 "render/orbit.mp4", "render/orbit_depth.mp4", "render/progress.gif"):
@@ -49,11 +52,11 @@ def test_metrics_are_real(project):
     train = json.loads((path / "metrics/train.json").read_text())
     evaluation = json.loads((path / "metrics/eval.json").read_text())
     assert train["epochs"] == 2 and train["steps"] == 50
-    val = np.load(path / "data/rays/val.npz")
-    black_psnr = -10 * np.log10(np.mean(val["rgb"] ** 2))  # the score of an all-black prediction
+    val = ray_files.load(path / "data/rays", "val")
+    black_psnr = -10 * np.log10(np.mean((np.asarray(val.images) / 255.0) ** 2))  # the score of all-black
     assert evaluation["psnr"] > black_psnr + 2.0, (evaluation, black_psnr)
     assert 0.0 < evaluation["ssim"] <= 1.0
-    assert evaluation["num_views"] == len(val["view_ids"]) == 2  # 20% of 8 views
+    assert evaluation["num_views"] == val.num_views == 2 and evaluation["split"] == "val"  # 20% of 8 views
     assert evaluation["depth_mae"] > 0.0
     history = (path / "metrics/train_history.csv").read_text().splitlines()
     assert history[0].split(",")[:5] == ["epoch", "loss", "psnr", "val_loss", "val_psnr"]
@@ -101,7 +104,7 @@ def test_exp_run_reruns_only_training_and_lands_in_mlflow(project):
     _, before = mlflow_runs(path)
     result = run(DVC + ["exp", "run", "-S", "epochs=3", "-n", "three-epochs"], path)
     output = result.stdout + result.stderr
-    for stage in ("download", "split", "rays"):
+    for stage in ("download", "poses", "split", "rays"):
         assert f"Stage '{stage}' didn't change, skipping" in output, stage
     for stage in ("train", "evaluate", "render"):
         assert f"Running stage '{stage}'" in output, stage
@@ -147,10 +150,10 @@ def test_a_capture_runs_with_only_data_source_changed(project, tmp_path):
     run(DVC + ["exp", "run", "-S", f"data.source={tmp_path / 'capture'}", "-n", "capture"], path)
     evaluation = json.loads((path / "metrics/eval.json").read_text())
     assert evaluation["num_views"] == 2 and "depth_mae" not in evaluation  # a capture has no depth
-    val = np.load(path / "data/rays/val.npz")
-    assert val["rgb"].shape == (2, 20, 28, 3)
-    np.testing.assert_allclose(val["intrinsics"][0], [30.0, 24.0, 15.0, 9.0])
-    black_psnr = -10 * np.log10(np.mean(val["rgb"] ** 2))
+    val = ray_files.load(path / "data/rays", "val")
+    assert val.images.shape == (2, 20, 28, 3)
+    np.testing.assert_allclose(val.intrinsics[0], [30.0, 24.0, 15.0, 9.0])
+    black_psnr = -10 * np.log10(np.mean((np.asarray(val.images) / 255.0) ** 2))
     assert evaluation["psnr"] > black_psnr + 2.0
     assert media.count_video_frames(path / "render/orbit.mp4") == 12
     frame = imageio.get_reader(path / "render/orbit.mp4", format="FFMPEG").get_data(0)

@@ -51,7 +51,7 @@ def download(tmp_path, arrays=None, raw: bytes | None = None, **params):
     elif arrays is not None:
         np.savez(source, **arrays)
     write_params(tmp_path, data={"source": str(source)}, **params)
-    return stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+    return stage("download", "--out-scene", "out/scene", cwd=tmp_path)
 
 
 def outs(tmp_path):
@@ -104,12 +104,12 @@ def test_bad_scene_file_is_refused(tmp_path, case):
     assert outs(tmp_path) == []
 
 
-def test_uint8_images_are_normalised_not_refused(tmp_path):
-    arrays = {**good_arrays(), "images": np.full((4, 8, 8, 3), 255, np.uint8)}
-    result = download(tmp_path, arrays=arrays)
-    assert result.returncode == 0, result.stderr
-    images = np.load(tmp_path / "out" / "scene.npz")["images"]
-    assert images.dtype == np.float32 and images.max() == 1.0
+def test_uint8_and_float_images_are_both_accepted(tmp_path):
+    for images in (np.full((4, 8, 8, 3), 255, np.uint8), np.full((4, 8, 8, 3), 1.0, np.float32)):
+        result = download(tmp_path, arrays={**good_arrays(), "images": images})
+        assert result.returncode == 0, result.stderr
+        stored = np.load(tmp_path / "out" / "scene" / "images.npy")
+        assert stored.dtype == np.uint8 and stored.max() == 255
 
 
 # ----------------------------------------------------------------------------- bad params
@@ -120,27 +120,28 @@ def test_uint8_images_are_normalised_not_refused(tmp_path):
     ({"epochs": 1.5}, ["'epochs' must be a whole number; got 1.5"]),
     ({"split": {"val_fraction": 1.2}}, ["'split.val_fraction' must be < 1; got 1.2"]),
     ({"data": {"near": 6.0, "far": 2.0}}, ["'data.near' must be below data.far"]),
-    ({"data": {"source": "synthetc"}}, ["'data.source' is 'synthetc'", "Did you mean 'synthetic'?"]),
+    ({"data": {"source": "synthetc"}}, ["'data.source' is 'synthetc': no such folder", "Did you mean 'synthetic'?"]),
 ])
 def test_bad_params_are_refused_before_any_work(tmp_path, changes, messages):
     write_params(tmp_path, **changes)
-    result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+    result = stage("download", "--out-scene", "out/scene", cwd=tmp_path)
     assert_user_error(result, *messages)
     assert outs(tmp_path) == []
 
 
 def test_too_few_views_for_the_split(tmp_path):
     assert download(tmp_path, arrays=good_arrays(n=1)).returncode == 0
-    result = stage("split", "--in-scene", "out/scene.npz", "--out-split", "out/split.json", cwd=tmp_path)
+    assert stage("poses", "--in-scene", "out/scene", "--out-cameras", "out/cameras.npz", cwd=tmp_path).returncode == 0
+    result = stage("split", "--in-cameras", "out/cameras.npz", "--out-split", "out/split.json", cwd=tmp_path)
     assert_user_error(result, "the scene has 1 views: too few for split.val_fraction = 0.2")
-    assert outs(tmp_path) == ["out/scene.npz"]
+    assert "out/split.json" not in outs(tmp_path)
 
 
 def test_unwritable_output_folder(tmp_path):
     (tmp_path / "blocker").write_text("a file where a folder should be")
     write_params(tmp_path)
-    result = stage("download", "--out-scene", "blocker/scene.npz", cwd=tmp_path)
-    assert_user_error(result, "cannot write the output 'blocker/scene.npz'", "is not writable")
+    result = stage("download", "--out-scene", "blocker/scene", cwd=tmp_path)
+    assert_user_error(result, "cannot write the output 'blocker/scene'", "is not writable")
     assert (tmp_path / "blocker").read_text() == "a file where a folder should be"
 
 
@@ -171,25 +172,25 @@ def test_tiny_nerf_download_is_checked_against_its_sha256(tmp_path):
     with serve(served) as url:
         write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/tiny_nerf_data.npz",
                                      "tiny_nerf_sha256": "0" * 64})
-        result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+        result = stage("download", "--out-scene", "out/scene", cwd=tmp_path)
         assert_user_error(result, f"sha256 {digest} does not match the pinned 'data.tiny_nerf_sha256'")
         assert outs(tmp_path) == []
 
         write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/missing.npz"})
-        assert_user_error(stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path), "HTTP 404")
+        assert_user_error(stage("download", "--out-scene", "out/scene", cwd=tmp_path), "HTTP 404")
 
         write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": f"{url}/tiny_nerf_data.npz",
                                      "tiny_nerf_sha256": digest})
-        result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+        result = stage("download", "--out-scene", "out/scene", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert np.load(tmp_path / "out" / "scene.npz")["images"].shape == (4, 8, 8, 3)
+        assert np.load(tmp_path / "out" / "scene" / "images.npy").shape == (4, 8, 8, 3)
 
 
 def test_unreachable_url_fails_at_once(tmp_path):
     write_params(tmp_path, data={"source": "tiny_nerf", "tiny_nerf_url": "http://127.0.0.1:9/tiny_nerf_data.npz",
                                  "download_retries": 1})
     start = time.perf_counter()
-    result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+    result = stage("download", "--out-scene", "out/scene", cwd=tmp_path)
     assert_user_error(result, "http://127.0.0.1:9/tiny_nerf_data.npz", "data.source: synthetic")
     assert time.perf_counter() - start < 30
     assert outs(tmp_path) == []

@@ -1,82 +1,98 @@
+"""The scene folder: written view by view and atomically, read by memory map, its cameras checked."""
+
 import numpy as np
 import pytest
 
 from nerf_pipeline import camera
 from nerf_pipeline.runtime.errors import DataError
-from nerf_pipeline.scenes.scene import Scene, read_tiny_nerf_npz, validate
+from nerf_pipeline.scenes.scene import Cameras, Scene, SceneWriter, Views, evenly_spread, write_views
 
 
-def arrays(n=3, size=4):
-    return dict(images=np.full((n, size, size, 3), 0.5, np.float32),
-                poses=camera.hemisphere_poses(n, 4.0, seed=0), focal=np.float64(5.0))
+def cameras(n=3, size=4, **changes) -> Cameras:
+    values = dict(names=[f"v{i}" for i in range(n)], intrinsics=np.tile([5.0, 5.0, size / 2, size / 2], (n, 1)),
+                  distortion=np.zeros((n, 4)), poses=camera.hemisphere_poses(n, 4.0, seed=0), near=2.0, far=6.0)
+    return Cameras(**{**values, **changes})
 
 
-def test_round_trip(tmp_path):
-    a = arrays()
-    scene = validate(a["images"], a["poses"], a["focal"], 2.0, 6.0, depth=np.ones((3, 4, 4)))
-    scene.save(tmp_path / "scene.npz")
-    loaded = Scene.load(tmp_path / "scene.npz")
-    np.testing.assert_array_equal(loaded.images, scene.images)
-    np.testing.assert_array_equal(loaded.intrinsics, [[5.0, 5.0, 2.0, 2.0]] * 3)  # principal point at the centre
-    assert (loaded.near, loaded.far, loaded.num_views) == (2.0, 6.0, 3)
-    assert loaded.depth.shape == (3, 4, 4)
+def views(images, depth=None, **changes) -> Views:
+    images = np.asarray(images)
+    return Views(count=len(images), height=images.shape[1], width=images.shape[2], read=lambda i: images[i],
+                 cameras=cameras(len(images), images.shape[1], **changes), source="x.npz",
+                 depth=None if depth is None else (lambda i: depth[i]))
 
 
-def test_uint8_images_are_normalised(tmp_path):
-    a = arrays()
-    np.savez(tmp_path / "s.npz", images=np.full((3, 4, 4, 3), 255, np.uint8), poses=a["poses"], focal=a["focal"])
-    scene = read_tiny_nerf_npz(tmp_path / "s.npz", near=2.0, far=6.0)
-    assert scene.images.dtype == np.float32 and scene.images.max() == 1.0
+def test_round_trip_with_memory_mapped_images(tmp_path):
+    images = np.random.default_rng(0).uniform(size=(3, 4, 4, 3)).astype(np.float32)
+    depth = np.ones((3, 4, 4), np.float32)
+    write_views(views(images, depth, split={"train": [0, 1], "val": [2]}, unbounded=True), tmp_path / "scene")
+    scene = Scene.open(tmp_path / "scene")
+    assert isinstance(scene.images, np.memmap) and scene.images.dtype == np.uint8
+    np.testing.assert_array_equal(scene.images, (images * 255 + 0.5).astype(np.uint8))  # floats quantised once
+    np.testing.assert_array_equal(scene.depth, depth)
+    c = scene.cameras
+    assert c.names == ["v0", "v1", "v2"] and (c.near, c.far, c.unbounded) == (2.0, 6.0, True)
+    assert c.split == {"train": [0, 1], "val": [2]} and c.points is None
+    np.testing.assert_allclose(c.poses, camera.hemisphere_poses(3, 4.0, seed=0), atol=1e-6)
 
 
-def bad(**changes):
-    a = {**arrays(), **changes}
-    return lambda: validate(a["images"], a["poses"], a["focal"], 2.0, 6.0, source="x.npz")
+def test_a_scene_without_poses_keeps_none(tmp_path):
+    write_views(views(np.zeros((2, 4, 4, 3), np.uint8), poses=None, near=None, far=None), tmp_path / "scene")
+    c = Scene.open(tmp_path / "scene").cameras
+    assert c.poses is None and c.near is None and c.far is None
 
 
-@pytest.mark.parametrize("make, message", [
-    (bad(images=np.full((3, 4, 4, 3), 1.5, np.float32)), "must lie in [0, 1]"),
-    (bad(images=np.full((3, 4, 4, 4), 0.5, np.float32)), "'images' must have shape (N, H, W, 3)"),
-    (bad(images=np.full((3, 4, 4, 3), np.nan, np.float32)), "NaN or Inf"),
-    (bad(poses=camera.hemisphere_poses(2, 4.0, seed=0)), "3 images but 2 poses"),
-    (bad(poses=np.full((3, 4, 4), np.inf)), "'poses' contains NaN or Inf"),
-    (bad(poses=np.tile(np.diag([2.0, 1, 1, 1]), (3, 1, 1))), "is not orthonormal"),
-    (bad(focal=np.float64(0.0)), "focal lengths must be positive numbers of pixels"),
-    (bad(focal=np.ones(3)), "intrinsics must be (fx, fy, cx, cy) per view, shape (3, 4); got (3,)"),
-    (bad(focal=np.array([[5.0, -5.0, 2.0, 2.0]] * 3)), "focal lengths must be positive numbers of pixels"),
+def test_nothing_is_written_unless_every_view_is(tmp_path):
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+
+    def broken(i):
+        if i == 2:
+            raise DataError("x.npz: view 2 is broken.")
+        return images[i]
+
+    with pytest.raises(DataError, match="view 2 is broken"):
+        write_views(Views(count=3, height=4, width=4, read=broken, cameras=cameras(), source="x.npz"),
+                    tmp_path / "scene")
+    with pytest.raises(ValueError, match="finish"):
+        with SceneWriter(tmp_path / "scene", 1, 4, 4, "x.npz") as writer:
+            writer.add(images[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("images, changes, message", [
+    (np.full((3, 4, 4, 3), 1.5, np.float32), {}, "must lie in [0, 1]"),
+    (np.full((3, 4, 4, 3), np.nan, np.float32), {}, "NaN or Inf"),
+    (np.full((3, 4, 4, 3), 3, np.int64), {}, "'images' must be uint8 or float; got dtype int64"),
+    (np.zeros((3, 4, 4, 3), np.uint8), {"poses": camera.hemisphere_poses(2, 4.0, seed=0)}, "3 images but 2 poses"),
+    (np.zeros((3, 4, 4, 3), np.uint8), {"poses": np.full((3, 4, 4), np.inf)}, "'poses' contains NaN or Inf"),
+    (np.zeros((3, 4, 4, 3), np.uint8), {"poses": np.tile(np.diag([2.0, 1, 1, 1]), (3, 1, 1))}, "is not orthonormal"),
+    (np.zeros((3, 4, 4, 3), np.uint8), {"near": 7.0, "far": 6.0}, "need 0 <= near < far; got near=7.0, far=6.0"),
+    (np.zeros((3, 4, 4, 3), np.uint8), {"split": {"train": [0, 5], "val": [2]}}, "its own split must name views 0..2"),
 ])
-def test_bad_arrays_are_refused(make, message):
+def test_bad_views_are_refused_naming_the_source(tmp_path, images, changes, message):
     with pytest.raises(DataError) as error:
-        make()
+        write_views(views(images, **changes), tmp_path / "scene")
     assert message in str(error.value) and "x.npz" in str(error.value)
+    assert not (tmp_path / "scene").exists()
 
 
-def test_tiny_nerf_focal_must_be_one_positive_number(tmp_path):
-    a = arrays()
-    for focal, message in ((np.ones(3), "'focal' must be a single number"), (np.float64(-1.0), "'focal' must be a positive")):
-        np.savez(tmp_path / "f.npz", images=a["images"], poses=a["poses"], focal=focal)
-        with pytest.raises(DataError, match=message):
-            read_tiny_nerf_npz(tmp_path / "f.npz")
+def test_views_of_different_sizes_are_refused(tmp_path):
+    images = [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 6, 3), np.uint8)]
+    with pytest.raises(DataError, match="view 1 is 6x4 but the first is 4x4"):
+        write_views(Views(count=2, height=4, width=4, read=lambda i: images[i], cameras=cameras(2), source="x.npz"),
+                    tmp_path / "scene")
 
 
-def test_near_far_from_the_file_unless_given(tmp_path):
-    a = arrays()
-    np.savez(tmp_path / "s.npz", **a)
-    assert (read_tiny_nerf_npz(tmp_path / "s.npz").near, read_tiny_nerf_npz(tmp_path / "s.npz").far) == (2.0, 6.0)
-    np.savez(tmp_path / "b.npz", **a, near=np.float32(1.0), far=np.float32(3.0))
-    assert read_tiny_nerf_npz(tmp_path / "b.npz").far == 3.0
-    assert read_tiny_nerf_npz(tmp_path / "b.npz", near=0.5, far=9.0).far == 9.0
-
-
-def test_missing_truncated_and_incomplete_files(tmp_path):
+def test_a_truncated_scene_is_refused_on_open(tmp_path):
+    write_views(views(np.zeros((3, 4, 4, 3), np.uint8)), tmp_path / "scene")
+    data = (tmp_path / "scene/images.npy").read_bytes()
+    (tmp_path / "scene/images.npy").write_bytes(data[:-10])
+    with pytest.raises(DataError, match="images.npy: not a readable .npy array"):
+        Scene.open(tmp_path / "scene")
     with pytest.raises(DataError, match="file not found"):
-        read_tiny_nerf_npz(tmp_path / "nope.npz", 2.0, 6.0)
-    a = arrays()
-    np.savez(tmp_path / "full.npz", **a)
-    data = (tmp_path / "full.npz").read_bytes()
-    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="truncated or corrupt"):
-        read_tiny_nerf_npz(tmp_path / "cut.npz", 2.0, 6.0)
-    np.savez(tmp_path / "nofocal.npz", images=a["images"], poses=a["poses"])
-    with pytest.raises(DataError, match="missing key.*focal"):
-        read_tiny_nerf_npz(tmp_path / "nofocal.npz", 2.0, 6.0)
+        Scene.open(tmp_path / "nowhere")
+
+
+def test_evenly_spread():
+    np.testing.assert_array_equal(evenly_spread(10, 4), [0, 3, 6, 9])
+    np.testing.assert_array_equal(evenly_spread(3, None), [0, 1, 2])
+    np.testing.assert_array_equal(evenly_spread(3, 7), [0, 1, 2])

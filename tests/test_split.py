@@ -1,6 +1,14 @@
-import pytest
+import json
 
+import numpy as np
+import pytest
+from conftest import tiny_params
+
+from nerf_pipeline import config
+from nerf_pipeline.runtime import atomic
 from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.scene import Cameras
+from nerf_pipeline.stages import split
 from nerf_pipeline.stages.split import split_views
 
 
@@ -21,3 +29,28 @@ def test_shuffled_split_is_deterministic_and_disjoint():
 def test_too_few_views_are_refused(num_views, fraction):
     with pytest.raises(DataError, match="too few"):
         split_views(num_views, fraction, "shuffled", seed=0)
+
+
+def cameras_file(path, count, own=None, registered=None):
+    atomic.save_npz(path, **Cameras(names=[str(i) for i in range(count)], intrinsics=np.ones((count, 4)),
+                                    distortion=np.zeros((count, 4)), poses=np.tile(np.eye(4), (count, 1, 1)),
+                                    split=own, registered=registered).arrays())
+    return path
+
+
+def test_the_scenes_own_split_is_kept_and_its_test_part_too(tmp_path):
+    cfg = config.from_dict(tiny_params())
+    own = {"train": [0, 1, 2, 3], "val": [4], "test": [5, 6]}
+    result = split.run(cfg, in_cameras=cameras_file(tmp_path / "c.npz", 7, own), out_split=tmp_path / "s.json")
+    assert result == {"train": [0, 1, 2, 3], "val": [4], "test": [5, 6], "num_views": 7}
+    assert json.loads((tmp_path / "s.json").read_text()) == result
+
+
+def test_without_a_val_part_the_train_views_are_split_and_unregistered_views_left_out(tmp_path):
+    cfg = config.from_dict(tiny_params())
+    own = {"train": list(range(10)), "test": [10, 11]}
+    registered = np.array([True] * 9 + [False, True, True])
+    result = split.run(cfg, in_cameras=cameras_file(tmp_path / "c.npz", 12, own, registered),
+                       out_split=tmp_path / "s.json")
+    assert sorted(result["train"] + result["val"]) == list(range(9)) and len(result["val"]) == 2  # 9 - int(0.8 * 9)
+    assert result["test"] == [10, 11]

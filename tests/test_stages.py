@@ -8,9 +8,9 @@ import yaml
 from conftest import REPO, assert_user_error, flags, stage, tiny_params
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import download, evaluate, rays, render, split, train
+from nerf_pipeline.stages import download, evaluate, poses, rays, render, split, train
 
-STAGES = {"download": download, "split": split, "rays": rays, "train": train, "evaluate": evaluate,
+STAGES = {"download": download, "poses": poses, "split": split, "rays": rays, "train": train, "evaluate": evaluate,
           "render": render}
 
 
@@ -26,17 +26,19 @@ def test_a_stage_script_takes_exactly_the_paths_of_run_by_name(name):
     assert f"cli.main({name})" in (REPO / "stages" / f"{name}.py").read_text()
 
 
-def test_download_split_rays_by_hand(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    for name, args in (("download", ["--out-scene", "scene.npz"]),
-                       ("split", ["--in-scene", "scene.npz", "--out-split", "split.json"]),
-                       ("rays", ["--in-scene", "scene.npz", "--in-split", "split.json", "--out-rays", "rays"])):
-        result = stage(name, *args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-    train = np.load(tmp_path / "rays" / "train.npz")
-    assert train["ray_origins"].shape == (6, 24, 24, 3) and train["rgb"].dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(train["ray_directions"], axis=-1), 1.0, rtol=1e-5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "rays", "scene.npz", "split.json"]
+def test_the_data_stages_by_hand(tmp_path):
+    from conftest import make_rays
+
+    from nerf_pipeline.scenes import ray_files
+
+    make_rays(tmp_path, tiny_params())
+    train = ray_files.load(tmp_path / "rays", "train")
+    assert train.images.shape == (6, 24, 24, 3) and train.images.dtype == np.uint8
+    origins, directions = train.view_rays(0)
+    np.testing.assert_allclose(np.linalg.norm(directions, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(origins[0, 0], train.poses[0, :3, 3])
+    assert ray_files.parts(tmp_path / "rays") == ["train", "val"]  # the built-in scene has no test split
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cameras.npz", "params.yaml", "rays", "scene", "split.json"]
 
 
 @pytest.mark.parametrize("change, fragments", [
@@ -44,16 +46,16 @@ def test_download_split_rays_by_hand(tmp_path):
     ({"data": {"source": "tiny_nerf", "tiny_nerf_url": "http://nonexistent.invalid/t.npz"}},
      ["cannot reach http://nonexistent.invalid/t.npz", "data.source: synthetic"]),
     ({"data": {"source": "missing/scene.npz"}}, ["missing/scene.npz: file not found"]),
-    ({"data": {"source": "scene.txt"}}, ["neither 'synthetic', 'tiny_nerf', the path of an .npz file nor a folder"]),
+    ({"data": {"source": "scene.txt"}}, ["'data.source' is 'scene.txt': no such file"]),
 ])
 def test_download_user_errors(tmp_path, change, fragments):
     params = tiny_params()
     for key, value in change.items():
         params[key] = {**params[key], **value} if isinstance(value, dict) and key in params else value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = stage("download", "--out-scene", "scene.npz", cwd=tmp_path)
+    result = stage("download", "--out-scene", "scene", cwd=tmp_path)
     assert_user_error(result, *fragments)
-    assert not (tmp_path / "scene.npz").exists()
+    assert not (tmp_path / "scene").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -64,12 +66,13 @@ def test_blender_folder_keeps_its_own_split(tmp_path):
     params = tiny_params()
     params["data"]["source"] = str(tmp_path / "lego_like")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert stage("download", "--out-scene", "scene.npz", cwd=tmp_path).returncode == 0
-    result = stage("split", "--in-scene", "scene.npz", "--out-split", "split.json", cwd=tmp_path)
+    assert stage("download", "--out-scene", "scene", cwd=tmp_path).returncode == 0
+    assert stage("poses", "--in-scene", "scene", "--out-cameras", "cameras.npz", cwd=tmp_path).returncode == 0
+    result = stage("split", "--in-cameras", "cameras.npz", "--out-split", "split.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "the scene's own split" in result.stderr
     split = json.loads((tmp_path / "split.json").read_text())
-    assert split["train"] == list(range(6)) and split["val"] == [6, 7]
+    assert split["train"] == list(range(6)) and split["val"] == [6, 7] and split["test"] == [8]
 
 
 def test_malformed_transforms_through_the_stage(tmp_path):
@@ -80,6 +83,6 @@ def test_malformed_transforms_through_the_stage(tmp_path):
     params = tiny_params()
     params["data"]["source"] = str(tmp_path / "capture")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = stage("download", "--out-scene", "out/scene.npz", cwd=tmp_path)
+    result = stage("download", "--out-scene", "out/scene", cwd=tmp_path)
     assert_user_error(result, "transforms.json: image", "frame_002.png not found")
-    assert not (tmp_path / "out" / "scene.npz").exists()
+    assert not (tmp_path / "out" / "scene").exists()

@@ -9,6 +9,7 @@ from conftest import TRAIN_OUTS, tiny_params, write_rays
 from nerf_pipeline import config
 from nerf_pipeline.config import ImageBatchConfig, RayBatchConfig
 from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.stages import train
 from nerf_pipeline.training import datasets
 
@@ -40,12 +41,36 @@ def test_keras_example_preset_trains_on_whole_images(rays_dir, tmp_path, monkeyp
 
 
 def test_batches_are_rays_or_whole_views(rays_dir):
-    part = dict(np.load(rays_dir / "train.npz"))
+    part = ray_files.load(rays_dir, "train")
     (origins, directions), rgb = next(iter(datasets.train_dataset(part, ImageBatchConfig(mode="images", size=5), 0)))
     assert origins.shape == directions.shape == rgb.shape == (5 * 16 * 16, 3)
     batch = RayBatchConfig(mode="rays", size=100, candidate_factor=3)
     (origins, _), rgb = next(iter(datasets.train_dataset(part, batch, seed=0)))
     assert origins.shape == rgb.shape == (300, 3)
+
+
+def test_streamed_rays_are_the_cameras_rays_and_their_pixels(rays_dir):
+    """Rays made in TensorFlow from (view, pixel) equal camera.generate_rays', colours the stored pixels."""
+    part = ray_files.load(rays_dir, "train")
+    whole = next(iter(datasets.train_dataset(part, ImageBatchConfig(mode="images", size=1), seed=3)))
+    (origins, directions), rgb = (tuple(t.numpy() for t in whole[0]), whole[1].numpy())
+    view = next(v for v in range(part.num_views) if np.allclose(part.poses[v, :3, 3], origins[0]))
+    expected_origins, expected_directions = part.view_rays(view)
+    np.testing.assert_allclose(origins, expected_origins.reshape(-1, 3), atol=1e-6)
+    np.testing.assert_allclose(directions, expected_directions.reshape(-1, 3), atol=1e-6)
+    np.testing.assert_allclose(rgb, part.view_rgb(view).reshape(-1, 3))
+    val = ray_files.load(rays_dir, "val")
+    (origins, directions), rgb = next(iter(datasets.val_dataset(val, [0])))
+    np.testing.assert_allclose(directions.numpy(), val.view_rays(0)[1].reshape(-1, 3), atol=1e-6)
+    np.testing.assert_allclose(rgb.numpy(), val.view_rgb(0).reshape(-1, 3))
+
+
+def test_resuming_skips_batches_without_changing_them(rays_dir):
+    part = ray_files.load(rays_dir, "train")
+    batch = RayBatchConfig(mode="rays", size=64, candidate_factor=1)
+    batches = [b[1].numpy() for b in datasets.train_dataset(part, batch, seed=0).take(5)]
+    resumed = next(iter(datasets.train_dataset(part, batch, seed=0, skip_batches=3)))[1].numpy()
+    np.testing.assert_array_equal(resumed, batches[3])
 
 
 @pytest.mark.parametrize("batch, unit", [({"mode": "rays", "size": 10**6, "candidate_factor": 1}, "rays"),

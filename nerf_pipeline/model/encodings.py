@@ -116,6 +116,7 @@ class HashEncoding(keras.layers.Layer):
         self.corner_offsets = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], dtype=np.int32)
         self.table = self.add_weight(shape=(int(sum(sizes)), features_per_level),
                                      initializer=keras.initializers.RandomUniform(-1e-4, 1e-4), name="hash_table")
+        self.built = True
 
     @property
     def output_dim(self) -> int:

@@ -51,6 +51,7 @@ class MLPField(keras.layers.Layer):
             self.hidden.append(_dense(c.width, in_dim, f"dense_{i}", "relu"))
             in_dim = c.width
         self.output_layer = _dense(4, in_dim, "rgb_sigma")
+        self.built = True  # every weight exists now: built in the constructor, as loading expects
 
     def _skip_before(self, layer: int) -> bool:
         return bool(self.field_config.skip_every) and layer > 0 and layer % self.field_config.skip_every == 0
@@ -93,6 +94,7 @@ class HashGridField(keras.layers.Layer):
         self.color_hidden = [_dense(c.width, 15 + 16, "color_hidden_0", "relu"),
                              _dense(c.width, c.width, "color_hidden_1", "relu")]
         self.color_out = _dense(3, c.width, "color_out")
+        self.built = True
 
     def _density_and_geometry(self, points):
         h = self.density_out(self.density_hidden(self.encoding(points)))

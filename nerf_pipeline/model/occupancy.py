@@ -29,6 +29,7 @@ class OccupancyGrid(keras.layers.Layer):
         self.occupied = self.add_weight(shape=(g, g, g), initializer="ones", trainable=False, name="occupied")
         self.density_ema = self.add_weight(shape=(g, g, g), initializer="zeros", trainable=False, name="density_ema")
         self.updates = self.add_weight(shape=(), initializer="zeros", trainable=False, name="updates", dtype="int64")
+        self.built = True
 
     def lookup(self, points, extent: float):
         """Occupancy ``[...]`` (0 or 1) of the cells holding ``points [..., 3]`` (clamped to the cube)."""

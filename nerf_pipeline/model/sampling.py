@@ -37,6 +37,7 @@ class UniformSampler(keras.layers.Layer):
     def __init__(self, config: dict, **kwargs):
         super().__init__(**kwargs)
         self.sampler_config = UniformSamplerConfig(**config)
+        self.built = True
 
     def sample(self, ray_origins, ray_directions, near, far, space, training, seed_generator):
         c = self.sampler_config
@@ -76,6 +77,7 @@ class OccupancySampler(keras.layers.Layer):
         super().__init__(**kwargs)
         self.sampler_config = c = OccupancySamplerConfig(**config)
         self.grid = OccupancyGrid(c.grid_resolution, c.alpha_threshold, c.decay, name="grid")
+        self.built = True
 
     def march(self, ray_origins, ray_directions, near, far, space):
         """Read the grid along each ray.

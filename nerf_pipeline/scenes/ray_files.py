@@ -1,72 +1,100 @@
 """The rays folder that stage ``rays`` writes and ``train``, ``evaluate`` and ``render`` read.
 
-A folder with ``train.npz`` and ``val.npz``:
+A ray is a camera and a pixel: its origin is the camera's centre and its direction follows from
+the camera's pose and intrinsics. So the folder stores, per part (``train``, ``val`` and, when
+the scene has one, ``test``), each view's colours and its camera once, and rays are made from
+them where they are used (``view_rays`` here; ``training/datasets.py`` in TensorFlow):
 
-==============  =======================  ==============================================
-key             shape, dtype             meaning
-==============  =======================  ==============================================
-ray_origins     [V, H, W, 3] float32     ray start (the camera centre)
-ray_directions  [V, H, W, 3] float32     unit direction in world coordinates
-rgb             [V, H, W, 3] float32     target colour in [0, 1]
-depth           [V, H, W] float32        optional ground-truth depth (0: no surface)
-view_ids        [V] int32                the views' indices in the scene
-poses           [V, 4, 4] float32        their camera-to-world matrices
-intrinsics      [V, 4] float32           per view fx, fy, cx, cy (pixels)
-near, far       [] float32               sampling bounds
-unbounded       [] bool                  the scene's background reaches far (see scene.py)
-==============  =======================  ==============================================
+==========================  =======================  ==============================================
+file                        shape, dtype             meaning
+==========================  =======================  ==============================================
+``<part>/images.npy``       [V, H, W, 3] uint8       colours, undistorted and downscaled (memory-mapped)
+``<part>/depth.npy``        [V, H, W] float32        optional ground-truth depth (0: no surface)
+``<part>/cameras.npz``      poses [V, 4, 4] float32  camera-to-world, OpenGL convention
+                            intrinsics [V, 4] f32    pinhole fx, fy, cx, cy in pixels of these images
+                            view_ids [V] int32       the views' indices in the scene
+                            near, far [] float32     sampling bounds
+                            unbounded [] bool        the scene's background reaches far (contraction)
+==========================  =======================  ==============================================
 
-That is 36 bytes per pixel (40 with depth): 36 MB for 100 views of 100×100. The Keras
-example instead materialises the encoded samples (32 samples × 99 features × 4 bytes, about
-12.7 KB per pixel, 127 MB per 100×100 image); samples are drawn during training here.
+That is 3 bytes per pixel (7 with depth): 384 MB for the 200 train and val views of an 800×800
+NeRF-synthetic scene, where float32 origins, directions and colours would take 36 bytes (4.6 GB).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from nerf_pipeline import camera
 from nerf_pipeline.runtime.errors import DataError
-from nerf_pipeline.scenes.scene import Scene, read_npz
+from nerf_pipeline.scenes.scene import ImageStack, open_npy, read_npy, read_npz
 
-PARTS = ("train", "val")
-
-
-def view_rays(scene: Scene, view_ids) -> dict:
-    """The arrays of one part (see the module docstring) for the given views."""
-    view_ids = np.asarray(view_ids, dtype=np.int32)
-    poses = scene.poses[view_ids]
-    intrinsics = scene.intrinsics[view_ids]
-    ray_origins, ray_directions = camera.generate_rays(poses, scene.height, scene.width, intrinsics)
-    arrays = dict(ray_origins=ray_origins, ray_directions=ray_directions, rgb=scene.images[view_ids],
-                  view_ids=view_ids, poses=poses, intrinsics=intrinsics,
-                  near=np.float32(scene.near), far=np.float32(scene.far), unbounded=np.bool_(scene.unbounded))
-    if scene.depth is not None:
-        arrays["depth"] = scene.depth[view_ids]
-    return arrays
+PARTS = ("train", "val", "test")
+IMAGES, DEPTH, CAMERAS = "images.npy", "depth.npy", "cameras.npz"
 
 
-def read_split(path, num_views: int) -> dict:
-    """``{"train": [view], "val": [view]}`` of a split file, checked against the scene's view count."""
-    try:
-        split = json.loads(Path(path).read_text())
-        parts = {part: [int(v) for v in split[part]] for part in PARTS}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a split file with 'train' and 'val' view lists ({e}); "
-                        "run the split stage again.") from None
-    for part, views in parts.items():
-        if not views or min(views) < 0 or max(views) >= num_views:
-            raise DataError(f"{path}: '{part}' must list view indices in [0, {num_views}); it was made for "
-                            "another scene. Run the split stage again.")
-    return parts
+class RayPart(ImageStack):
+    """One part of a rays folder; ``images`` and ``depth`` are read-only memory maps."""
+
+    def __init__(self, folder, part: str):
+        self.folder, self.part = Path(folder) / part, part
+        self.images = read_npy(self.folder / IMAGES)
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise DataError(f"{self.folder / IMAGES}: expected uint8 [V, H, W, 3]; got {self.images.dtype} "
+                            f"{self.images.shape}. Run the rays stage again.")
+        self.depth = read_npy(self.folder / DEPTH) if (self.folder / DEPTH).exists() else None
+        cameras = read_npz(self.folder / CAMERAS, ("poses", "intrinsics", "view_ids", "near", "far"))
+        self.poses = cameras["poses"].astype(np.float32)
+        self.intrinsics = cameras["intrinsics"].astype(np.float32)
+        self.view_ids = cameras["view_ids"].astype(np.int32)
+        self.near, self.far = float(cameras["near"]), float(cameras["far"])
+        self.unbounded = bool(cameras.get("unbounded", False))
+        if not len(self.poses) == len(self.intrinsics) == len(self.view_ids) == len(self.images):
+            raise DataError(f"{self.folder}: its images and cameras disagree on the number of views; run the rays "
+                            "stage again.")
+
+    def view_rays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ray_origins, ray_directions)`` of view ``index``, each ``[H, W, 3]`` float32, unit directions."""
+        return camera.generate_rays(self.poses[index], self.height, self.width, self.intrinsics[index])
+
+    def view_rgb(self, index: int) -> np.ndarray:
+        """Colours of view ``index``, ``[H, W, 3]`` float32 in [0, 1]."""
+        return np.asarray(self.images[index], dtype=np.float32) / 255.0
 
 
-def load(path, part: str) -> dict:
-    """One part (``train`` or ``val``) of a rays folder, as a dict of arrays."""
-    arrays = read_npz(Path(path) / f"{part}.npz", required=("ray_origins", "ray_directions", "rgb", "view_ids",
-                                                              "poses", "intrinsics", "near", "far"))
-    arrays.setdefault("unbounded", np.bool_(False))
-    return arrays
+def parts(folder) -> list[str]:
+    """The parts a rays folder holds (train and val always; test when the scene has one)."""
+    return [part for part in PARTS if (Path(folder) / part / CAMERAS).is_file()]
+
+
+def load(folder, part: str) -> RayPart:
+    if not (Path(folder) / part).is_dir():
+        raise DataError(f"{folder}: has no '{part}' part (it holds {', '.join(parts(folder)) or 'none'}); "
+                        "run the rays stage again.")
+    return RayPart(folder, part)
+
+
+class PartWriter:
+    """Write one part into ``folder/<part>`` view by view (``add``), then its cameras (``finish``)."""
+
+    def __init__(self, folder, part: str, num_views: int, height: int, width: int, with_depth: bool):
+        self.folder = Path(folder) / part
+        self.folder.mkdir(parents=True)
+        self.shape = (num_views, height, width)
+        self._files = {IMAGES: open_npy(self.folder / IMAGES, np.uint8, (*self.shape, 3))}
+        if with_depth:
+            self._files[DEPTH] = open_npy(self.folder / DEPTH, np.float32, self.shape)
+
+    def add(self, image: np.ndarray, depth: np.ndarray | None = None) -> None:
+        self._files[IMAGES].write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+        if DEPTH in self._files:
+            self._files[DEPTH].write(np.ascontiguousarray(depth, dtype=np.float32).tobytes())
+
+    def finish(self, poses, intrinsics, view_ids, near: float, far: float, unbounded: bool) -> None:
+        for f in self._files.values():
+            f.close()
+        np.savez(self.folder / CAMERAS, poses=np.asarray(poses, np.float32), intrinsics=np.asarray(intrinsics, np.float32),
+                 view_ids=np.asarray(view_ids, np.int32), near=np.float32(near), far=np.float32(far),
+                 unbounded=np.bool_(unbounded))

@@ -1,90 +1,111 @@
-"""The normalised scene file that the ``download`` stage writes and ``split``/``rays`` read.
+"""The scene folder that the ``download`` stage writes and the ``poses``, ``split`` and ``rays`` stages read.
 
-``scene.npz`` holds:
+A scene is every view the source holds, at the source's own resolution, and what is known of
+its cameras. A folder:
 
-=========  ======================  ================================================
-key        shape, dtype            meaning
-=========  ======================  ================================================
-images     [N, H, W, 3] float32    RGB in [0, 1]
-poses      [N, 4, 4] float32       camera-to-world, OpenGL convention (see camera.py)
-intrinsics [N, 4] float32          per view ``(fx, fy, cx, cy)`` in pixels
-near, far  [] float32              sampling bounds along each unit-length ray
-depth      [N, H, W] float32       optional: ground-truth distance along the pixel-centre
-                                   ray to the first surface, 0 where the ray hits nothing
-split_train, split_val             optional [int32]: the source's own train/val views
-unbounded  [] bool                 optional (false): the scene reaches far beyond what the
-                                   cameras look at (a capture's background); ``scene.contraction:
-                                   auto`` contracts such scenes
-=========  ======================  ================================================
+==============  =========================  ==================================================
+file            shape, dtype               meaning
+==============  =========================  ==================================================
+images.npy      [N, H, W, 3] uint8         RGB (alpha already composited on data.background);
+                                           read by memory map, never whole
+depth.npy       [N, H, W] float32          optional (the built-in scene): distance along the
+                                           pixel-centre ray to the first surface, 0 for none
+cameras.npz     see ``Cameras``            names, intrinsics, distortion, poses if known, …
+==============  =========================  ==================================================
 
-``validate`` checks every property a stage relies on and raises ``DataError`` naming the
-file, the key and what was expected; ``read_tiny_nerf_npz`` reads a file in the layout of
-``tiny_nerf_data.npz`` (``images``, ``poses``, ``focal``; uint8 images are normalised).
-Scenes in the NeRF-synthetic and instant-ngp/nerfstudio layouts are read by ``transforms.py``.
+``Cameras`` holds per view its file name, intrinsics ``(fx, fy, cx, cy)`` in pixels (pixel
+centres at +0.5, as in ``camera.py``), OpenCV distortion ``(k1, k2, p1, p2)`` (zeros for a
+pinhole), and its camera-to-world pose in the OpenGL convention, or no poses at all (photos
+and videos: the ``poses`` stage computes them). Also the sampling bounds if the source gives
+them, whether the scene is unbounded (a capture whose background reaches far beyond what the
+cameras look at), whether its poses are to be re-centred and scaled (captures in their own
+frame and units), the source's own split, and a sparse point cloud if it has one.
+
+``SceneWriter`` writes a scene view by view, so no stage holds more than one image in memory;
+``Scene.open`` checks every property later stages rely on and raises ``DataError`` naming the
+file and what was expected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from nerf_pipeline.runtime import atomic
 from nerf_pipeline.camera import as_intrinsics, rotation_error
+from nerf_pipeline.runtime import atomic
 from nerf_pipeline.runtime.errors import DataError
 
 ROTATION_TOLERANCE = 1e-3
-TINY_NERF_NEAR, TINY_NERF_FAR = 2.0, 6.0  # the Keras example's bounds for tiny_nerf_data.npz
+IMAGES, DEPTH, CAMERAS = "images.npy", "depth.npy", "cameras.npz"
+PARTS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class Scene:
-    images: np.ndarray  # [N, H, W, 3] float32 in [0, 1]
-    poses: np.ndarray  # [N, 4, 4] float32
-    intrinsics: np.ndarray  # [N, 4] float32: fx, fy, cx, cy
-    near: float
-    far: float
-    depth: Optional[np.ndarray] = None  # [N, H, W] float32
-    split: Optional[dict] = None  # {"train": [int], "val": [int]}: the source's own split
-    unbounded: bool = False  # the scene's background reaches far beyond the cameras' focus
+class Cameras:
+    """What is known of a scene's ``N`` cameras (arrays are numpy; see the module docstring)."""
+
+    names: list  # [N] str, the views' file names (or frame names)
+    intrinsics: np.ndarray  # [N, 4] float32 fx, fy, cx, cy in pixels of the scene's images
+    distortion: np.ndarray  # [N, 4] float32 OpenCV k1, k2, p1, p2
+    poses: Optional[np.ndarray] = None  # [N, 4, 4] float32 camera-to-world, OpenGL; None: unknown
+    near: Optional[float] = None
+    far: Optional[float] = None
+    unbounded: bool = False
+    normalize: bool = False  # re-centre, turn z-up and scale to radius 4 once posed (the poses stage)
+    split: Optional[dict] = None  # {"train": [int], "val": [int], "test": [int]?}: the source's own split
+    points: Optional[np.ndarray] = None  # [P, 3] float32 sparse points in the poses' frame
+    point_colors: Optional[np.ndarray] = None  # [P, 3] uint8
+    registered: Optional[np.ndarray] = None  # [N] bool: the views that have a pose (after SfM)
+    sequence: bool = False  # the views are frames of one video, in time order
 
     @property
     def num_views(self) -> int:
-        return self.images.shape[0]
+        return len(self.names)
 
-    @property
-    def height(self) -> int:
-        return self.images.shape[1]
+    def replace(self, **changes) -> "Cameras":
+        return dataclasses.replace(self, **changes)
 
-    @property
-    def width(self) -> int:
-        return self.images.shape[2]
-
-    def save(self, path) -> None:
-        arrays = dict(images=self.images, poses=self.poses, intrinsics=self.intrinsics,
-                      near=np.float32(self.near), far=np.float32(self.far), unbounded=np.bool_(self.unbounded))
-        if self.depth is not None:
-            arrays["depth"] = self.depth
-        if self.split is not None:
-            arrays["split_train"] = np.asarray(self.split["train"], np.int32)
-            arrays["split_val"] = np.asarray(self.split["val"], np.int32)
-        atomic.save_npz(path, **arrays)
+    def arrays(self) -> dict:
+        """The ``cameras.npz`` arrays."""
+        out = {"names": np.asarray(self.names, dtype=str), "intrinsics": self.intrinsics.astype(np.float32),
+               "distortion": self.distortion.astype(np.float32), "unbounded": np.bool_(self.unbounded),
+               "normalize": np.bool_(self.normalize), "sequence": np.bool_(self.sequence)}
+        for key in ("poses", "points", "point_colors", "registered"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        for key in ("near", "far"):
+            if getattr(self, key) is not None:
+                out[key] = np.float32(getattr(self, key))
+        for part, views in (self.split or {}).items():
+            out[f"split_{part}"] = np.asarray(views, np.int32)
+        return out
 
     @classmethod
-    def load(cls, path) -> "Scene":
-        arrays = read_npz(path, required=("images", "poses", "intrinsics", "near", "far"))
-        split = None
-        if "split_train" in arrays and "split_val" in arrays:
-            split = {"train": arrays["split_train"].tolist(), "val": arrays["split_val"].tolist()}
-        return validate(arrays["images"], arrays["poses"], arrays["intrinsics"], arrays["near"], arrays["far"],
-                        arrays.get("depth"), split=split, source=str(path),
-                        unbounded=bool(arrays.get("unbounded", False)))
+    def from_arrays(cls, arrays: dict, source: str) -> "Cameras":
+        split = {part: arrays[f"split_{part}"].tolist() for part in PARTS if f"split_{part}" in arrays} or None
+        scalar = (lambda key: float(arrays[key]) if key in arrays else None)
+        return check_cameras(cls(
+            names=[str(n) for n in arrays["names"]], intrinsics=arrays["intrinsics"], distortion=arrays["distortion"],
+            poses=arrays.get("poses"), near=scalar("near"), far=scalar("far"),
+            unbounded=bool(arrays.get("unbounded", False)), normalize=bool(arrays.get("normalize", False)),
+            sequence=bool(arrays.get("sequence", False)),
+            split=split, points=arrays.get("points"), point_colors=arrays.get("point_colors"),
+            registered=arrays.get("registered")), source)
 
 
-def read_npz(path, required) -> dict:
+def evenly_spread(count: int, keep) -> np.ndarray:
+    """Indices of ``keep`` of ``count`` items, evenly spread (all of them if ``keep`` is None or larger)."""
+    if keep is None or keep >= count:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, keep).round().astype(int))
+
+
+def read_npz(path, required=()) -> dict:
     """All arrays of an ``.npz`` file, with clear errors for a missing, corrupt or incomplete file."""
     path = Path(path)
     if not path.is_file():
@@ -102,44 +123,33 @@ def read_npz(path, required) -> dict:
     return arrays
 
 
-def _scalar(value, name: str, source: str) -> float:
+def read_npy(path, mmap: bool = True) -> np.ndarray:
+    """An ``.npy`` array, memory-mapped read-only by default, with a clear error for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected an .npy array).")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e}); it may be truncated. Run its stage again.") from None
+
+
+def scalar(value, name: str, source: str) -> float:
     value = np.asarray(value)
     if value.size != 1 or not np.issubdtype(value.dtype, np.number):
         raise DataError(f"{source}: '{name}' must be a single number; got shape {value.shape}, dtype {value.dtype}.")
     return float(value.reshape(()))
 
 
-def validate(images, poses, intrinsics, near, far, depth=None, split=None, source: str = "scene",
-             unbounded: bool = False) -> Scene:
-    """Check and normalise a scene's arrays. Raises ``DataError`` with ``source`` in the message.
-
-    ``intrinsics``: a focal length (principal point at the centre) or ``(fx, fy, cx, cy)``
-    per view ([N, 4]) or shared ([4]). uint8 images are divided by 255; float images must
-    already lie in [0, 1]; an RGBA image is refused (its alpha must be composited first).
-    """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise DataError(f"{source}: 'images' must have shape (N, H, W, 3); got {images.shape}.")
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    elif np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
-        if not np.all(np.isfinite(images)):
-            raise DataError(f"{source}: 'images' contains NaN or Inf values.")
-        low, high = float(images.min()), float(images.max())
-        if low < 0.0 or high > 1.0:
-            raise DataError(f"{source}: float 'images' must lie in [0, 1]; found values in [{low:.4g}, {high:.4g}] "
-                            "(uint8 images are normalised automatically; scale floats yourself).")
-    else:
-        raise DataError(f"{source}: 'images' must be uint8 or float; got dtype {images.dtype}.")
-
+def check_poses(poses, num_views: int, source: str) -> np.ndarray:
+    """``[N, 4, 4]`` float32 rigid camera-to-world matrices (``[N, 3, 4]`` completed); raises ``DataError``."""
     poses = np.asarray(poses)
     if poses.ndim != 3 or poses.shape[1:] not in ((4, 4), (3, 4)):
         raise DataError(f"{source}: 'poses' must have shape (N, 4, 4) (camera-to-world); got {poses.shape}.")
     if not np.issubdtype(poses.dtype, np.floating):
         raise DataError(f"{source}: 'poses' must be floats; got dtype {poses.dtype}.")
-    if poses.shape[0] != images.shape[0]:
-        raise DataError(f"{source}: {images.shape[0]} images but {poses.shape[0]} poses; there must be one pose per image.")
+    if poses.shape[0] != num_views:
+        raise DataError(f"{source}: {num_views} images but {poses.shape[0]} poses; there must be one pose per image.")
     if not np.all(np.isfinite(poses)):
         raise DataError(f"{source}: 'poses' contains NaN or Inf values.")
     if poses.shape[1] == 3:
@@ -150,49 +160,191 @@ def validate(images, poses, intrinsics, near, far, depth=None, split=None, sourc
         raise DataError(f"{source}: the rotation part of pose {worst} is not orthonormal "
                         f"(max |R^T R - I| = {errors[worst]:.3g}, tolerance {ROTATION_TOLERANCE}); "
                         "poses must be rigid camera-to-world matrices.")
+    return poses.astype(np.float32)
 
+
+def check_intrinsics(intrinsics, num_views: int, height: int, width: int, source: str) -> np.ndarray:
+    """``[N, 4]`` float32 from a focal length, one shared ``(fx, fy, cx, cy)`` or one per view."""
     intrinsics = np.asarray(intrinsics)
     if not np.issubdtype(intrinsics.dtype, np.number):
         raise DataError(f"{source}: intrinsics must be numbers; got dtype {intrinsics.dtype}.")
-    intrinsics = as_intrinsics(intrinsics, images.shape[1], images.shape[2])  # a focal length: centred
+    intrinsics = as_intrinsics(intrinsics, height, width)  # a focal length: centred
     if intrinsics.shape == (4,):
-        intrinsics = np.broadcast_to(intrinsics, (images.shape[0], 4))
-    if intrinsics.shape != (images.shape[0], 4):
-        raise DataError(f"{source}: intrinsics must be (fx, fy, cx, cy) per view, shape ({images.shape[0]}, 4); "
+        intrinsics = np.broadcast_to(intrinsics, (num_views, 4))
+    if intrinsics.shape != (num_views, 4):
+        raise DataError(f"{source}: intrinsics must be (fx, fy, cx, cy) per view, shape ({num_views}, 4); "
                         f"got {intrinsics.shape}.")
     if not np.all(np.isfinite(intrinsics)) or np.any(intrinsics[:, :2] <= 0):
         raise DataError(f"{source}: focal lengths must be positive numbers of pixels and the principal point "
-                        "finite; got fx, fy = " f"{intrinsics[:, :2].min():.4g} at the smallest.")
-    near, far = _scalar(near, "near", source), _scalar(far, "far", source)
-    if not (0 <= near < far) or not np.isfinite(far):
+                        f"finite; got fx, fy = {intrinsics[:, :2].min():.4g} at the smallest.")
+    return intrinsics.astype(np.float32)
+
+
+def check_cameras(cameras: Cameras, source: str) -> Cameras:
+    """The checks of ``Cameras`` that need no image; returns it with arrays in their dtypes."""
+    n = cameras.num_views
+    if cameras.intrinsics.shape != (n, 4) or cameras.distortion.shape != (n, 4):
+        raise DataError(f"{source}: {n} views need intrinsics and distortion of shape ({n}, 4); got "
+                        f"{cameras.intrinsics.shape} and {cameras.distortion.shape}.")
+    poses = None if cameras.poses is None else check_poses(cameras.poses, n, source)
+    near, far = cameras.near, cameras.far
+    if near is not None and far is not None and not (0 <= near < far and np.isfinite(far)):
         raise DataError(f"{source}: need 0 <= near < far; got near={near}, far={far}.")
-
-    if depth is not None:
-        depth = np.asarray(depth, dtype=np.float32)
-        if depth.shape != images.shape[:3]:
-            raise DataError(f"{source}: 'depth' must have shape {images.shape[:3]} (one value per pixel); got {depth.shape}.")
-        if not np.all(np.isfinite(depth)) or np.any(depth < 0):
-            raise DataError(f"{source}: 'depth' must be finite and >= 0 (0 where nothing is hit).")
-    if split is not None:
-        views = split["train"] + split["val"]
-        if not split["train"] or not split["val"] or min(views) < 0 or max(views) >= images.shape[0]:
-            raise DataError(f"{source}: its train/val split must name views 0..{images.shape[0] - 1}, "
-                            "at least one in each part.")
-    return Scene(images=images, poses=poses.astype(np.float32), intrinsics=intrinsics.astype(np.float32),
-                 near=near, far=far, depth=depth, split=split, unbounded=unbounded)
+    if cameras.split is not None:
+        views = [v for part in cameras.split.values() for v in part]
+        if not cameras.split.get("train") or min(views) < 0 or max(views) >= n:
+            raise DataError(f"{source}: its own split must name views 0..{n - 1}, at least one to train on.")
+    if cameras.registered is not None and cameras.registered.shape != (n,):
+        raise DataError(f"{source}: 'registered' must have one flag per view ({n}); got {cameras.registered.shape}.")
+    return cameras.replace(intrinsics=cameras.intrinsics.astype(np.float32),
+                           distortion=cameras.distortion.astype(np.float32), poses=poses)
 
 
-def read_tiny_nerf_npz(path, near: float | None = None, far: float | None = None) -> Scene:
-    """A scene from an ``.npz`` in the layout of ``tiny_nerf_data.npz``.
+class ImageStack:
+    """Something that holds views as ``images [N, H, W, 3]``: their count and size."""
 
-    Keys ``images`` [N, H, W, 3] (float in [0, 1] or uint8), ``poses`` [N, 4, 4],
-    ``focal`` []; optional ``near``, ``far`` and ``depth``. ``near``/``far`` given here win over
-    the file's; with neither, tiny_nerf's 2 and 6.
+    images: np.ndarray
+
+    @property
+    def num_views(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.images.shape[2]
+
+
+def open_npy(path, dtype, shape):
+    """A file open for writing an ``.npy`` array of ``shape`` sequentially: its header is written; the
+    caller writes the rows' bytes in order. (Not a memory map: written pages would stay resident.)"""
+    f = open(path, "wb")
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": tuple(shape)})
+    return f
+
+
+class Scene(ImageStack):
+    """An opened scene folder: ``images`` and ``depth`` are read-only memory maps, ``cameras`` a ``Cameras``."""
+
+    def __init__(self, folder, images: np.ndarray, depth: Optional[np.ndarray], cameras: Cameras):
+        self.folder, self.images, self.depth, self.cameras = Path(folder), images, depth, cameras
+
+    @classmethod
+    def open(cls, folder) -> "Scene":
+        folder = Path(folder)
+        images = read_npy(folder / IMAGES)
+        source = str(folder / IMAGES)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise DataError(f"{source}: must hold uint8 images of shape (N, H, W, 3); got {images.dtype} "
+                            f"{images.shape}. Run the download stage again.")
+        depth = read_npy(folder / DEPTH) if (folder / DEPTH).exists() else None
+        if depth is not None and depth.shape != images.shape[:3]:
+            raise DataError(f"{folder / DEPTH}: must have shape {images.shape[:3]}; got {depth.shape}.")
+        cameras = Cameras.from_arrays(read_npz(folder / CAMERAS, ("names", "intrinsics", "distortion")),
+                                      str(folder / CAMERAS))
+        if cameras.num_views != images.shape[0]:
+            raise DataError(f"{folder}: {images.shape[0]} images but {cameras.num_views} cameras.")
+        return cls(folder, images, depth, cameras)
+
+
+def to_uint8_image(image, source: str) -> np.ndarray:
+    """One image ``[H, W, 3]`` as uint8: uint8 kept, floats in [0, 1] rounded; anything else refused."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise DataError(f"{source}: 'images' must have shape (N, H, W, 3); got (N, {', '.join(map(str, image.shape))}).")
+    if image.dtype == np.uint8:
+        return image
+    if not np.issubdtype(image.dtype, np.floating):
+        raise DataError(f"{source}: 'images' must be uint8 or float; got dtype {image.dtype}.")
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{source}: 'images' contains NaN or Inf values.")
+    low, high = float(image.min()), float(image.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(f"{source}: float 'images' must lie in [0, 1]; found values in [{low:.4g}, {high:.4g}] "
+                        "(uint8 images are used as they are; scale floats yourself).")
+    return (image * 255.0 + 0.5).astype(np.uint8)
+
+
+class SceneWriter:
+    """Write a scene folder atomically, one view at a time::
+
+        with SceneWriter(folder, num_views, height, width, source, with_depth=False) as writer:
+            for image in images:
+                writer.add(image)          # [H, W, 3] uint8 or float in [0, 1]
+            writer.finish(cameras)
+
+    Nothing appears at ``folder`` unless ``finish`` ran and the block ended without an error.
     """
-    arrays = read_npz(path, required=("images", "poses", "focal"))
-    focal = _scalar(arrays["focal"], "focal", str(path))
-    if not np.isfinite(focal) or focal <= 0:
-        raise DataError(f"{path}: 'focal' must be a positive number of pixels; got {focal}.")
-    near = near if near is not None else arrays.get("near", TINY_NERF_NEAR)
-    far = far if far is not None else arrays.get("far", TINY_NERF_FAR)
-    return validate(arrays["images"], arrays["poses"], focal, near, far, arrays.get("depth"), source=str(path))
+
+    def __init__(self, folder, num_views: int, height: int, width: int, source: str, with_depth: bool = False):
+        self.folder, self.source = Path(folder), source
+        self.shape = (num_views, height, width)
+        self.with_depth = with_depth
+        self._count, self._finished = 0, False
+
+    def __enter__(self) -> "SceneWriter":
+        self._context = atomic.atomic_dir(self.folder)
+        self._tmp = self._context.__enter__()
+        self._files = {IMAGES: open_npy(self._tmp / IMAGES, np.uint8, (*self.shape, 3))}
+        if self.with_depth:
+            self._files[DEPTH] = open_npy(self._tmp / DEPTH, np.float32, self.shape)
+        return self
+
+    def add(self, image, depth=None) -> None:
+        image = to_uint8_image(image, self.source)
+        if image.shape[:2] != self.shape[1:]:
+            raise DataError(f"{self.source}: view {self._count} is {image.shape[1]}x{image.shape[0]} but the first "
+                            f"is {self.shape[2]}x{self.shape[1]}; all views must share one size.")
+        self._files[IMAGES].write(np.ascontiguousarray(image).tobytes())
+        if self.with_depth:
+            self._files[DEPTH].write(np.ascontiguousarray(depth, dtype=np.float32).tobytes())
+        self._count += 1
+
+    def finish(self, cameras: Cameras) -> None:
+        if self._count != self.shape[0]:
+            raise ValueError(f"SceneWriter: {self._count} views added of {self.shape[0]}")
+        atomic.save_npz(self._tmp / CAMERAS, **check_cameras(cameras, self.source).arrays())
+        self._finished = True
+
+    def __exit__(self, kind, error, traceback):
+        for f in self._files.values():
+            f.close()
+        if kind is None and not self._finished:
+            error = ValueError("SceneWriter: finish() was not called")
+            self._context.__exit__(ValueError, error, None)
+            raise error
+        return self._context.__exit__(kind, error, traceback)
+
+
+@dataclass(frozen=True)
+class Views:
+    """A source's views before they are written: how to read each one, and what is known of their cameras.
+
+    ``read(i)`` gives view ``i`` as ``[height, width, 3]`` uint8 or float in [0, 1] (and
+    ``depth(i)``, if there is depth, ``[height, width]`` float32); readers read one view at a
+    time, so a source of any size streams into its scene folder.
+    """
+
+    count: int
+    height: int
+    width: int
+    read: Callable[[int], np.ndarray]
+    cameras: Cameras
+    source: str
+    depth: Optional[Callable[[int], np.ndarray]] = None
+
+
+def write_views(views: Views, folder, progress=None) -> None:
+    """Write ``views`` as the scene folder ``folder`` (atomically); ``progress(done, total)`` after each view."""
+    with SceneWriter(folder, views.count, views.height, views.width, views.source,
+                     with_depth=views.depth is not None) as writer:
+        for i in range(views.count):
+            writer.add(views.read(i), None if views.depth is None else views.depth(i))
+            if progress is not None:
+                progress(i + 1, views.count)
+        writer.finish(views.cameras)
+

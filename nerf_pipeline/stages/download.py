@@ -1,26 +1,31 @@
-"""Stage ``download``: bring the scene that ``data.source`` names into one normalised file.
+"""Stage ``download``: bring the views that ``data.source`` names into one scene folder.
 
-Writes ``out_scene`` (``scene.npz``, layout in ``scenes/scene.py``): images [N, H, W, 3] float32,
-poses [N, 4, 4] float32, intrinsics [N, 4] float32, near/far [] float32, unbounded [] bool,
-depth [N, H, W] float32 (synthetic only), the source's own split (NeRF-synthetic only).
+Writes ``out_scene`` (layout in ``scenes/scene.py``): ``images.npy`` [N, H, W, 3] uint8 at the
+source's own resolution, ``cameras.npz`` (names, intrinsics, distortion, the poses if the source
+has them, bounds, the source's own split and sparse points), ``depth.npy`` [N, H, W] float32 for
+the built-in scene. Views are read and written one at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 from nerf_pipeline.config import Config
-from nerf_pipeline.scenes.scene import Scene
-from nerf_pipeline.scenes.sources import load_scene
+from nerf_pipeline.runtime.progress import Progress
+from nerf_pipeline.scenes.scene import write_views
+from nerf_pipeline.scenes.sources import read_views
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config, *, out_scene) -> Scene:
-    """Write ``out_scene`` from ``cfg.data.source``."""
-    scene = load_scene(cfg)
-    scene.save(out_scene)
-    log.info("wrote %s: %d views of %dx%d, focal %.2f, near %.2f, far %.2f%s%s", out_scene, scene.num_views,
-             scene.height, scene.width, float(scene.intrinsics[0, 0]), scene.near, scene.far,
-             ", with depth" if scene.depth is not None else "", ", unbounded" if scene.unbounded else "")
-    return scene
+def run(cfg: Config, *, out_scene) -> None:
+    with tempfile.TemporaryDirectory(prefix="nerf-download-") as scratch:
+        views = read_views(cfg, Path(scratch))
+        with Progress(views.count, "writing views", "views") as progress:
+            write_views(views, out_scene, progress)
+    cameras = views.cameras
+    log.info("wrote %s: %d views of %dx%d%s%s%s", out_scene, views.count, views.width, views.height,
+             "" if cameras.poses is not None else ", no poses yet",
+             ", with depth" if views.depth is not None else "", ", unbounded" if cameras.unbounded else "")

@@ -1,12 +1,14 @@
-"""Stage ``evaluate``: render every val view with deterministic samples and score it.
+"""Stage ``evaluate``: render the views of the evaluation split with deterministic samples and score them.
 
-Reads ``in_model`` (the trained model), ``in_rays`` (``val.npz``) and ``in_run_file`` (the
-MLflow run). Writes:
+Reads ``in_model`` (the trained model), ``in_rays`` (its ``test`` part when ``evaluate.split`` is
+``test`` and the scene has one, as the published NeRF-synthetic figures use; else ``val``) and
+``in_run_file`` (the MLflow run). ``evaluate.max_views`` keeps that many views, evenly spread.
+Views are rendered one at a time. Writes:
 
-* ``out_metrics``: ``eval.json`` — ``psnr`` and ``ssim`` (means over val views, ``tf.image``),
-  ``psnr_min``, ``depth_mae`` (mean absolute depth error over pixels whose ground truth hits
-  a surface, when the scene has depth), ``num_views``, ``render_s``;
-* ``out_per_view``: CSV, one row per val view (``view_id, psnr, ssim[, depth_mae]``);
+* ``out_metrics``: ``eval.json`` — ``psnr`` and ``ssim`` (means over the views, ``tf.image``),
+  ``psnr_min``, ``depth_mae`` (mean absolute depth error over pixels whose ground truth hits a
+  surface, when the scene has depth), ``split``, ``num_views``, ``width``, ``height``, ``render_s``;
+* ``out_per_view``: CSV, one row per view (``view_id, psnr, ssim[, depth_mae]``);
 * ``out_grid``: PNG, one row per shown view: ground truth | prediction | depth (inferno).
 """
 
@@ -24,7 +26,9 @@ from nerf_pipeline.config import Config
 from nerf_pipeline.model.nerf import load_model
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, tracking
+from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
+from nerf_pipeline.scenes.scene import evenly_spread
 
 log = logging.getLogger(__name__)
 
@@ -43,35 +47,50 @@ def depth_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     return errors / np.maximum(hit.sum(axis=(1, 2)), 1)
 
 
+def evaluation_part(cfg: Config, in_rays) -> ray_files.RayPart:
+    """The part ``evaluate.split`` names, or val when the scene has no test split (said in the log)."""
+    if cfg.evaluate.split == "test" and "test" not in ray_files.parts(in_rays):
+        log.info("the scene has no test split: evaluating on val")
+        return ray_files.load(in_rays, "val")
+    return ray_files.load(in_rays, cfg.evaluate.split)
+
+
 def run(cfg: Config, *, in_model, in_rays, in_run_file, out_metrics, out_per_view, out_grid) -> dict:
-    val = ray_files.load(in_rays, "val")
+    part = evaluation_part(cfg, in_rays)
+    views = evenly_spread(part.num_views, cfg.evaluate.max_views)
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
+    rows, shown, render_s = [], [], 0.0
     with tracking.reopen_run(cfg, in_run_file) as mlflow:
-        start = time.perf_counter()
-        out = renderer(val["ray_origins"], val["ray_directions"])
-        render_s = time.perf_counter() - start
-        psnr, ssim = image_metrics(out["rgb"], val["rgb"])
-        metrics = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "psnr_min": float(psnr.min()),
-                   "num_views": int(len(psnr)), "render_s": round(render_s, 3)}
-        columns = {"view_id": val["view_ids"], "psnr": psnr, "ssim": ssim}
-        if "depth" in val:
-            depth_mae = depth_errors(out["depth"], val["depth"])
-            metrics["depth_mae"] = float(depth_mae.mean())
-            columns["depth_mae"] = depth_mae
-
-        shown = min(cfg.evaluate.grid_views, len(psnr))
-        lo, hi = media.depth_range(out["depth"], out["acc"])
-        rows = [np.concatenate([media.to_uint8(val["rgb"][i]), media.to_uint8(out["rgb"][i]),
-                                media.colorize_depth(out["depth"][i], out["acc"][i], lo, hi)], axis=1)
-                for i in range(shown)]
-        media.write_png(out_grid, np.concatenate(rows, axis=0))
-        atomic.write_text(out_per_view, pd.DataFrame(columns).to_csv(index=False, float_format="%.6g",
-                                                                      lineterminator="\n"))
+        with Progress(len(views), f"evaluating {part.part} views", "views") as progress:
+            for done, view in enumerate(views, 1):
+                start = time.perf_counter()
+                out = renderer(*part.view_rays(int(view)))
+                render_s += time.perf_counter() - start
+                target = part.view_rgb(int(view))
+                psnr, ssim = image_metrics(out["rgb"][None], target[None])
+                row = {"view_id": int(part.view_ids[view]), "psnr": float(psnr[0]), "ssim": float(ssim[0])}
+                if part.depth is not None:
+                    row["depth_mae"] = float(depth_errors(out["depth"][None], np.asarray(part.depth[view])[None])[0])
+                rows.append(row)
+                if len(shown) < cfg.evaluate.grid_views:
+                    shown.append((target, out))
+                progress(done)
+        table = pd.DataFrame(rows)
+        metrics = {"psnr": float(table["psnr"].mean()), "ssim": float(table["ssim"].mean()),
+                   "psnr_min": float(table["psnr"].min()), "split": part.part, "num_views": len(rows),
+                   "width": part.width, "height": part.height, "render_s": round(render_s, 3)}
+        if "depth_mae" in table:
+            metrics["depth_mae"] = float(table["depth_mae"].mean())
+        depth = np.stack([out["depth"] for _, out in shown])
+        lo, hi = media.depth_range(depth, np.stack([out["acc"] for _, out in shown]))
+        grid = [np.concatenate([media.to_uint8(target), media.to_uint8(out["rgb"]),
+                                media.colorize_depth(out["depth"], out["acc"], lo, hi)], axis=1) for target, out in shown]
+        media.write_png(out_grid, np.concatenate(grid, axis=0))
+        atomic.write_text(out_per_view, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
         atomic.write_json(out_metrics, metrics)
-        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if k != "num_views"})
+        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, float)})
         mlflow.log_artifact(str(out_grid), artifact_path="eval")
-    log.info("val PSNR %.2f dB, SSIM %.4f over %d views (rendered in %.1f s)", metrics["psnr"], metrics["ssim"],
-             metrics["num_views"], render_s)
+    log.info("%s PSNR %.2f dB, SSIM %.4f over %d views of %dx%d (rendered in %.1f s)", part.part, metrics["psnr"],
+             metrics["ssim"], metrics["num_views"], part.width, part.height, render_s)
     return metrics
-

@@ -1,28 +1,72 @@
-"""Stage ``rays``: precompute every pixel's ray once, for the train and the val views.
+"""Stage ``rays``: the views of each part as the model trains on them, with their cameras.
 
-Reads ``in_scene`` (``scene.npz``) and ``in_split`` (``split.json``). Writes ``out_rays``, a folder
-with ``train.npz`` and ``val.npz`` (layout in ``scenes/ray_files.py``: per pixel its ray origin,
-unit direction and colour, float32, plus per view its pose and intrinsics).
+Reads ``in_scene`` (images at the source's resolution), ``in_cameras`` (the poses stage's posed
+cameras) and ``in_split``. Writes ``out_rays``, a folder with one sub-folder per part (train, val,
+and test when the split has one; layout in ``scenes/ray_files.py``): each view undistorted (when
+its camera has lens distortion) and area-downscaled by ``data.downscale``, as uint8 colours, and
+its pinhole camera. Views are processed one at a time, so memory does not grow with the scene.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from nerf_pipeline.config import Config
 from nerf_pipeline.runtime import atomic
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
-from nerf_pipeline.scenes.scene import Scene
+from nerf_pipeline.scenes.images import downscale_image, prepare_view
+from nerf_pipeline.scenes.scene import Cameras, Scene, read_npz
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config, *, in_scene, in_split, out_rays) -> None:
-    scene = Scene.load(in_scene)
-    split = ray_files.read_split(in_split, scene.num_views)
+def read_split(path, num_views: int) -> dict:
+    """``{"train": [view], "val": [view], "test"?: [view]}`` of a split file, checked against the view count."""
+    try:
+        split = json.loads(Path(path).read_text())
+        parts = {part: [int(v) for v in split[part]] for part in ray_files.PARTS if part in split}
+        if "train" not in parts or "val" not in parts:
+            raise KeyError("train" if "train" not in parts else "val")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a split file with 'train' and 'val' view lists ({e}); "
+                        "run the split stage again.") from None
+    for part, views in parts.items():
+        if not views or min(views) < 0 or max(views) >= num_views:
+            raise DataError(f"{path}: '{part}' must list view indices in [0, {num_views}); it was made for "
+                            "another scene. Run the split stage again.")
+    return parts
+
+
+def run(cfg: Config, *, in_scene, in_cameras, in_split, out_rays) -> None:
+    scene = Scene.open(in_scene)
+    cameras = Cameras.from_arrays(read_npz(in_cameras, ("names", "intrinsics", "distortion", "poses")),
+                                  str(in_cameras))
+    if cameras.num_views != scene.num_views:
+        raise DataError(f"{in_cameras}: has {cameras.num_views} views but {in_scene} has {scene.num_views}; run the "
+                        "poses stage again.")
+    split = read_split(in_split, scene.num_views)
+    factor = cfg.data.downscale
+    height, width = scene.height // factor, scene.width // factor
+    if min(height, width) < 2:
+        raise DataError(f"params.yaml: 'data.downscale' is {factor} but the views are {scene.width}x{scene.height}; "
+                        "the downscaled views would be empty.")
     with atomic.atomic_dir(out_rays) as tmp:
-        for part in ray_files.PARTS:
-            arrays = ray_files.view_rays(scene, split[part])
-            atomic.save_npz(Path(tmp) / f"{part}.npz", **arrays)
-            log.info("%s: %d views, %d rays", part, len(split[part]), arrays["rgb"].size // 3)
+        for part, views in split.items():
+            writer = ray_files.PartWriter(tmp, part, len(views), height, width, scene.depth is not None)
+            intrinsics = []
+            with Progress(len(views), f"{part} views", "views") as progress:
+                for done, view in enumerate(views, 1):
+                    image, view_intrinsics = prepare_view(scene.images[view], cameras.intrinsics[view],
+                                                          cameras.distortion[view], factor)
+                    depth = None if scene.depth is None else downscale_image(scene.depth[view][..., None], factor)[..., 0]
+                    writer.add(image, depth)
+                    intrinsics.append(view_intrinsics)
+                    progress(done)
+            writer.finish(cameras.poses[views], intrinsics, views, cameras.near, cameras.far, cameras.unbounded)
+            log.info("%s: %d views of %dx%d (%d rays)", part, len(views), width, height, len(views) * height * width)

@@ -1,13 +1,17 @@
-"""Stage ``render``: a 360° orbit video of the trained model, its depth video, and a GIF of training.
+"""Stage ``render``: a video of the trained model along a camera path, its depth video, and a GIF of training.
 
-Reads ``in_model`` (the trained model), ``in_rays`` (image size, intrinsics, camera poses),
-``in_progress`` (the training-progress frames) and ``in_run_file`` (the MLflow run). Writes:
+Reads ``in_model`` (the trained model), ``in_rays`` (the train and val cameras: their poses, image
+size and intrinsics), ``in_progress`` (the training-progress frames) and ``in_run_file`` (the
+MLflow run). Writes:
 
-* ``out_video``: mp4 (H.264), ``render.num_frames`` frames (120: every one of the Keras
-  example's), a full turn about the scene's up axis at elevation ``render.elevation_deg``
-  and distance ``render.radius`` (null: the cameras' median);
-* ``out_depth_video``: the same orbit's depth, inferno, near bright;
-* ``out_gif``: one frame per epoch, val view 0 as it looked after that epoch.
+* ``out_video``: mp4 (H.264), ``render.num_frames`` frames at ``render.width`` x ``render.height``
+  (null: the training views' size; the lens is the first val camera's, scaled), along
+  ``render.camera_path``: a full turn about the scene's up axis at elevation ``render.elevation_deg``
+  and distance ``render.radius`` (null: the cameras' median) when the cameras go around the scene
+  (``auto``: they cover at least ``ORBIT_COVERAGE_DEG`` of azimuth), else a spiral where they were,
+  as LLFF renders forward-facing captures; the log says which and why;
+* ``out_depth_video``: the same path's depth, inferno, near bright;
+* ``out_gif``: one frame per epoch, the first val view as it looked after that epoch.
 """
 
 from __future__ import annotations
@@ -18,20 +22,23 @@ import time
 import numpy as np
 
 from nerf_pipeline import camera, media
-from nerf_pipeline.config import Config
+from nerf_pipeline.config import Config, RenderConfig
 from nerf_pipeline.model.nerf import load_model
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import tracking
+from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.scenes.scene import read_npz
 
 log = logging.getLogger(__name__)
 
+ORBIT_COVERAGE_DEG = 270.0  # cameras spanning at least this much azimuth go around the scene
+
 
 def orbit_path(poses: np.ndarray, elevation_deg, radius) -> tuple[float, float]:
     """``(elevation_deg, radius)`` of the orbit: the given values, else the median of the cameras'.
 
-    Scenes are z-up and centred on what the cameras look at (``scenes/folders.py`` makes them so),
+    Scenes are z-up and centred on what the cameras look at (the poses stage makes captures so),
     so the orbit turns about the z axis through the origin.
     """
     positions = np.asarray(poses)[:, :3, 3]
@@ -43,30 +50,67 @@ def orbit_path(poses: np.ndarray, elevation_deg, radius) -> tuple[float, float]:
     return elevation_deg, radius
 
 
+def camera_path(render: RenderConfig, poses: np.ndarray) -> tuple[np.ndarray, str]:
+    """Poses ``[num_frames, 4, 4]`` of the video and a sentence saying which path and why."""
+    coverage = camera.azimuth_coverage_deg(np.asarray(poses)[:, :3, 3])
+    kind = render.camera_path
+    if kind == "auto":
+        kind = "orbit" if coverage >= ORBIT_COVERAGE_DEG else "spiral"
+        why = (f"the cameras cover {coverage:.0f}° of azimuth around the scene "
+               f"({'at least' if kind == 'orbit' else 'less than'} {ORBIT_COVERAGE_DEG:.0f}°)")
+    else:
+        why = f"render.camera_path is {kind}; the cameras cover {coverage:.0f}° of azimuth"
+    if kind == "orbit":
+        elevation, radius = orbit_path(poses, render.elevation_deg, render.radius)
+        return camera.orbit_poses(render.num_frames, elevation, radius), (
+            f"a 360° orbit at elevation {elevation:.1f}°, radius {radius:.2f}: {why}")
+    return camera.spiral_poses(poses, render.num_frames), f"a spiral around the cameras' mean position: {why}"
+
+
+def output_size(render: RenderConfig, height: int, width: int) -> tuple[int, int]:
+    """``(height, width)`` of the video: the training views', or render.width/height (one given: same aspect)."""
+    if render.width is None and render.height is None:
+        return height, width
+    if render.width is not None and render.height is not None:
+        return render.height, render.width
+    if render.width is not None:
+        return max(1, round(render.width * height / width)), render.width
+    return render.height, max(1, round(render.height * width / height))
+
+
 def run(cfg: Config, *, in_model, in_rays, in_progress, in_run_file, out_video, out_depth_video, out_gif) -> dict:
-    val = ray_files.load(in_rays, "val")
-    train_poses = ray_files.load(in_rays, "train")["poses"]
-    height, width = val["rgb"].shape[1:3]
-    progress = read_npz(in_progress, required=("frames",))["frames"]
+    val, train = ray_files.load(in_rays, "val"), ray_files.load(in_rays, "train")
+    progress_frames = read_npz(in_progress, required=("frames",))["frames"]
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.active.jit_compile)
     r = cfg.render
-    elevation, radius = orbit_path(np.concatenate([train_poses, val["poses"]]), r.elevation_deg, r.radius)
-    poses = camera.orbit_poses(r.num_frames, elevation, radius)
-    # Every frame through the first val camera's lens.
-    ray_origins, ray_directions = camera.generate_rays(poses, height, width, val["intrinsics"][0])
+    poses, why = camera_path(r, np.concatenate([train.poses, val.poses]))
+    height, width = output_size(r, val.height, val.width)
+    # Every frame through the first val camera's lens, scaled to the output size.
+    intrinsics = val.intrinsics[0] * np.array([width / val.width, height / val.height] * 2, np.float32)
+    # Kept small (a 1080p video of 120 frames holds 1.5 GB this way): the depth video's colour range
+    # needs every frame's depth before the first is coloured.
+    rgb = np.zeros((len(poses), height, width, 3), np.uint8)
+    depth, acc = np.zeros((len(poses), height, width), np.float16), np.zeros((len(poses), height, width), np.uint8)
+    log.info("rendering %d frames of %dx%d along %s", len(poses), width, height, why)
     with tracking.reopen_run(cfg, in_run_file) as mlflow:
         start = time.perf_counter()
-        out = renderer(ray_origins, ray_directions)
+        with Progress(len(poses), "rendering frames", "frames") as progress:
+            for i, pose in enumerate(poses):
+                out = renderer(*camera.generate_rays(pose, height, width, intrinsics))
+                rgb[i], depth[i], acc[i] = media.to_uint8(out["rgb"]), out["depth"], media.to_uint8(out["acc"])
+                progress(i + 1)
         render_s = time.perf_counter() - start
-        lo, hi = media.depth_range(out["depth"], out["acc"])
-        media.write_mp4(out_video, media.to_uint8(out["rgb"]), r.fps)
-        media.write_mp4(out_depth_video, media.colorize_depth(out["depth"], out["acc"], lo, hi), r.fps)
-        media.write_gif(out_gif, np.asarray(progress), r.gif_frame_ms)
-        metrics = {"render_s": render_s, "render_fps": r.num_frames / render_s}
+        opaque = acc > 127
+        lo, hi = media.depth_range(depth[opaque].astype(np.float32), np.ones(int(opaque.sum()), np.float32))
+        media.write_mp4(out_video, rgb, r.fps)
+        media.write_mp4(out_depth_video, (media.colorize_depth(d.astype(np.float32), a.astype(np.float32) / 255.0, lo, hi)
+                                          for d, a in zip(depth, acc)), r.fps)
+        media.write_gif(out_gif, np.asarray(progress_frames), r.gif_frame_ms)
+        metrics = {"render_s": render_s, "render_fps": len(poses) / render_s}
         mlflow.log_metrics(metrics)
         for path in (out_video, out_depth_video, out_gif):
             mlflow.log_artifact(str(path), artifact_path="render")
-    log.info("rendered %d frames of %dx%d in %.1f s (%.1f frames/s), orbit at elevation %.1f deg, radius %.2f",
-             r.num_frames, height, width, render_s, metrics["render_fps"], elevation, radius)
+    log.info("rendered %d frames of %dx%d in %.1f s (%.1f frames/s)", len(poses), width, height, render_s,
+             metrics["render_fps"])
     return metrics

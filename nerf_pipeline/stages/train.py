@@ -1,19 +1,20 @@
 """Stage ``train``: fit the NeRF of the chosen preset with ``model.fit``.
 
-Reads ``in_rays`` (``train.npz`` and ``val.npz``, see ``scenes/ray_files.py``). Writes:
+Reads ``in_rays`` (its ``train`` and ``val`` parts, see ``scenes/ray_files.py``). Writes:
 
 * ``out_model``: the trained Keras model (``.keras``: config, weights, optimizer state);
 * ``out_metrics``: ``train.json`` — final loss/PSNR (train and val), steps, wall time;
 * ``out_history``: per-epoch CSV (``epoch, loss, psnr, val_loss, val_psnr, epoch_s``) for ``dvc plots``;
-* ``out_progress``: ``progress.npz`` with ``frames [E, H, W, 3]`` uint8, val view 0 rendered after
-  each epoch (the render stage turns it into a GIF);
+* ``out_progress``: ``progress.npz`` with ``frames [E, H, W, 3]`` uint8, the first val view rendered
+  after each epoch (the render stage turns it into a GIF);
 * ``out_run_file``: the MLflow run id (``runtime/tracking.py``), which evaluate and render reopen;
 * ``out_checkpoint``: the per-epoch checkpoint (``training/checkpoint.py``) that an interrupted run
   resumes from.
 
-Batches come from ``training/datasets.py``; validation renders every val view, one view per
-batch, with deterministic samples, so ``val_psnr`` is the mean per-view PSNR. The scene's space is
-contracted when ``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded.
+Batches stream from the rays folder (``training/datasets.py``); validation renders
+``validation.max_views`` val views, evenly spread, whole, one view per batch, with deterministic
+samples, so ``val_psnr`` is their mean per-view PSNR. The scene's space is contracted when
+``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded.
 """
 
 from __future__ import annotations
@@ -63,19 +64,18 @@ def run(cfg: Config, *, in_rays, out_model, out_metrics, out_history, out_progre
 
 def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: bool) -> dict:
     train, val = ray_files.load(in_rays, "train"), ray_files.load(in_rays, "val")
-    num_train_views = train["rgb"].shape[0]
-    num_train_rays = num_train_views * train["rgb"].shape[1] * train["rgb"].shape[2]
-    datasets.check_batch(cfg, num_train_views, num_train_rays)
+    datasets.check_batch(cfg, train.num_views, train.num_views * train.height * train.width)
     preset = cfg.active
-    steps = datasets.steps_per_epoch(cfg, num_train_views, num_train_rays)
+    steps = datasets.steps_per_epoch(cfg, train)
     total_steps = steps * cfg.epochs
-    key = checkpoint.fingerprint(cfg, [Path(in_rays) / f"{part}.npz" for part in ray_files.PARTS])
+    key = checkpoint.fingerprint(cfg, sorted(p for part in ("train", "val") for p in (Path(in_rays) / part).iterdir()))
     resumable = checkpoint.load(read_checkpoint, key)
     meta, frames = resumable if resumable else ({"epoch": 0, "history": []}, [])
     jit_compile = preset.jit_compile and distribute.can_jit_compile(strategy)
     if preset.jit_compile and not jit_compile:
         log.warning("XLA is off: the train step is not compiled when it spans several replicas")
-    is_contracted = contracted(cfg, train["unbounded"])
+    is_contracted = contracted(cfg, train.unbounded)
+    validated = datasets.val_views(val, cfg.validation.max_views)
 
     # Connect first: an unreachable store fails now, not after training. The run starts before
     # the seeding below, which would otherwise fix MLflow's random run names.
@@ -85,7 +85,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
     with run_context as run:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
-            model = build_nerf(preset, near=float(train["near"]), far=float(train["far"]), contracted=is_contracted,
+            model = build_nerf(preset, near=train.near, far=train.far, contracted=is_contracted,
                                bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed)
             compile_for_training(model, preset.optimizer, total_steps, jit_compile)
         distribute.adapt_for_keras_fit(model, strategy)
@@ -96,19 +96,20 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
             for row in meta["history"]:  # so this run's curves are whole
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, jit_compile)
-        recorder = EpochRecorder(mlflow, renderer, (val["ray_origins"][0], val["ray_directions"][0]),
+        recorder = EpochRecorder(mlflow, renderer, val.view_rays(int(validated[0])),
                                  outs["out_checkpoint"], {"fingerprint": key, "run_id": run.info.run_id},
                                  meta["history"], frames)
-        log.info("training preset '%s' in a %s space: %d epochs of %d steps, batches of %d %s on %d replica(s)",
-                 cfg.preset, "contracted" if is_contracted else "box", cfg.epochs, steps, preset.batch.size,
-                 preset.batch.mode, strategy.num_replicas_in_sync)
+        log.info("training preset '%s' in a %s space: %d epochs of %d steps, batches of %d %s on %d replica(s); "
+                 "validating on %d of %d val views", cfg.preset, "contracted" if is_contracted else "box", cfg.epochs,
+                 steps, preset.batch.size, preset.batch.mode, strategy.num_replicas_in_sync, len(validated),
+                 val.num_views)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
-        batches = datasets.train_dataset(train, preset.batch, cfg.seed).skip(initial_epoch * steps)
+        batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps)
         callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder, StopWhenInterrupted()]
         start = time.perf_counter()
         with interrupts.held():
             model.fit(batches, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                      validation_data=datasets.val_dataset(val), callbacks=callbacks, shuffle=False,
+                      validation_data=datasets.val_dataset(val, validated), callbacks=callbacks, shuffle=False,
                       verbose=1 if sys.stdout.isatty() else 2)
         train_s = time.perf_counter() - start
 

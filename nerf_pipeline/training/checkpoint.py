@@ -35,7 +35,8 @@ def fingerprint(cfg: Config, data_files) -> str:
     """sha256 of the params that shape training and of the bytes of ``data_files``."""
     digest = hashlib.sha256()
     params = {"epochs": cfg.epochs, "seed": cfg.seed, "preset": cfg.preset, "model": cfg.active.model_dump(),
-              "scene": cfg.scene.model_dump(), "background": cfg.data.background,
+              "scene": cfg.scene.model_dump(), "validation": cfg.validation.model_dump(),
+              "background": cfg.data.background,
               "chunk_rays": cfg.evaluate.chunk_rays}
     digest.update(json.dumps(params, sort_keys=True).encode())
     for path in data_files:

@@ -1,56 +1,122 @@
-"""Training and validation batches as ``tf.data`` pipelines over a rays folder's arrays (see ``scenes/ray_files.py``).
+"""Training and validation batches streamed from a rays folder (``scenes/ray_files.py``) with ``tf.data``.
 
-Batches are ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])`` float32.
+Batches are ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])`` float32. A batch's rays
+are made in TensorFlow from the cameras of the views its pixels belong to (``pixel_rays``), and
+its colours are read from the part's memory-mapped uint8 images, so no stage holds a float copy
+of every ray: memory stays at the size of the images (3 bytes per pixel), whatever the scene.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from nerf_pipeline.config import Config, ImageBatchConfig, RayBatchConfig
 from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.ray_files import RayPart
+from nerf_pipeline.scenes.scene import evenly_spread
 
 
-def flat_rays(part: dict):
-    """``(ray_origins, ray_directions, rgb)``, each ``[V * H * W, 3]`` float32."""
-    return tuple(part[key].reshape(-1, 3) for key in ("ray_origins", "ray_directions", "rgb"))
+def pixel_rays(poses, intrinsics, views, rows, cols):
+    """Rays through pixel centres, as ``camera.generate_rays`` makes them, in TensorFlow.
+
+    Args:
+        poses: [V, 4, 4] float32 camera-to-world; intrinsics: [V, 4] float32 fx, fy, cx, cy.
+        views, rows, cols: [R] int: the view and pixel of each ray.
+
+    Returns:
+        ray_origins, ray_directions: [R, 3] float32, unit directions.
+    """
+    pose, k = tf.gather(poses, views), tf.gather(intrinsics, views)
+    x = (tf.cast(cols, tf.float32) + 0.5 - k[:, 2]) / k[:, 0]
+    y = -(tf.cast(rows, tf.float32) + 0.5 - k[:, 3]) / k[:, 1]  # image rows grow downwards, camera +y is up
+    directions = tf.linalg.matvec(pose[:, :3, :3], tf.stack([x, y, -tf.ones_like(x)], axis=-1))
+    return pose[:, :3, 3], tf.math.l2_normalize(directions, axis=-1)
 
 
-def train_dataset(train: dict, batch: RayBatchConfig | ImageBatchConfig, seed: int) -> tf.data.Dataset:
-    """Endless training batches.
+def _pixel_grid(height: int, width: int):
+    """``(rows, cols)``: [H * W] int64 each, the pixels of a view in row-major order."""
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.int64), np.arange(width, dtype=np.int64), indexing="ij")
+    return tf.constant(rows.ravel()), tf.constant(cols.ravel())
 
-    Mode ``rays``: ``R = batch.size * batch.candidate_factor`` random rays of all training views
-    (gathered from the arrays by random indices: no Python per ray).
+
+class _Pixels:
+    """Reads the colours of flat pixel indices from a part's memory-mapped images (inside ``tf.numpy_function``)."""
+
+    def __init__(self, part: RayPart):
+        self.flat = part.images.reshape(-1, 3)  # a view of the memory map, no copy
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        return np.asarray(self.flat[index], dtype=np.uint8)
+
+
+def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed: int,
+                  skip_batches: int = 0) -> tf.data.Dataset:
+    """Endless training batches; the first ``skip_batches`` are skipped without being read (resuming).
+
+    Mode ``rays``: ``R = batch.size * batch.candidate_factor`` random pixels of all training views.
     Mode ``images``: ``batch.size`` whole shuffled views, ``R = batch.size * H * W``.
     """
+    height, width = part.height, part.width
+    poses, intrinsics = tf.constant(part.poses), tf.constant(part.intrinsics)
+    pixels = _Pixels(part)
+
+    def colours(index):
+        rgb = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
+        return tf.cast(tf.reshape(rgb, [-1, 3]), tf.float32) / 255.0
+
     if isinstance(batch, RayBatchConfig):
-        origins, directions, rgb = (tf.constant(a) for a in flat_rays(train))
-        num_rays = int(origins.shape[0])
+        num_rays = part.num_views * height * width
         indices = tf.data.Dataset.random(seed=seed).batch(batch.size * batch.candidate_factor, drop_remainder=True)
-        indices = indices.map(lambda r: tf.cast(r % num_rays, tf.int32))
-        return indices.map(lambda i: ((tf.gather(origins, i), tf.gather(directions, i)),
-                                      tf.gather(rgb, i))).prefetch(tf.data.AUTOTUNE)
-    origins, directions, rgb = (tf.constant(train[key]) for key in ("ray_origins", "ray_directions", "rgb"))
-    num_views = int(origins.shape[0])
-    views = tf.data.Dataset.range(num_views).shuffle(num_views, seed=seed, reshuffle_each_iteration=True)
-    return views.repeat().batch(batch.size, drop_remainder=True).map(
-        lambda v: ((tf.reshape(tf.gather(origins, v), [-1, 3]), tf.reshape(tf.gather(directions, v), [-1, 3])),
-                   tf.reshape(tf.gather(rgb, v), [-1, 3]))).prefetch(tf.data.AUTOTUNE)
+        indices = indices.skip(skip_batches).map(lambda r: r % num_rays)
+
+        def rays_of(index):
+            views, pixel = index // (height * width), index % (height * width)
+            return pixel_rays(poses, intrinsics, views, pixel // width, pixel % width), colours(index)
+
+        return indices.map(rays_of, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    views = tf.data.Dataset.range(part.num_views).shuffle(part.num_views, seed=seed, reshuffle_each_iteration=True)
+    views = views.repeat().batch(batch.size, drop_remainder=True).skip(skip_batches)
+    rows, cols = _pixel_grid(height, width)
+
+    def whole_views(view_batch):
+        count = tf.shape(view_batch)[0]
+        view_ids = tf.repeat(view_batch, height * width)
+        index = view_ids * height * width + tf.tile(rows * width + cols, [count])
+        return pixel_rays(poses, intrinsics, view_ids, tf.tile(rows, [count]), tf.tile(cols, [count])), colours(index)
+
+    return views.map(whole_views, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def val_dataset(val: dict) -> tf.data.Dataset:
-    """One batch per val view: ``R = H * W``."""
-    num_views = val["rgb"].shape[0]
-    origins, directions, rgb = (val[key].reshape(num_views, -1, 3) for key in ("ray_origins", "ray_directions", "rgb"))
-    return tf.data.Dataset.from_tensor_slices(((origins, directions), rgb))
+def val_views(part: RayPart, max_views: int) -> np.ndarray:
+    """The val views validated during training: at most ``max_views``, evenly spread."""
+    return evenly_spread(part.num_views, max_views)
 
 
-def steps_per_epoch(cfg: Config, num_train_views: int, num_train_rays: int) -> int:
+def val_dataset(part: RayPart, views) -> tf.data.Dataset:
+    """One batch per view of ``views`` (indices into the part), ``R = H * W``, rays made in TensorFlow."""
+    height, width = part.height, part.width
+    poses, intrinsics = tf.constant(part.poses), tf.constant(part.intrinsics)
+    pixels = _Pixels(part)
+    rows, cols = _pixel_grid(height, width)
+
+    def whole_view(view):
+        view_ids = tf.fill(tf.shape(rows), view)
+        index = view * height * width + rows * width + cols
+        rgb = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
+        return pixel_rays(poses, intrinsics, view_ids, rows, cols), tf.cast(tf.reshape(rgb, [-1, 3]), tf.float32) / 255.0
+
+    return tf.data.Dataset.from_tensor_slices(np.asarray(views, np.int64)).map(whole_view)
+
+
+def steps_per_epoch(cfg: Config, part: RayPart) -> int:
     """The preset's ``steps_per_epoch``, or one pass over the training rays (or views)."""
     preset = cfg.active
     if preset.steps_per_epoch is not None:
         return preset.steps_per_epoch
-    available = num_train_rays if isinstance(preset.batch, RayBatchConfig) else num_train_views
+    available = part.num_views * part.height * part.width if isinstance(preset.batch, RayBatchConfig) \
+        else part.num_views
     return max(1, available // preset.batch.size)
 
 

@@ -1,0 +1,46 @@
+"""Progress of long loops: a tqdm bar on a terminal; otherwise (CI, DVC queues) a log line every tenth of the
+way, at most one every ``MIN_REPORT_S`` seconds, and none for a loop that ends sooner."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("nerf_pipeline.progress")
+
+MIN_REPORT_S = 5.0
+
+
+class Progress:
+    """``with Progress(total, "rendering frames") as step: ... step(done)``; ``done`` counts up to ``total``."""
+
+    def __init__(self, total: int, description: str, unit: str = "it"):
+        self.total, self.description, self.unit = max(int(total), 1), description, unit
+        self._bar, self._next_report, self._start, self._last = None, 0.1, 0.0, 0.0
+
+    def __enter__(self):
+        self._start = self._last = time.perf_counter()
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.description, unit=self.unit, leave=False)
+        return self
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+            return
+        fraction, now = done / self.total, time.perf_counter()
+        if (fraction >= self._next_report or done == self.total) and now - self._last >= MIN_REPORT_S:
+            self._last, elapsed = now, now - self._start
+            left = elapsed * (1.0 - fraction) / fraction if fraction > 0 else 0.0
+            log.info("%s: %d/%d %s (%.0f%%, %.0f s, about %.0f s left)", self.description, done, self.total,
+                     self.unit, 100 * fraction, elapsed, left)
+            while self._next_report <= fraction:
+                self._next_report += 0.1
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+        return False

@@ -1,0 +1,112 @@
+"""Small captures in the COLMAP and LLFF layouts, rendered from the built-in scene through known cameras.
+
+Tests check that what the readers hand back (poses, intrinsics) makes rays that trace to the
+written pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from scenes import trace_views
+
+from nerf_pipeline import camera
+from nerf_pipeline.scenes import colmap, llff
+
+# per model: the params written, in COLMAP's order. Distortion coefficients are 0, so the pixels are
+# a pinhole's and stay exact; (fx, fy, cx, cy) is off the image centre (14, 10) and fx != fy where the
+# model allows it.
+COLMAP_PARAMS = {
+    "SIMPLE_PINHOLE": (30.0, 15.0, 9.0),
+    "PINHOLE": (30.0, 24.0, 15.0, 9.0),
+    "SIMPLE_RADIAL": (30.0, 15.0, 9.0, 0.0),
+    "RADIAL": (30.0, 15.0, 9.0, 0.0, 0.0),
+    "OPENCV": (30.0, 24.0, 15.0, 9.0, 0.0, 0.0, 0.0, 0.0),
+    "OPENCV_FISHEYE": (30.0, 24.0, 15.0, 9.0, 0.0, 0.0, 0.0, 0.0),  # refused by colmap.intrinsics
+}
+
+
+def quaternion(rotation: np.ndarray) -> np.ndarray:
+    """The unit Hamilton quaternion ``(w, x, y, z)`` [4] of a rotation matrix, with ``w >= 0``.
+
+    It is the eigenvector of the largest eigenvalue of a symmetric 4x4 matrix made from the
+    rotation (Bar-Itzhack's method), so no case analysis is needed.
+    """
+    (xx, xy, xz), (yx, yy, yz), (zx, zy, zz) = rotation
+    k = np.array([
+        [xx + yy + zz, zy - yz, xz - zx, yx - xy],
+        [zy - yz, xx - yy - zz, xy + yx, xz + zx],
+        [xz - zx, xy + yx, yy - xx - zz, yz + zy],
+        [yx - xy, xz + zx, yz + zy, zz - xx - yy],
+    ]) / 3.0
+    _, vectors = np.linalg.eigh(k)
+    q = vectors[:, -1]
+    return q if q[0] >= 0 else -q
+
+
+def sample_points(poses, height, width, intrinsics, rgb, depth, count, seed):
+    """``(points [count, 3] float64, colors [count, 3] uint8)``: surface points seen by the views' pixels."""
+    origins, directions = camera.generate_rays(poses, height, width, intrinsics)
+    hits = np.flatnonzero(depth.reshape(-1) > 0)
+    chosen = np.random.default_rng(seed).choice(hits, size=min(count, len(hits)), replace=False)
+    origins, directions = origins.reshape(-1, 3)[chosen], directions.reshape(-1, 3)[chosen]
+    points = origins.astype(np.float64) + depth.reshape(-1)[chosen, None] * directions.astype(np.float64)
+    return points, (rgb.reshape(-1, 3)[chosen] * 255 + 0.5).astype(np.uint8)
+
+
+def write_images(folder: Path, rgb: np.ndarray) -> list[str]:
+    """``folder/images/frame_XXX.png``, one per view; their names."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    names = [f"frame_{i:03d}.png" for i in range(len(rgb))]
+    for name, image in zip(names, rgb):
+        iio.imwrite(folder / "images" / name, (image * 255 + 0.5).astype(np.uint8))
+    return names
+
+
+def write_colmap_capture(folder: Path, num_views=8, height=20, width=28, model="PINHOLE", binary=False,
+                         seed=0) -> dict:
+    """A COLMAP capture: ``images/frame_XXX.png`` and the model in ``sparse/0/`` (text or binary).
+
+    Image ids run backwards (the last frame is image 1) and the images are written in id order,
+    so a reader must sort by name. Returns ``poses`` [N, 4, 4] float64 (OpenGL camera-to-world),
+    ``intrinsics`` (fx, fy, cx, cy), ``params``, ``rgb``, ``depth``, ``names``, ``points``, ``colors``.
+    """
+    folder = Path(folder)
+    poses = camera.hemisphere_poses(num_views, 4.0, seed).astype(np.float64)
+    params = COLMAP_PARAMS[model]
+    one_focal = model.startswith("SIMPLE_") or model == "RADIAL"  # f, cx, cy, ... rather than fx, fy, cx, cy, ...
+    fx, fy, cx, cy = (params[0], params[0], params[1], params[2]) if one_focal else params[:4]
+    rgb, depth = trace_views(poses, height, width, np.array([fx, fy, cx, cy]))
+    names = write_images(folder, rgb)
+    images = []
+    for i, (pose, name) in enumerate(zip(poses, names)):
+        opencv = pose @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenGL's y up, z back -> OpenCV's y down, z forward
+        world_to_camera = np.linalg.inv(opencv)
+        images.append(colmap.Image(num_views - i, name, 1, quaternion(world_to_camera[:3, :3]), world_to_camera[:3, 3]))
+    images.sort(key=lambda image: image.image_id)
+    cameras = {1: colmap.Camera(1, model, width, height, np.array(params))}
+    points, colors = sample_points(poses, height, width, (fx, fy, cx, cy), rgb, depth, 300, seed)
+    writer = colmap.write_binary_model if binary else colmap.write_text_model
+    writer(folder / "sparse" / "0", cameras, images, points, colors)
+    return {"poses": poses, "intrinsics": (fx, fy, cx, cy), "params": params, "rgb": rgb, "depth": depth,
+            "names": names, "points": points, "colors": colors}
+
+
+def write_llff_capture(folder: Path, num_views=8, height=20, width=28, focal=30.0, seed=0) -> dict:
+    """An LLFF capture: ``images/frame_XXX.png`` and ``poses_bounds.npy`` with each view's near and far
+    depth (along the viewing direction) from its rendered depth. Returns ``poses`` [N, 4, 4] float64
+    (OpenGL camera-to-world), ``hwf`` [N, 3], ``bounds`` [N, 2], ``rgb``, ``depth``, ``names``."""
+    folder = Path(folder)
+    poses = camera.hemisphere_poses(num_views, 4.0, seed).astype(np.float64)
+    intrinsics = np.array([focal, focal, width / 2, height / 2])  # LLFF's principal point is the image centre
+    rgb, depth = trace_views(poses, height, width, intrinsics)
+    names = write_images(folder, rgb)
+    _, directions = camera.generate_rays(poses, height, width, intrinsics)
+    forward = -poses[:, None, None, :3, 2]
+    z_depth = np.where(depth > 0, depth * np.sum(directions * forward, axis=-1), np.nan)
+    bounds = np.stack([np.nanmin(z_depth, axis=(1, 2)), np.nanmax(z_depth, axis=(1, 2))], axis=-1)
+    hwf = np.tile([float(height), float(width), focal], (num_views, 1))
+    llff.write_poses_bounds(folder / "poses_bounds.npy", poses, hwf, bounds)
+    return {"poses": poses, "hwf": hwf, "bounds": bounds, "rgb": rgb, "depth": depth, "names": names}

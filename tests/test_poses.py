@@ -1,0 +1,94 @@
+"""The poses stage: sources with poses pass through; photos get theirs from structure from motion (pycolmap)."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from conftest import DATA_STAGES, tiny_params, write_params
+from test_sfm import FOCAL, HEIGHT, WIDTH, arc_poses, render_textured, rotation_angles_deg
+
+from nerf_pipeline import camera, config
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes import sfm
+from nerf_pipeline.scenes.scene import Cameras, read_npz
+from nerf_pipeline.stages import download, poses
+
+
+def pose(folder, params) -> Cameras:
+    """Run download and poses in this process; the posed cameras."""
+    cfg = config.from_dict(params)
+    download.run(cfg, out_scene=folder / "scene")
+    poses.run(cfg, in_scene=folder / "scene", out_cameras=folder / "cameras.npz")
+    return Cameras.from_arrays(read_npz(folder / "cameras.npz"), "cameras.npz")
+
+
+def test_a_posed_source_passes_through_unchanged(tmp_path):
+    params = tiny_params()
+    cameras = pose(tmp_path, params)
+    truth = camera.hemisphere_poses(8, 4.0, params["synthetic"]["seed"])
+    np.testing.assert_allclose(cameras.poses, truth, atol=1e-6)  # the built-in scene is used in its own frame
+    assert (cameras.near, cameras.far, cameras.unbounded, cameras.registered) == (2.0, 6.0, False, None)
+    params["data"].update(near=1.5, far=7.0)
+    assert (pose(tmp_path / "b", params).near, pose(tmp_path / "b", params).far) == (1.5, 7.0)
+
+
+def write_photos(folder, poses_c2w, grey=()):
+    """Textured renders of ``poses_c2w`` as JPEG photos in ``folder/images``; the views in ``grey`` flat grey."""
+    (folder / "images").mkdir(parents=True)
+    for i, c2w in enumerate(poses_c2w):
+        image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8) if i in grey else render_textured(c2w)
+        iio.imwrite(folder / "images" / f"photo_{i:03d}.jpg", image, quality=95)
+
+
+@pytest.fixture(scope="module")
+def arc():
+    return arc_poses(14)
+
+
+@pytest.mark.slow
+def test_photos_are_posed_by_structure_from_motion(tmp_path, arc):
+    write_photos(tmp_path / "photos", arc)
+    params = tiny_params()
+    params["data"]["source"] = str(tmp_path / "photos")
+    cameras = pose(tmp_path, params)
+    assert cameras.registered.all() and cameras.unbounded and cameras.far == 1000.0
+    # up to the similarity that normalisation applied, the rotations are the true ones
+    scale, rotation, translation = sfm.align_similarity(cameras.poses[:, :3, 3].astype(np.float64), arc[:, :3, 3])
+    errors = rotation_angles_deg(arc[:, :3, :3], rotation @ cameras.poses[:, :3, :3].astype(np.float64))
+    assert errors.max() < 3.0, errors
+    aligned = scale * cameras.poses[:, :3, 3] @ rotation.T + translation
+    assert np.abs(aligned - arc[:, :3, 3]).max() < 0.1 * 4.0
+    np.testing.assert_allclose(cameras.intrinsics[:, :2], FOCAL, rtol=0.05)
+    # normalised: centred on what the cameras look at, median camera 4 units out, the points moved with
+    # them (they lie on the scene, within 1.6 of the centre, or on its textured backdrop sphere of radius 9)
+    assert np.median(np.linalg.norm(cameras.poses[:, :3, 3], axis=-1)) == pytest.approx(4.0, rel=1e-4)
+    distance = np.linalg.norm(scale * cameras.points @ rotation.T + translation, axis=-1)
+    assert len(distance) > 100 and np.mean((distance < 1.7) | (np.abs(distance - 9.0) < 0.3)) > 0.9
+
+
+@pytest.mark.slow
+def test_too_few_registered_photos_stop_the_stage_naming_them(tmp_path, arc):
+    grey = set(range(8, 14))  # flat photos: no features, so they cannot register
+    write_photos(tmp_path / "photos", arc, grey=grey)
+    params = tiny_params()
+    params["data"]["source"] = str(tmp_path / "photos")
+    params["poses"]["min_registered"] = 0.7
+    with pytest.raises(DataError) as error:
+        pose(tmp_path, params)
+    message = str(error.value)
+    assert "registered only 8 of 14 images (57%), fewer than poses.min_registered (70%)" in message
+    assert "photo_008.jpg" in message and "exhaustive" in message
+    assert not (tmp_path / "cameras.npz").exists()
+    params["poses"]["min_registered"] = 0.5  # enough: the grey ones are left out of every part
+    cameras = pose(tmp_path / "again", params)
+    assert list(np.flatnonzero(~cameras.registered)) == sorted(grey)
+    from nerf_pipeline.stages import split
+    parts = split.run(config.from_dict(params), in_cameras=tmp_path / "again" / "cameras.npz",
+                      out_split=tmp_path / "split.json")
+    assert not grey & set(parts["train"] + parts["val"])
+
+
+def test_the_stage_order_has_poses_between_download_and_split():
+    assert [name for name, _ in DATA_STAGES] == ["download", "poses", "split", "rays"]
+    assert write_params  # (the helpers the other stage tests use)
