@@ -254,6 +254,7 @@ class RenderConfig(Section):
 
 class MlflowConfig(Section):
     experiment: Annotated[str, Field(min_length=1)]
+    log_every_steps: PositiveInt  # training loss and PSNR are logged (and plotted) every this many steps
 
 
 class Config(Section):

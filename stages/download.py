@@ -1,7 +1,6 @@
 """DVC stage `download`: parse the paths that `nerf_pipeline.stages.download.run` takes, then call it."""
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import download
 
 if __name__ == "__main__":
-    cli.main(download)
+    cli.main("download")

@@ -1,7 +1,6 @@
 """DVC stage `poses`: parse the paths that `nerf_pipeline.stages.poses.run` takes, then call it."""
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import poses
 
 if __name__ == "__main__":
-    cli.main(poses)
+    cli.main("poses")

@@ -1,7 +1,6 @@
 """DVC stage `rays`: parse the paths that `nerf_pipeline.stages.rays.run` takes, then call it."""
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import rays
 
 if __name__ == "__main__":
-    cli.main(rays)
+    cli.main("rays")

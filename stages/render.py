@@ -1,7 +1,6 @@
 """DVC stage `render`: parse the paths that `nerf_pipeline.stages.render.run` takes, then call it."""
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import render
 
 if __name__ == "__main__":
-    cli.main(render)
+    cli.main("render")

@@ -1,7 +1,6 @@
 """DVC stage `split`: parse the paths that `nerf_pipeline.stages.split.run` takes, then call it."""
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import split
 
 if __name__ == "__main__":
-    cli.main(split)
+    cli.main("split")

@@ -1,7 +1,6 @@
 """DVC stage `train`: parse the paths that `nerf_pipeline.stages.train.run` takes, then call it."""
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import train
 
 if __name__ == "__main__":
-    cli.main(train)
+    cli.main("train")

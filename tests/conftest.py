@@ -7,6 +7,7 @@ Tests that run training, a stage script with TensorFlow, or DVC are marked ``slo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -21,11 +22,10 @@ import yaml
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "nerf_pipeline", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "nerf_pipeline", ".dvcignore", ".gitignore", ".dvc/plots")
 DVC = [sys.executable, "-m", "dvc"]
-TRAIN_OUTS = {"out_model": "out/model.keras", "out_metrics": "out/train.json", "out_history": "out/history.csv",
-              "out_progress": "out/progress.npz", "out_run_file": "out/run.json",
-              "out_checkpoint": "out/checkpoint"}
+TRAIN_OUTS = {"out_model": "out/model", "out_metrics": "out/train.json", "out_history": "out/history.csv",
+              "out_steps": "out/steps.csv", "out_checkpoint": "out/checkpoint"}
 
 
 def tiny_params(epochs: int = 2) -> dict:
@@ -141,12 +141,16 @@ def make_project(path: Path, params: dict) -> Path:
             shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, path / name)
+    shutil.move(path / ".dvc", path / ".dvc-files")  # `dvc init` wants no .dvc folder; its plots go back after
     write_params(path, params)
     run(["git", "init", "-q", "-b", "main"], path)
     run(["git", "config", "user.email", "tests@example.invalid"], path)
     run(["git", "config", "user.name", "tests"], path)
     run(DVC + ["init", "-q"], path)
+    shutil.move(path / ".dvc-files" / "plots", path / ".dvc" / "plots")
+    (path / ".dvc-files").rmdir()
     run(DVC + ["config", "core.analytics", "false"], path)
+    run(DVC + ["config", "plots.html_template", "plots/offline.html"], path)
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "project"], path)
     return path
@@ -167,6 +171,26 @@ def mlflow_runs(store) -> tuple:
 
 def psnr(a, b) -> float:
     return float(-10 * np.log10(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+@pytest.fixture(autouse=True)
+def tracking_uri_stays_put(monkeypatch):
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in ``os.environ``, which every later
+    test's stage processes would inherit: undo it after each test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory):
+    """One tiny project reproduced once by the real ``dvc repro`` and committed, shared by the end-to-end
+    tests (which leave its committed state as they found it): ``(path, repro result, its MLflow run id)``."""
+    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(epochs=2))
+    result = run(DVC + ["repro"], path)
+    first_run = json.loads((path / "models/trained/run.json").read_text())["run_id"]
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "first repro"], path)
+    return path, result, first_run
 
 
 @pytest.fixture

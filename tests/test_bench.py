@@ -22,7 +22,7 @@ def test_bench_train_writes_the_documented_summary(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--scene", "tiny.npz", "--params", "params.yaml",
-         "--budget-s", "12", "--eval-every-s", "4", "--versus", "keras_example", "--versus-budget-s", "30",
+         "--budget-s", "8", "--eval-every-s", "4", "--versus", "keras_example", "--versus-budget-s", "30",
          "--versus-stop-psnr", "0", "--out", "summary.json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -33,7 +33,7 @@ def test_bench_train_writes_the_documented_summary(tmp_path):
     curve = ours["curve"]
     # (XLA compilation counts as training time, so the first step may already pass several points)
     assert curve and [p["wall_s"] for p in curve] == sorted(p["wall_s"] for p in curve)
-    assert curve[-1]["wall_s"] >= 12 and ours["final"]["wall_s"] >= 12  # the clock ran to the budget
+    assert curve[-1]["wall_s"] >= 8 and ours["final"]["wall_s"] >= 8  # the clock ran to the budget
     assert all(0 < p["val_psnr"] < 60 and p["step"] >= 1 for p in curve)
     assert ours["final"]["steps"] == curve[-1]["step"] and ours["steps_per_s"] > 0
     assert 0 < ours["final"]["val_ssim"] <= 1

@@ -1,4 +1,5 @@
-"""End to end: the real `dvc repro` / `dvc exp run` on a tiny scene, with a real MLflow store."""
+"""End to end: the real `dvc repro` / `dvc exp run` on a tiny scene, with a real MLflow store: every out, the
+console a user reads, the MLflow runs and Logged Model, `dvc exp show` and `dvc plots show`."""
 
 from __future__ import annotations
 
@@ -6,25 +7,24 @@ import json
 
 import imageio.v2 as imageio
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import DVC, make_project, mlflow_runs, run, tiny_params
+import yaml
+from conftest import DVC, mlflow_runs, run
 
 from nerf_pipeline import media
+from nerf_pipeline.runtime import console
 from nerf_pipeline.scenes import ray_files
 
-pytestmark = pytest.mark.slow
+# slow; and with the scale-out tests in one xdist worker, so that they share one reproduced project
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project")]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """One tiny project, reproduced once and committed. Tests that read its first run find that run by
-    the id in its run file (``first_run``), so they hold whichever tests ran before them."""
-    path = make_project(tmp_path_factory.mktemp("project"), tiny_params(epochs=2))
-    result = run(DVC + ["repro"], path)
-    first_run = json.loads((path / "models/mlflow_run.json").read_text())["run_id"]
-    run(["git", "add", "-A"], path)
-    run(["git", "commit", "-qm", "first repro"], path)
-    return path, result, first_run
+@pytest.fixture
+def project(reproduced_project):
+    """The shared tiny project (conftest). Tests that read its first run find that run by the id in its
+    run file (``first_run``), so they hold whichever tests ran before them."""
+    return reproduced_project
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +40,8 @@ def test_repro_writes_every_out(project):
     path, _, _ = project
     for out in ("data/scene/images.npy", "data/scene/depth.npy", "data/scene/cameras.npz", "data/cameras.npz",
                 "data/split.json", "data/rays/train/images.npy", "data/rays/train/cameras.npz",
-                "data/rays/val/images.npy",
-                "models/model.keras", "models/progress.npz", "models/mlflow_run.json", "metrics/train.json",
+                "data/rays/val/images.npy", "models/trained/model.keras", "models/trained/progress.npz",
+                "models/trained/run.json", "metrics/train.json", "metrics/train_steps.csv",
                 "metrics/train_history.csv", "metrics/eval.json", "metrics/eval_per_view.csv", "eval/grid.png",
                 "render/orbit.mp4", "render/orbit_depth.mp4", "render/progress.gif"):
         assert (path / out).is_file() and (path / out).stat().st_size > 0, out
@@ -59,8 +59,22 @@ def test_metrics_are_real(project):
     assert evaluation["num_views"] == val.num_views == 2 and evaluation["split"] == "val"  # 20% of 8 views
     assert evaluation["depth_mae"] > 0.0
     history = (path / "metrics/train_history.csv").read_text().splitlines()
-    assert history[0].split(",")[:5] == ["epoch", "loss", "psnr", "val_loss", "val_psnr"]
+    assert history[0].split(",")[:6] == ["epoch", "step", "loss", "psnr", "val_loss", "val_psnr"]
     assert len(history) == 1 + 2
+    assert set(evaluation) == {"psnr", "ssim", "depth_mae", "split", "num_views", "width", "height"}
+
+
+def test_the_console_is_quiet_and_says_what_was_made(project):
+    _, result, _ = project
+    output = result.stdout + result.stderr
+    lines = output.splitlines()
+    assert not [line for line in lines if console.is_noise(line.encode())], "TensorFlow's native log lines"
+    for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "cuda drivers", "DeprecationWarning"):
+        assert noise not in output, noise
+    assert "[train] epoch 1/2: loss" in output and "[train] epoch 2/2: loss" in output
+    assert "[render] rendering 12 frames of 24x24 along a 360° orbit" in output
+    assert "Done. Video: render/orbit.mp4" in output and "Quality on 2 val views of 24x24: PSNR" in output
+    assert "git add dvc.lock params.yaml metrics" in output
 
 
 def test_media_decode(project):
@@ -78,16 +92,53 @@ def test_one_mlflow_run_with_everything(project):
     client, _ = mlflow_runs(path)
     run_info = client.get_run(first_run)  # one run holds every stage's params, metrics and artifacts
     assert run_info.info.status == "FINISHED"
-    assert run_info.data.params["epochs"] == "2"
-    assert run_info.data.params["presets.hashgrid.field.num_levels"] == "8"
-    for key in ("loss", "psnr", "val_loss", "val_psnr", "eval_psnr", "eval_ssim", "render_fps"):
-        assert key in run_info.data.metrics, key
-    history = client.get_metric_history(run_info.info.run_id, "val_psnr")
-    assert [m.step for m in history] == [1, 2]
-    artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id)}
-    assert {"model", "eval", "render"} <= artifacts
-    render_files = {a.path for a in client.list_artifacts(run_info.info.run_id, "render")}
-    assert "render/orbit.mp4" in render_files
+    root = run(["git", "rev-list", "--max-parents=0", "HEAD"], path).stdout.strip()
+    commit = run(["git", "rev-parse", "--short", root], path).stdout.strip()
+    assert run_info.info.run_name == f"main@{commit}"  # a plain `dvc repro`: the branch and commit
+    params = run_info.data.params
+    assert params["epochs"] == "2" and params["presets.hashgrid.field.num_levels"] == "8"
+    assert not [key for key in params if key.startswith("presets.keras_example")]  # only what the run uses
+    metrics = run_info.data.metrics
+    for key in ("train/loss", "train/psnr", "val/loss", "val/psnr", "eval/psnr", "eval/ssim", "time/epoch_s",
+                "time/render_fps"):
+        assert key in metrics, key
+    assert [m.step for m in client.get_metric_history(first_run, "train/loss")] == [25, 50]  # every 25 steps
+    assert [m.step for m in client.get_metric_history(first_run, "val/psnr")] == [25, 50]  # each epoch's end
+    assert any(key.startswith("system/") for key in metrics)  # CPU and memory, sampled while the run is open
+    (dataset,) = run_info.inputs.dataset_inputs
+    lock = yaml.safe_load((path / "dvc.lock").read_text())
+    rays_md5 = next(out["md5"] for out in lock["stages"]["rays"]["outs"] if out["path"] == "data/rays")
+    assert dataset.dataset.digest == rays_md5 and dataset.dataset.name == "rays"
+    artifacts = {a.path for a in client.list_artifacts(first_run)}
+    assert {"eval", "render"} <= artifacts
+    assert "render/orbit.mp4" in {a.path for a in client.list_artifacts(first_run, "render")}
+    images = {a.path for a in client.list_artifacts(first_run, "images")}
+    assert sum("progress" in name for name in images) >= 2  # the image slider: one per epoch
+
+
+def test_the_logged_model_is_found_registered_and_renders_the_pipelines_pixels(project):
+    import mlflow
+
+    path, _, first_run = project
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    models = mlflow.search_logged_models(experiment_ids=[mlflow.get_run(first_run).info.experiment_id],
+                                         output_format="list")
+    (logged,) = [m for m in models if m.source_run_id == first_run]
+    version = mlflow.register_model(f"models:/{logged.model_id}", "tiny-nerf")
+    assert int(version.version) == 1
+    loaded = mlflow.pyfunc.load_model("models:/tiny-nerf/1")
+    assert loaded.metadata.get_input_schema().inputs[0].shape == (-1, 6)
+    val = ray_files.load(path / "data/rays", "val")
+    origins, directions = val.view_rays(0)
+    out = loaded.predict(np.concatenate([origins, directions], axis=-1).reshape(-1, 6))
+    assert out.shape == (24 * 24, 5)
+    from nerf_pipeline.model.nerf import load_model
+    from nerf_pipeline.model.renderer import ChunkedRenderer
+    expected = ChunkedRenderer(load_model(path / "models/trained"), 16384)(origins, directions)
+    np.testing.assert_allclose(out[:, :3].reshape(24, 24, 3), expected["rgb"], atol=1e-5)
+    per_view = pd.read_csv(path / "metrics/eval_per_view.csv")
+    psnr = -10 * np.log10(np.mean((np.clip(out[:, :3], 0, 1).reshape(24, 24, 3) - val.view_rgb(0)) ** 2))
+    assert psnr == pytest.approx(per_view.psnr[per_view.view_id == val.view_ids[0]].item(), abs=0.01)
 
 
 def test_second_repro_does_nothing(project):
@@ -99,55 +150,81 @@ def test_second_repro_does_nothing(project):
     assert len(after) == len(before)
 
 
-def test_exp_run_reruns_only_training_and_lands_in_mlflow(project):
-    path, _, _ = project
-    _, before = mlflow_runs(path)
+def test_experiments_each_get_their_run_and_compare_in_120_columns(project):
+    """`dvc exp run -S epochs=3` reruns only training onwards; `-S render.num_frames=6` only rendering, into a
+    run of its own that says whose model it reuses. `dvc exp show --only-changed` then fits 120 columns."""
+    path, _, first_run = project
+    client, before = mlflow_runs(path)
     result = run(DVC + ["exp", "run", "-S", "epochs=3", "-n", "three-epochs"], path)
     output = result.stdout + result.stderr
     for stage in ("download", "poses", "split", "rays"):
         assert f"Stage '{stage}' didn't change, skipping" in output, stage
     for stage in ("train", "evaluate", "render"):
         assert f"Running stage '{stage}'" in output, stage
+    run(["git", "checkout", "-f", "HEAD", "--", "."], path)
+    run(DVC + ["checkout", "--force", "-q"], path)
+    result = run(DVC + ["exp", "run", "-S", "render.num_frames=6", "-n", "six-frames"], path)
+    output = result.stdout + result.stderr
+    for stage in ("train", "evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in output, stage
 
     shown = json.loads(run(DVC + ["exp", "show", "--json"], path).stdout)
     experiments = {exp["name"]: exp for baseline in shown for exp in (baseline.get("experiments") or [])}
-    name = "three-epochs"
-    data = experiments[name]["revs"][0]["data"]
+    data = experiments["three-epochs"]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["epochs"] == 3
     eval_metrics = data["metrics"]["metrics/eval.json"]["data"]
-    assert eval_metrics["psnr"] > 0
+    assert eval_metrics["psnr"] > 0 and "render_s" not in eval_metrics  # quality only: no timings
 
-    _, runs = mlflow_runs(path)
-    assert len(runs) == len(before) + 1
-    latest = runs[-1]
-    assert latest.info.run_name == name
-    assert latest.data.tags["dvc.experiment"] == name
-    assert latest.data.params["epochs"] == "3"
-    assert latest.data.metrics["eval_psnr"] == pytest.approx(eval_metrics["psnr"], rel=1e-6)
+    client, runs = mlflow_runs(path)
+    assert len(runs) == len(before) + 2
+    by_name = {r.info.run_name: r for r in runs}
+    three = by_name["three-epochs"]
+    assert three.data.tags["dvc.experiment"] == "three-epochs" and three.data.params["epochs"] == "3"
+    assert three.data.metrics["eval/psnr"] == pytest.approx(eval_metrics["psnr"], rel=1e-6)
+    six = by_name["six-frames"]  # only render reran: its own run, reusing the first run's model
+    assert six.data.tags["model.run"] == first_run and six.data.params["render.num_frames"] == "6"
+    assert "time/render_fps" in six.data.metrics and "render/orbit.mp4" in {
+        a.path for a in client.list_artifacts(six.info.run_id, "render")}
+    assert len(client.get_metric_history(first_run, "time/render_fps")) == 1  # the first run was left alone
+
+    table = run(DVC + ["exp", "show", "--only-changed", "--no-pager"], path, env={"COLUMNS": "120"}).stdout
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    header = next(line for line in table.splitlines() if "Experiment" in line).split()
+    # the quality metrics and the params that differ are whole; only the hash of the model folder (36
+    # characters) may be elided, and `--drop 'models/'` drops it
+    assert {"Experiment", "Created", "psnr", "ssim", "epochs", "render.num_frames"} <= set(header), table
+    dropped = run(DVC + ["exp", "show", "--only-changed", "--drop", "models/", "--no-pager"], path,
+                  env={"COLUMNS": "120"}).stdout
+    assert "…" not in next(line for line in dropped.splitlines() if "Experiment" in line), dropped
 
 
-def test_temp_experiment_lands_in_the_project_store(project):
-    """`dvc exp run --temp` runs in a copy under .dvc/tmp; its MLflow run must still land here."""
+def test_plots_render_offline(project):
     path, _, _ = project
-    _, before = mlflow_runs(path)
-    run(DVC + ["exp", "run", "--temp", "-S", "epochs=1", "-n", "temp-exp"], path)
-    _, runs = mlflow_runs(path)
-    assert len(runs) == len(before) + 1
-    latest = runs[-1]
-    assert latest.info.run_name == "temp-exp" and latest.data.params["epochs"] == "1"
-    assert "eval_psnr" in latest.data.metrics
-    assert latest.info.artifact_uri.startswith((path / "mlruns").resolve().as_uri())
-    assert not list((path / ".dvc" / "tmp").rglob("mlflow.db"))
+    run(DVC + ["plots", "show"], path)
+    html = (path / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "vegaEmbed" in html  # Vega inline: the charts draw without a network
+    assert '"step"' in html and "val_psnr" in html  # the per-step and per-epoch curves
+    assert run(["git", "check-ignore", "dvc_plots/index.html"], path).returncode == 0
 
 
 def test_a_capture_runs_with_only_data_source_changed(project, tmp_path):
     """An instant-ngp layout capture (non-square, fx != fy, off-centre principal point) goes through
-    the whole pipeline with nothing but `data.source` set."""
+    the whole pipeline with nothing but `data.source` set. It runs as `dvc exp run --temp`, in a copy
+    under .dvc/tmp: its MLflow run must still land in the project's store."""
     from scenes import write_ngp
 
     path, _, _ = project
+    _, before = mlflow_runs(path)
     write_ngp(tmp_path / "capture", num_views=8, height=20, width=28)
-    run(DVC + ["exp", "run", "-S", f"data.source={tmp_path / 'capture'}", "-n", "capture"], path)
+    run(DVC + ["exp", "run", "--temp", "-S", f"data.source={tmp_path / 'capture'}", "-n", "capture"], path)
+    _, runs = mlflow_runs(path)
+    assert len(runs) == len(before) + 1
+    latest = runs[-1]
+    assert latest.info.run_name == "capture" and latest.data.params["data.source"] == str(tmp_path / "capture")
+    assert "eval/psnr" in latest.data.metrics and "synthetic.num_views" not in latest.data.params
+    assert latest.info.artifact_uri.startswith((path / "mlruns").resolve().as_uri())
+    assert not list((path / ".dvc" / "tmp").rglob("mlflow.db"))
+    run(DVC + ["exp", "apply", "capture"], path)  # the results, into the workspace
     evaluation = json.loads((path / "metrics/eval.json").read_text())
     assert evaluation["num_views"] == 2 and "depth_mae" not in evaluation  # a capture has no depth
     val = ray_files.load(path / "data/rays", "val")

@@ -257,7 +257,7 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
     """kill -9 in the middle of training; the rerun continues from the last checkpoint and ends
-    where an uninterrupted run ends. A checkpoint of other params is not resumed."""
+    where an uninterrupted run ends. (That a checkpoint of other params is not resumed from: test_train.)"""
     epochs = 4
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     reference_dir.mkdir()
@@ -268,7 +268,7 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
     os.symlink(rays_project / "rays", resumed_dir / "rays")
     params = yaml.safe_load((rays_project / "params.yaml").read_text())
     params["epochs"] = epochs
-    (resumed_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params_file(resumed_dir, params)
     process = subprocess.Popen([sys.executable, str(REPO / "stages/train.py"), *train_args()], cwd=resumed_dir,
                                env={**os.environ, "DVC_ROOT": str(resumed_dir)}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -282,15 +282,15 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
     process.wait()
     killed_at = json.loads(meta_path.read_text())["epoch"]
     assert 2 <= killed_at < epochs, killed_at
-    assert not (resumed_dir / "out/model.keras").exists()
+    assert not (resumed_dir / "out/model").exists()
 
     result = train_in(resumed_dir, rays_project, epochs=epochs)
     assert result.returncode == 0, result.stderr
     assert f"resuming from the checkpoint of epoch {killed_at}" in result.stderr
     resumed = json.loads((resumed_dir / "out/train.json").read_text())
     assert resumed["resumed_from_epoch"] == killed_at
-    assert resumed["val_psnr"] == pytest.approx(reference["val_psnr"], abs=0.05)
-    assert resumed["loss"] == pytest.approx(reference["loss"], rel=0.02)
+    assert resumed["val"]["psnr"] == pytest.approx(reference["val"]["psnr"], abs=0.05)
+    assert resumed["train"]["loss"] == pytest.approx(reference["train"]["loss"], rel=0.02)
     history = (resumed_dir / "out/history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == [str(e) for e in range(1, epochs + 1)]
 
@@ -298,12 +298,6 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path, rays_project):
     assert first.info.status == "KILLED" and second.info.status == "FINISHED"
     assert second.data.tags["resumes_run"] == first.info.run_id
     assert second.data.tags["resumed_from_epoch"] == str(killed_at)
-
-    # Other params: the checkpoint is not resumed from.
-    result = train_in(resumed_dir, rays_project, epochs=epochs, seed=1)
-    assert result.returncode == 0
-    assert "made with other params or data" in result.stderr
-    assert json.loads((resumed_dir / "out/train.json").read_text())["resumed_from_epoch"] == 0
 
 
 @pytest.mark.slow
@@ -324,4 +318,4 @@ def test_terminated_training_ends_its_mlflow_run_as_killed(tmp_path, rays_projec
     assert "[train] interrupted" in stderr and "Traceback" not in stderr
     _, (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "KILLED"
-    assert not (tmp_path / "out/model.keras").exists()
+    assert not (tmp_path / "out/model").exists()

@@ -10,24 +10,25 @@ import time
 import urllib.request
 
 import pytest
-from conftest import DVC, free_port, make_project, mlflow_runs, run, tiny_params
+import yaml
+from conftest import DVC, TRAIN_OUTS, flags, free_port, mlflow_runs, run, stage, write_params
 
 
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    """A tiny project reproduced once and committed, so experiments reuse its data stages."""
-    path = make_project(tmp_path_factory.mktemp("sweep"), tiny_params(epochs=1))
-    run(DVC + ["repro"], path)
-    run(["git", "add", "-A"], path)
-    run(["git", "commit", "-qm", "baseline"], path)
-    return path
+pytestmark = pytest.mark.xdist_group("project")  # with test_pipeline: one worker, one shared project
+
+
+@pytest.fixture
+def reproduced(reproduced_project):
+    """The shared tiny project, reproduced and committed (conftest): experiments reuse its data stages."""
+    return reproduced_project[0]
 
 
 @pytest.mark.slow
 def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     path = reproduced
-    run(DVC + ["exp", "run", "--queue", "-S", "epochs=2", "-n", "sweep-a"], path)
-    run(DVC + ["exp", "run", "--queue", "-S", "epochs=3", "-n", "sweep-b"], path)
+    # Two renders of the committed model (only the render stage reruns): the queue, not training, is tested here.
+    run(DVC + ["exp", "run", "--queue", "-S", "render.num_frames=6", "-n", "sweep-a"], path)
+    run(DVC + ["exp", "run", "--queue", "-S", "render.num_frames=8", "-n", "sweep-b"], path)
     # The queue's workers outlive `dvc queue start` and inherit its stdout/stderr: with pipes,
     # capturing the output would wait for the workers too. A file does not.
     with open(tmp_path / "queue-start.log", "w") as log:
@@ -46,10 +47,10 @@ def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     _, runs = mlflow_runs(path)
     by_name = {r.info.run_name: r for r in runs}
     assert {"sweep-a", "sweep-b"} <= set(by_name)
-    for name, epochs in (("sweep-a", "2"), ("sweep-b", "3")):
+    for name, frames in (("sweep-a", "6"), ("sweep-b", "8")):
         assert by_name[name].info.status == "FINISHED"
-        assert by_name[name].data.params["epochs"] == epochs
-        assert "eval_psnr" in by_name[name].data.metrics
+        assert by_name[name].data.params["render.num_frames"] == frames
+        assert "time/render_fps" in by_name[name].data.metrics
         assert by_name[name].info.artifact_uri.startswith((path / "mlruns").resolve().as_uri())
     shown = json.loads(run(DVC + ["exp", "show", "--json"], path).stdout)
     names = {exp["name"] for baseline in shown for exp in (baseline.get("experiments") or [])}
@@ -67,13 +68,13 @@ def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work(reproduced, tmp_path
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(path), str(clone)], tmp_path)
     run(DVC + ["pull"], clone)
-    assert (clone / "models" / "model.keras").is_file() and (clone / "render" / "orbit.mp4").is_file()
+    assert (clone / "models" / "trained" / "model.keras").is_file() and (clone / "render" / "orbit.mp4").is_file()
     result = run(DVC + ["repro"], clone)
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
+def test_pipeline_logs_to_a_real_mlflow_server(reproduced, tmp_path):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -90,15 +91,16 @@ def test_pipeline_logs_to_a_real_mlflow_server(tmp_path):
                         break
             except OSError:
                 time.sleep(0.5)
-        project = make_project(tmp_path / "project", tiny_params(epochs=1))
-        run(DVC + ["repro"], project, env={"MLFLOW_TRACKING_URI": uri})
-        assert not (project / "mlflow.db").exists()  # nothing went to the local store
+        # The train stage on the shared project's rays: it starts the run, logs the curves and the model.
+        write_params(tmp_path, yaml.safe_load((reproduced / "params.yaml").read_text()))
+        result = stage("train", *flags(in_rays=reproduced / "data/rays", **TRAIN_OUTS), cwd=tmp_path,
+                       env={"MLFLOW_TRACKING_URI": uri, "DVC_ROOT": str(tmp_path)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
         client, runs = mlflow_runs(uri)
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-        assert "eval_psnr" in runs[0].data.metrics
-        artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "render")}
-        assert "render/orbit.mp4" in artifacts
-        assert list((tmp_path / "server-artifacts").rglob("orbit.mp4"))  # stored by the server
+        assert "train/psnr" in runs[0].data.metrics and "val/psnr" in runs[0].data.metrics
+        assert list((tmp_path / "server-artifacts").rglob("model.keras"))  # the Logged Model, stored by the server
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

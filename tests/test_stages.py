@@ -23,7 +23,7 @@ def test_a_stage_script_takes_exactly_the_paths_of_run_by_name(name):
     assert parameters and all(p.startswith(("in_", "out_")) for p in parameters)
     args = cli.parse_paths(module, flags(**{p: f"path/of/{p}" for p in reversed(parameters)}))
     assert {p: getattr(args, p) for p in parameters} == {p: f"path/of/{p}" for p in parameters}
-    assert f"cli.main({name})" in (REPO / "stages" / f"{name}.py").read_text()
+    assert f'cli.main("{name}")' in (REPO / "stages" / f"{name}.py").read_text()
 
 
 def test_the_data_stages_by_hand(tmp_path):

@@ -31,13 +31,16 @@ def test_keras_example_preset_trains_on_whole_images(rays_dir, tmp_path, monkeyp
     params["preset"] = "keras_example"
     params["presets"]["keras_example"]["steps_per_epoch"] = 3
     metrics = train.run(config.from_dict(params), in_rays=rays_dir, **outs(tmp_path))
-    assert metrics["steps"] == 6 and np.isfinite(metrics["val_psnr"])
+    assert metrics["steps"] == 6 and np.isfinite(metrics["val"]["psnr"])
     assert json.loads((tmp_path / "out/train.json").read_text()) == metrics
-    frames = np.load(tmp_path / "out/progress.npz")["frames"]
+    frames = np.load(tmp_path / "out/model/progress.npz")["frames"]
     assert frames.shape == (2, 16, 16, 3) and frames.dtype == np.uint8
+    assert sorted(p.name for p in (tmp_path / "out/model").iterdir()) == ["model.keras", "progress.npz", "run.json"]
     assert (tmp_path / "mlflow.db").is_file()
     history = (tmp_path / "out/history.csv").read_text().splitlines()
-    assert history[0] == "epoch,loss,psnr,val_loss,val_psnr,epoch_s" and len(history) == 3
+    assert history[0] == "epoch,step,loss,psnr,val_loss,val_psnr,epoch_s" and len(history) == 3
+    steps = (tmp_path / "out/steps.csv").read_text().splitlines()
+    assert steps[0] == "step,loss,psnr" and [line.split(",")[0] for line in steps[1:]] == ["3", "6"]
 
 
 def test_batches_are_rays_or_whole_views(rays_dir):
@@ -90,3 +93,30 @@ def test_contraction_follows_the_scene_unless_forced(contraction, unbounded, exp
     params = tiny_params()
     params["scene"]["contraction"] = contraction
     assert train.contracted(config.from_dict(params), np.bool_(unbounded)) is expected
+
+
+def test_a_checkpoint_is_resumed_only_with_the_same_params_and_data(rays_dir, tmp_path):
+    """The fingerprint covers the params that shape training and the rays' bytes."""
+    from nerf_pipeline.training import checkpoint
+
+    files = sorted((rays_dir / "train").iterdir())
+    base = config.from_dict(tiny_params())
+    key = checkpoint.fingerprint(base, files)
+    assert checkpoint.fingerprint(config.from_dict(tiny_params()), files) == key
+    for change in ({"seed": 1}, {"epochs": 3}):
+        params = {**tiny_params(), **change}
+        assert checkpoint.fingerprint(config.from_dict(params), files) != key, change
+    params = tiny_params()
+    params["presets"]["hashgrid"]["optimizer"]["learning_rate"] = 0.02
+    assert checkpoint.fingerprint(config.from_dict(params), files) != key
+    params = tiny_params()
+    params["render"]["fps"] = 12  # rendering does not shape training
+    assert checkpoint.fingerprint(config.from_dict(params), files) == key
+    changed = tmp_path / "images.npy"
+    changed.write_bytes(files[-1].read_bytes() + b"\0")
+    assert checkpoint.fingerprint(base, [*files[:-1], changed]) != key
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "meta.json").write_text('{"fingerprint": "other", "progress": "p.npz", "state": "s.keras"}')
+    np.savez(tmp_path / "ck" / "p.npz", frames=np.zeros((1, 2, 2, 3), np.uint8))
+    (tmp_path / "ck" / "s.keras").write_bytes(b"")
+    assert checkpoint.load(tmp_path / "ck", key) is None

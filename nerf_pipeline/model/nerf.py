@@ -12,6 +12,7 @@ decaying learning rate; ``load_model`` reads one that the train stage saved.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -180,8 +181,14 @@ def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: i
     return schedule
 
 
+# The train stage's model folder: the model, the progress frames of training, its MLflow run.
+MODEL_FILE, PROGRESS_FILE, RUN_FILE = "model.keras", "progress.npz", "run.json"
+
+
 def load_model(path) -> NeRF:
-    """A model saved by the train stage (``.keras``), without its optimizer."""
+    """A model saved by the train stage (``.keras``, or the folder that holds it), without its optimizer."""
+    if Path(path).is_dir():
+        path = Path(path) / MODEL_FILE
     try:
         return keras.saving.load_model(path, compile=False)
     except (OSError, ValueError) as e:

@@ -1,8 +1,11 @@
 """What every stage script shares: argument parsing, logging, params loading and clean errors.
 
-A stage script is one line, ``cli.main(stage_module)``. Its flags come from the keyword-only
-parameters of ``stage_module.run`` (``in_rays`` → ``--in-rays``), and the paths are passed back
-by name, so a script cannot hand one path to another parameter.
+A stage script is one line, ``cli.main("train")``. Its flags come from the keyword-only
+parameters of ``nerf_pipeline.stages.train.run`` (``in_rays`` → ``--in-rays``), and the paths are
+passed back by name, so a script cannot hand one path to another parameter. The stage's module is
+imported only after the console is made quiet (``console.py``: TensorFlow's native log lines are
+filtered out unless ``--verbose`` or ``NERF_PIPELINE_VERBOSE=1``), and MLflow's and Keras' own
+chatter is turned down to warnings.
 
 A user mistake (``UserError``: bad params, bad data, unreachable store) prints one paragraph and
 exits with status 2, with no traceback; Ctrl-C exits with 130. Anything else is a bug and keeps
@@ -14,20 +17,19 @@ from __future__ import annotations
 import argparse
 import errno
 import faulthandler
+import importlib
 import inspect
 import logging
 import os
 import sys
 import tempfile
 import textwrap
+import warnings
 from pathlib import Path
 
-# Before TensorFlow is imported by any stage module: keep its C++ INFO/WARNING chatter out of the logs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from nerf_pipeline import config  # noqa: E402
-from nerf_pipeline.runtime import interrupts  # noqa: E402
-from nerf_pipeline.runtime.errors import UserError  # noqa: E402
+from nerf_pipeline import config
+from nerf_pipeline.runtime import console, interrupts
+from nerf_pipeline.runtime.errors import UserError
 
 
 def path_parameters(stage_module) -> list[str]:
@@ -37,10 +39,12 @@ def path_parameters(stage_module) -> list[str]:
 
 
 def parse_paths(stage_module, argv=None) -> argparse.Namespace:
-    """Parse ``--params`` and one required ``--<name>`` path per path parameter of ``run``."""
+    """Parse ``--params``, ``--verbose`` and one required ``--<name>`` path per path parameter of ``run``."""
     doc = (stage_module.__doc__ or "").strip().splitlines()
     parser = argparse.ArgumentParser(description=doc[0] if doc else None)
     parser.add_argument("--params", default=config.DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"keep TensorFlow's native log lines (or set {console.VERBOSE_ENV}=1)")
     for name in path_parameters(stage_module):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, required=True, metavar="PATH")
     return parser.parse_args(argv)
@@ -64,12 +68,13 @@ def run_stage(stage_module, args: argparse.Namespace) -> None:
     # Under DVC stdout is a pipe: flush each line so Keras' progress and our log stay in order.
     sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "tensorflow", "alembic", "mlflow.store"):
+    for noisy in ("absl", "tensorflow", "alembic", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # `kill` (SIGTERM) ends a stage as Ctrl-C does: its MLflow run is marked KILLED, no out is half-written.
     interrupts.install()
-    # Should native code crash anyway, print where Python was, not only "Segmentation fault".
-    faulthandler.enable()
+    # Should native code crash anyway, print where Python was, not only "Segmentation fault" (to the
+    # real stderr: the quiet console's copying thread may not run again).
+    faulthandler.enable(file=_CRASH_LOG)
     paths = {name: getattr(args, name) for name in path_parameters(stage_module)}
     try:
         cfg = config.load(args.params)
@@ -93,6 +98,24 @@ def run_stage(stage_module, args: argparse.Namespace) -> None:
         sys.exit(130)
 
 
-def main(stage_module) -> None:
-    """The whole of a stage script: ``--params`` plus ``run``'s path flags, then ``run``."""
+def quiet_console(argv=None) -> None:
+    """Before TensorFlow and MLflow are imported: filter native log noise (unless verbose), quiet MLflow."""
+    if "--verbose" in (sys.argv[1:] if argv is None else argv):
+        os.environ[console.VERBOSE_ENV] = "1"
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its logger on import
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", module="keras")
+    console.quiet()
+    global _CRASH_LOG
+    _CRASH_LOG = os.fdopen(os.dup(console.real_stderr_fd()), "w")
+
+
+_CRASH_LOG = sys.stderr
+
+
+def main(stage: str) -> None:
+    """The whole of a stage script: a quiet console, then ``--params``, ``--verbose`` and ``run``'s path
+    flags, then ``nerf_pipeline.stages.<stage>.run``."""
+    quiet_console()
+    stage_module = importlib.import_module(f"nerf_pipeline.stages.{stage}")
     run_stage(stage_module, parse_paths(stage_module))

@@ -27,16 +27,20 @@ class Progress:
             self._bar = tqdm(total=self.total, desc=self.description, unit=self.unit, leave=False)
         return self
 
-    def __call__(self, done: int, total: int | None = None) -> None:
+    def __call__(self, done: int, total: int | None = None, **postfix) -> None:
+        """``done`` of ``total`` so far; ``postfix`` (e.g. ``loss=0.01``) is shown beside the count."""
         if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=False)
             self._bar.update(done - self._bar.n)
             return
         fraction, now = done / self.total, time.perf_counter()
         if (fraction >= self._next_report or done == self.total) and now - self._last >= MIN_REPORT_S:
             self._last, elapsed = now, now - self._start
             left = elapsed * (1.0 - fraction) / fraction if fraction > 0 else 0.0
-            log.info("%s: %d/%d %s (%.0f%%, %.0f s, about %.0f s left)", self.description, done, self.total,
-                     self.unit, 100 * fraction, elapsed, left)
+            extra = "".join(f", {k} {_short(v)}" for k, v in postfix.items())
+            log.info("%s: %d/%d %s (%.0f%%, %.0f s, about %.0f s left%s)", self.description, done, self.total,
+                     self.unit, 100 * fraction, elapsed, left, extra)
             while self._next_report <= fraction:
                 self._next_report += 0.1
 
@@ -44,3 +48,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
         return False
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,18 +1,25 @@
-"""MLflow: one pipeline run is one MLflow run.
+"""MLflow: one pipeline run is one MLflow run, and every experiment gets its own.
 
-``train`` starts the run and records its id in a small JSON out; ``evaluate`` and ``render``
-reopen it to add their metrics and artifacts, so ``mlflow ui`` shows each pipeline run
-(and each ``dvc exp run`` experiment) as one row.
+``train`` starts the run (named after the DVC experiment, or ``<branch>@<commit>`` for a plain
+``dvc repro``; tagged with the git commit and a fingerprint of the params the run uses) and records
+its id in a small JSON out; ``evaluate`` and ``render`` log into the same run when their params are
+those it was started with. When only evaluation or rendering params changed (``dvc exp run -S
+render.width=400``), train does not rerun, and they log into a run of their own for those params,
+tagged ``model.run`` with the run whose model they reuse (created by the first of them, found again
+by its tags by the next), so no experiment overwrites another's artifacts.
 
-The store is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db`` with
-artifacts in ``<repo>/mlruns``. ``<repo>`` is ``DVC_ROOT``, which DVC sets to the
-project's own root even for ``dvc exp run --temp`` / ``--queue`` runs that execute in a
-temporary copy, so that all of them land in the one store.
+Metric names carry a section (``train/loss``, ``val/psnr``, ``eval/ssim``, ``time/epoch_s``), which
+the MLflow UI groups. The store is ``MLFLOW_TRACKING_URI`` when set, else
+``sqlite:///<repo>/mlflow.db`` with artifacts in ``<repo>/mlruns``. ``<repo>`` is ``DVC_ROOT``,
+which DVC sets to the project's own root even for ``dvc exp run --temp`` / ``--queue`` runs that
+execute in a temporary copy, so that all of them land in the one store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -35,16 +42,50 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
-def _git_commit() -> str | None:
-    rev = os.environ.get("DVC_EXP_BASELINE_REV")
-    if rev:
-        return rev
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=project_root())
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=project_root())
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def _git_commit() -> str | None:
+    return os.environ.get("DVC_EXP_BASELINE_REV") or _git("rev-parse", "HEAD")
+
+
+def run_name() -> str:
+    """The DVC experiment's name, or ``<branch>@<short commit>`` for a plain ``dvc repro``."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        return experiment
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD") or "workspace"
+    commit = _git("rev-parse", "--short", "HEAD")
+    return f"{branch}@{commit}" if commit else branch
+
+
+def params_fingerprint(cfg: Config) -> str:
+    """A short hash of the params this run uses: equal for the stages of one pipeline run."""
+    return hashlib.sha256(json.dumps(cfg.used_params(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tags(cfg: Config) -> dict:
+    tags = {"preset": cfg.preset, "data.source": cfg.data.source, "params.fingerprint": params_fingerprint(cfg)}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    commit = _git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    return tags
+
+
+def _log_params(mlflow, cfg: Config) -> None:
+    mlflow.log_params({key: "null" if value is None else value for key, value in cfg.used_params().items()})
+
+
+def _system_metrics() -> bool:
+    """MLflow samples CPU and memory use while a run is open when psutil is there."""
+    return importlib.util.find_spec("psutil") is not None
 
 
 def connect(cfg: Config):
@@ -87,22 +128,23 @@ def start_run(cfg: Config, resumes: str | None = None, resumed_epoch: int = 0):
     """
     import mlflow
 
-    experiment_name = os.environ.get("DVC_EXP_NAME")
-    tags = {"preset": cfg.preset, "data.source": cfg.data.source}
-    if experiment_name:
-        tags["dvc.experiment"] = experiment_name
-    commit = _git_commit()
-    if commit:
-        tags["git.commit"] = commit
+    tags = _tags(cfg)
     if resumes:
         tags.update({"resumes_run": resumes, "resumed_from_epoch": str(resumed_epoch)})
         _end_if_running(mlflow, resumes, "KILLED")
-    run = mlflow.start_run(run_name=experiment_name or None, tags=tags)
-    try:
-        mlflow.log_params({key: "null" if value is None else value for key, value in cfg.used_params().items()})
+    run = mlflow.start_run(run_name=run_name(), tags=tags, log_system_metrics=_system_metrics())
+    with _ending(mlflow):
+        _log_params(mlflow, cfg)
         log.info("MLflow run %s (%s) in %s%s", run.info.run_id, run.info.run_name, tracking_uri(),
                  f", resuming run {resumes} after epoch {resumed_epoch}" if resumes else "")
         yield run
+
+
+@contextlib.contextmanager
+def _ending(mlflow):
+    """End the active run as KILLED on Ctrl-C or SIGTERM, FAILED on an error, FINISHED otherwise."""
+    try:
+        yield
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
@@ -127,32 +169,92 @@ def write_run_file(path, run) -> None:
                              "experiment_id": run.info.experiment_id})
 
 
-@contextlib.contextmanager
-def reopen_run(cfg: Config, run_file):
-    """Reopen the run that ``train`` recorded in ``run_file``; yields the ``mlflow`` module."""
+def _dvc_md5(path) -> str | None:
+    """The md5 that DVC recorded for the out at ``path`` (relative to the project) in ``dvc.lock``, if any."""
+    import yaml
+
     try:
-        run_id = json.loads(Path(run_file).read_text())["run_id"]
+        lock = yaml.safe_load((project_root() / "dvc.lock").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    wanted = Path(path).as_posix().rstrip("/")
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == wanted:
+                return out.get("md5")
+    return None
+
+
+def log_dataset(mlflow, rays_folder) -> None:
+    """Record the rays folder as the run's training input: its path as the source, and as the digest the md5
+    DVC recorded for it (or, outside DVC, a hash of its cameras)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = _dvc_md5(rays_folder)
+    if digest is None:
+        hasher = hashlib.md5()
+        for path in sorted(Path(rays_folder).glob("*/cameras.npz")):
+            hasher.update(path.read_bytes())
+        digest = hasher.hexdigest()
+    source = resolve_dataset_source(str(Path(rays_folder).resolve()))
+    mlflow.log_input(MetaDataset(source=source, name=Path(rays_folder).name, digest=digest), context="training")
+
+
+def read_run_file(run_file) -> str:
+    try:
+        return json.loads(Path(run_file).read_text())["run_id"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{run_file}: not an MLflow run file written by the train stage ({e}).") from None
+
+
+@contextlib.contextmanager
+def pipeline_run(cfg: Config, run_file):
+    """The run that ``evaluate`` and ``render`` log into; yields the ``mlflow`` module with it active.
+
+    Train's run (``run_file``) when it was started with the params this stage runs with; else the
+    run of these params that reuses train's model, found by its tags or created (named like any run,
+    tagged ``model.run``, with these params logged).
+    """
+    trained = read_run_file(run_file)
     mlflow = connect(cfg)
+    client = mlflow.MlflowClient()
     try:
-        mlflow.get_run(run_id)
+        parent = client.get_run(trained)
     except Exception:
-        raise UserError(f"{run_file}: MLflow run {run_id} is not in the store {tracking_uri()}; "
+        raise UserError(f"{run_file}: MLflow run {trained} is not in the store {tracking_uri()}; "
                         "was the store moved or MLFLOW_TRACKING_URI changed? Run 'dvc repro -f train' "
                         "to start a new run.") from None
-    with mlflow.start_run(run_id=run_id):
+    fingerprint = params_fingerprint(cfg)
+    if parent.data.tags.get("params.fingerprint") == fingerprint:
+        with mlflow.start_run(run_id=trained, log_system_metrics=_system_metrics()):
+            yield mlflow
+        return
+    found = client.search_runs([parent.info.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                               filter_string=f"tags.`model.run` = '{trained}' and "
+                                             f"tags.`params.fingerprint` = '{fingerprint}'")
+    if found:
+        with mlflow.start_run(run_id=found[0].info.run_id, log_system_metrics=_system_metrics()):
+            yield mlflow
+        return
+    run = mlflow.start_run(run_name=run_name(), tags={**_tags(cfg), "model.run": trained},
+                           log_system_metrics=_system_metrics())
+    with _ending(mlflow):
+        _log_params(mlflow, cfg)
+        mlflow.set_tag("mlflow.note.content", f"Reuses the model trained in run {trained} ({parent.info.run_name}); "
+                                              "only evaluation or rendering params differ.")
+        log.info("MLflow run %s (%s): these params reuse the model of run %s", run.info.run_id, run.info.run_name,
+                 trained)
         yield mlflow
 
 
 class _NoTracking:
     """Stands in for the ``mlflow`` module on a process that must not log (a non-chief worker)."""
 
-    def log_metrics(self, *args, **kwargs) -> None:
+    def _nothing(self, *args, **kwargs) -> None:
         pass
 
-    def log_artifact(self, *args, **kwargs) -> None:
-        pass
+    log_metrics = log_artifact = log_image = log_input = _nothing
 
 
 NO_TRACKING = _NoTracking()

@@ -1,13 +1,14 @@
 """Stage ``evaluate``: render the views of the evaluation split with deterministic samples and score them.
 
-Reads ``in_model`` (the trained model), ``in_rays`` (its ``test`` part when ``evaluate.split`` is
-``test`` and the scene has one, as the published NeRF-synthetic figures use; else ``val``) and
-``in_run_file`` (the MLflow run). ``evaluate.max_views`` keeps that many views, evenly spread.
-Views are rendered one at a time. Writes:
+Reads ``in_model`` (the train stage's model folder: the model and its MLflow run) and ``in_rays``
+(its ``test`` part when ``evaluate.split`` is ``test`` and the scene has one, as the published
+NeRF-synthetic figures use; else ``val``). ``evaluate.max_views`` keeps that many views, evenly
+spread. Views are rendered one at a time. Writes:
 
-* ``out_metrics``: ``eval.json`` — ``psnr`` and ``ssim`` (means over the views, ``tf.image``),
-  ``psnr_min``, ``depth_mae`` (mean absolute depth error over pixels whose ground truth hits a
-  surface, when the scene has depth), ``split``, ``num_views``, ``width``, ``height``, ``render_s``;
+* ``out_metrics``: ``eval.json`` (DVC metrics: quality and how it was measured, no timings) —
+  ``psnr`` and ``ssim`` (means over the views, ``tf.image``), ``depth_mae`` (mean absolute depth
+  error over pixels whose ground truth hits a surface, when the scene has depth), ``split``,
+  ``num_views``, ``width``, ``height`` (the worst view's PSNR goes to MLflow, ``eval/psnr_min``);
 * ``out_per_view``: CSV, one row per view (``view_id, psnr, ssim[, depth_mae]``);
 * ``out_grid``: PNG, one row per shown view: ground truth | prediction | depth (inferno).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ import tensorflow as tf
 
 from nerf_pipeline import media
 from nerf_pipeline.config import Config
-from nerf_pipeline.model.nerf import load_model
+from nerf_pipeline.model.nerf import RUN_FILE, load_model
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, tracking
 from nerf_pipeline.runtime.progress import Progress
@@ -55,13 +57,13 @@ def evaluation_part(cfg: Config, in_rays) -> ray_files.RayPart:
     return ray_files.load(in_rays, cfg.evaluate.split)
 
 
-def run(cfg: Config, *, in_model, in_rays, in_run_file, out_metrics, out_per_view, out_grid) -> dict:
+def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) -> dict:
     part = evaluation_part(cfg, in_rays)
     views = evenly_spread(part.num_views, cfg.evaluate.max_views)
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
     rows, shown, render_s = [], [], 0.0
-    with tracking.reopen_run(cfg, in_run_file) as mlflow:
+    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as mlflow:
         with Progress(len(views), f"evaluating {part.part} views", "views") as progress:
             for done, view in enumerate(views, 1):
                 start = time.perf_counter()
@@ -77,9 +79,8 @@ def run(cfg: Config, *, in_model, in_rays, in_run_file, out_metrics, out_per_vie
                     shown.append((target, out))
                 progress(done)
         table = pd.DataFrame(rows)
-        metrics = {"psnr": float(table["psnr"].mean()), "ssim": float(table["ssim"].mean()),
-                   "psnr_min": float(table["psnr"].min()), "split": part.part, "num_views": len(rows),
-                   "width": part.width, "height": part.height, "render_s": round(render_s, 3)}
+        metrics = {"psnr": float(table["psnr"].mean()), "ssim": float(table["ssim"].mean()), "split": part.part,
+                   "num_views": len(rows), "width": part.width, "height": part.height}
         if "depth_mae" in table:
             metrics["depth_mae"] = float(table["depth_mae"].mean())
         depth = np.stack([out["depth"] for _, out in shown])
@@ -89,7 +90,8 @@ def run(cfg: Config, *, in_model, in_rays, in_run_file, out_metrics, out_per_vie
         media.write_png(out_grid, np.concatenate(grid, axis=0))
         atomic.write_text(out_per_view, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
         atomic.write_json(out_metrics, metrics)
-        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        mlflow.log_metrics({**{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)},
+                            "eval/psnr_min": float(table["psnr"].min()), "time/eval_render_s": render_s})
         mlflow.log_artifact(str(out_grid), artifact_path="eval")
     log.info("%s PSNR %.2f dB, SSIM %.4f over %d views of %dx%d (rendered in %.1f s)", part.part, metrics["psnr"],
              metrics["ssim"], metrics["num_views"], part.width, part.height, render_s)

@@ -1,8 +1,7 @@
 """Stage ``render``: a video of the trained model along a camera path, its depth video, and a GIF of training.
 
-Reads ``in_model`` (the trained model), ``in_rays`` (the train and val cameras: their poses, image
-size and intrinsics), ``in_progress`` (the training-progress frames) and ``in_run_file`` (the
-MLflow run). Writes:
+Reads ``in_model`` (the train stage's model folder: the model, its progress frames and its MLflow
+run) and ``in_rays`` (the train and val cameras: their poses, image size and intrinsics). Writes:
 
 * ``out_video``: mp4 (H.264), ``render.num_frames`` frames at ``render.width`` x ``render.height``
   (null: the training views' size; the lens is the first val camera's, scaled), along
@@ -12,18 +11,25 @@ MLflow run). Writes:
   as LLFF renders forward-facing captures; the log says which and why;
 * ``out_depth_video``: the same path's depth, inferno, near bright;
 * ``out_gif``: one frame per epoch, the first val view as it looked after that epoch.
+
+As the pipeline's last stage, it ends with a summary on the console: what was made and where,
+the evaluation's figures (read from ``metrics/eval.json`` when it is there: for the console only,
+so not a dependency), and what to open and commit next.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from nerf_pipeline import camera, media
 from nerf_pipeline.config import Config, RenderConfig
-from nerf_pipeline.model.nerf import load_model
+from nerf_pipeline.model.nerf import PROGRESS_FILE, RUN_FILE, load_model
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import tracking
 from nerf_pipeline.runtime.progress import Progress
@@ -78,9 +84,9 @@ def output_size(render: RenderConfig, height: int, width: int) -> tuple[int, int
     return render.height, max(1, round(render.height * width / height))
 
 
-def run(cfg: Config, *, in_model, in_rays, in_progress, in_run_file, out_video, out_depth_video, out_gif) -> dict:
+def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) -> dict:
     val, train = ray_files.load(in_rays, "val"), ray_files.load(in_rays, "train")
-    progress_frames = read_npz(in_progress, required=("frames",))["frames"]
+    progress_frames = read_npz(Path(in_model) / PROGRESS_FILE, required=("frames",))["frames"]
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.active.jit_compile)
     r = cfg.render
@@ -93,7 +99,7 @@ def run(cfg: Config, *, in_model, in_rays, in_progress, in_run_file, out_video, 
     rgb = np.zeros((len(poses), height, width, 3), np.uint8)
     depth, acc = np.zeros((len(poses), height, width), np.float16), np.zeros((len(poses), height, width), np.uint8)
     log.info("rendering %d frames of %dx%d along %s", len(poses), width, height, why)
-    with tracking.reopen_run(cfg, in_run_file) as mlflow:
+    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as mlflow:
         start = time.perf_counter()
         with Progress(len(poses), "rendering frames", "frames") as progress:
             for i, pose in enumerate(poses):
@@ -108,9 +114,26 @@ def run(cfg: Config, *, in_model, in_rays, in_progress, in_run_file, out_video, 
                                           for d, a in zip(depth, acc)), r.fps)
         media.write_gif(out_gif, np.asarray(progress_frames), r.gif_frame_ms)
         metrics = {"render_s": render_s, "render_fps": len(poses) / render_s}
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({"time/render_s": render_s, "time/render_fps": metrics["render_fps"]})
         for path in (out_video, out_depth_video, out_gif):
             mlflow.log_artifact(str(path), artifact_path="render")
+        run_name = mlflow.active_run().info.run_name
     log.info("rendered %d frames of %dx%d in %.1f s (%.1f frames/s)", len(poses), width, height, render_s,
              metrics["render_fps"])
+    print(summary(out_video, in_model, run_name), file=sys.stderr)
     return metrics
+
+
+def summary(out_video, in_model, run_name: str, eval_file=Path("metrics/eval.json"), grid=Path("eval/grid.png")) -> str:
+    """What the pipeline made, how good it is, and what to do next (a few lines for the console)."""
+    lines = [f"Done. Video: {out_video}   model: {in_model}" + (f"   views vs prediction: {grid}" if grid.exists() else "")]
+    try:
+        e = json.loads(eval_file.read_text())
+        lines.append(f"Quality on {e['num_views']} {e['split']} views of {e['width']}x{e['height']}: PSNR {e['psnr']:.2f} dB, "
+                     f"SSIM {e['ssim']:.3f}")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    lines.append(f"Compare runs: mlflow ui --backend-store-uri {tracking.tracking_uri()}  (this run: {run_name}); "
+                 "dvc exp show --only-changed")
+    lines.append("Keep this result: git add dvc.lock params.yaml metrics && git commit  (dvc push to share the data)")
+    return "\n".join(lines)

@@ -2,39 +2,43 @@
 
 Reads ``in_rays`` (its ``train`` and ``val`` parts, see ``scenes/ray_files.py``). Writes:
 
-* ``out_model``: the trained Keras model (``.keras``: config, weights, optimizer state);
-* ``out_metrics``: ``train.json`` — final loss/PSNR (train and val), steps, wall time;
-* ``out_history``: per-epoch CSV (``epoch, loss, psnr, val_loss, val_psnr, epoch_s``) for ``dvc plots``;
-* ``out_progress``: ``progress.npz`` with ``frames [E, H, W, 3]`` uint8, the first val view rendered
-  after each epoch (the render stage turns it into a GIF);
-* ``out_run_file``: the MLflow run id (``runtime/tracking.py``), which evaluate and render reopen;
+* ``out_model``: a folder, written whole or not at all: ``model.keras`` (the trained Keras model),
+  ``progress.npz`` (``frames [E, H, W, 3]`` uint8, the first validated view after each epoch; the
+  render stage makes a GIF of it) and ``run.json`` (the MLflow run, which evaluate and render log into);
+* ``out_metrics``: ``train.json`` — final train and val loss/PSNR, epochs, steps and timings;
+* ``out_history``: per-epoch CSV (``epoch, step, loss, psnr, val_loss, val_psnr, epoch_s``);
+* ``out_steps``: CSV of the loss and PSNR every ``mlflow.log_every_steps`` steps (``dvc plots``);
 * ``out_checkpoint``: the per-epoch checkpoint (``training/checkpoint.py``) that an interrupted run
   resumes from.
 
 Batches stream from the rays folder (``training/datasets.py``); validation renders
 ``validation.max_views`` val views, evenly spread, whole, one view per batch, with deterministic
 samples, so ``val_psnr`` is their mean per-view PSNR. The scene's space is contracted when
-``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded.
+``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded. MLflow gets the params the
+run uses, the curves, a progress image per epoch, the rays as the run's dataset and the model as a
+Logged Model (``runtime/logged_model.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from nerf_pipeline.config import Config
-from nerf_pipeline.model.nerf import build_nerf, compile_for_training
+from nerf_pipeline.model.nerf import MODEL_FILE, PROGRESS_FILE, RUN_FILE, build_nerf, compile_for_training
 from nerf_pipeline.model.renderer import ChunkedRenderer
-from nerf_pipeline.runtime import atomic, interrupts, tracking
+from nerf_pipeline.runtime import atomic, interrupts, logged_model, tracking
+from nerf_pipeline.runtime.fit_progress import FitProgress
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.training import checkpoint, datasets, distribute
-from nerf_pipeline.training.callbacks import EpochRecorder, StopOnNonFiniteLoss, StopWhenInterrupted, history_csv
+from nerf_pipeline.training.callbacks import (HISTORY_COLUMNS, STEP_COLUMNS, StopOnNonFiniteLoss, StopWhenInterrupted,
+                                              TrainingRecord, table_csv)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,7 @@ def contracted(cfg: Config, unbounded: bool) -> bool:
     return cfg.scene.contraction == "on" or (cfg.scene.contraction == "auto" and bool(unbounded))
 
 
-def run(cfg: Config, *, in_rays, out_model, out_metrics, out_history, out_progress, out_run_file,
-        out_checkpoint) -> dict:
+def run(cfg: Config, *, in_rays, out_model, out_metrics, out_history, out_steps, out_checkpoint) -> dict:
     """Train; resume from ``out_checkpoint`` when it holds a checkpoint of these params and data.
 
     With ``distribute: multi_worker``, every worker calls this; the workers other than the chief
@@ -53,8 +56,11 @@ def run(cfg: Config, *, in_rays, out_model, out_metrics, out_history, out_progre
     (they read the chief's checkpoint to resume, so it must be on storage they all see).
     """
     strategy = distribute.make_strategy(cfg.distribute)  # before any other TensorFlow op
-    outs = dict(out_model=out_model, out_metrics=out_metrics, out_history=out_history, out_progress=out_progress,
-                out_run_file=out_run_file, out_checkpoint=out_checkpoint)
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        log.info("training on %s", ", ".join(gpu.name for gpu in gpus))
+    outs = dict(out_model=out_model, out_metrics=out_metrics, out_history=out_history, out_steps=out_steps,
+                out_checkpoint=out_checkpoint)
     if distribute.is_chief(strategy):
         return _train(cfg, strategy, in_rays, outs, read_checkpoint=out_checkpoint, track=True)
     with tempfile.TemporaryDirectory(prefix="nerf-worker-") as scratch:
@@ -70,7 +76,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
     total_steps = steps * cfg.epochs
     key = checkpoint.fingerprint(cfg, sorted(p for part in ("train", "val") for p in (Path(in_rays) / part).iterdir()))
     resumable = checkpoint.load(read_checkpoint, key)
-    meta, frames = resumable if resumable else ({"epoch": 0, "history": []}, [])
+    meta, frames = resumable if resumable else ({"epoch": 0, "history": [], "steps": []}, [])
     jit_compile = preset.jit_compile and distribute.can_jit_compile(strategy)
     if preset.jit_compile and not jit_compile:
         log.warning("XLA is off: the train step is not compiled when it spans several replicas")
@@ -93,42 +99,54 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
         if initial_epoch:
             checkpoint.restore(read_checkpoint, model, meta)
             log.info("resuming from the checkpoint of epoch %d (MLflow run %s)", initial_epoch, meta.get("run_id"))
-            for row in meta["history"]:  # so this run's curves are whole
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            for row in meta.get("steps", []):  # so this run's curves are whole
+                mlflow.log_metrics({"train/loss": row["loss"], "train/psnr": row["psnr"]}, step=row["step"])
+            for row in meta["history"]:
+                mlflow.log_metrics({"val/loss": row["val_loss"], "val/psnr": row["val_psnr"],
+                                    "time/epoch_s": row["epoch_s"]}, step=row["step"])
+        elif track:
+            tracking.log_dataset(mlflow, in_rays)
         renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, jit_compile)
-        recorder = EpochRecorder(mlflow, renderer, val.view_rays(int(validated[0])),
-                                 outs["out_checkpoint"], {"fingerprint": key, "run_id": run.info.run_id},
-                                 meta["history"], frames)
+        recorder = TrainingRecord(mlflow, renderer, val.view_rays(int(validated[0])), outs["out_checkpoint"],
+                                  {"fingerprint": key, "run_id": run.info.run_id},
+                                  {"history": meta["history"], "steps": meta.get("steps", []), "frames": list(frames)},
+                                  steps, cfg.mlflow.log_every_steps)
         log.info("training preset '%s' in a %s space: %d epochs of %d steps, batches of %d %s on %d replica(s); "
                  "validating on %d of %d val views", cfg.preset, "contracted" if is_contracted else "box", cfg.epochs,
                  steps, preset.batch.size, preset.batch.mode, strategy.num_replicas_in_sync, len(validated),
                  val.num_views)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
         batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps)
-        callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder, StopWhenInterrupted()]
+        callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder,
+                     FitProgress(cfg.epochs, steps), StopWhenInterrupted()]
         start = time.perf_counter()
         with interrupts.held():
             model.fit(batches, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                       validation_data=datasets.val_dataset(val, validated), callbacks=callbacks, shuffle=False,
-                      verbose=1 if sys.stdout.isatty() else 2)
+                      verbose=0)
         train_s = time.perf_counter() - start
 
         last = recorder.history[-1]
         trained_steps = (cfg.epochs - initial_epoch) * steps
-        metrics = {"epochs": cfg.epochs, "steps": total_steps, "resumed_from_epoch": initial_epoch,
-                   "replicas": strategy.num_replicas_in_sync, "train_s": round(train_s, 2),
-                   "steps_per_s": round(trained_steps / train_s, 3) if trained_steps else None,
-                   "loss": last["loss"], "psnr": last["psnr"], "val_loss": last["val_loss"],
-                   "val_psnr": last["val_psnr"]}
-        with atomic.atomic_path(outs["out_model"], suffix=".keras") as tmp:
-            model.save(tmp)
+        metrics = {"train": {"loss": last["loss"], "psnr": last["psnr"]},
+                   "val": {"loss": last["val_loss"], "psnr": last["val_psnr"], "views": len(validated)},
+                   "epochs": cfg.epochs, "steps": total_steps, "resumed_from_epoch": initial_epoch,
+                   "replicas": strategy.num_replicas_in_sync,
+                   "time": {"train_s": round(train_s, 2),
+                            "steps_per_s": round(trained_steps / train_s, 3) if trained_steps else None}}
+        with atomic.atomic_dir(outs["out_model"]) as folder:
+            model.save(folder / MODEL_FILE)
+            np.savez(folder / PROGRESS_FILE, frames=np.stack(recorder.frames),
+                     epochs=np.arange(1, cfg.epochs + 1, dtype=np.int32))
+            if track:
+                tracking.write_run_file(folder / RUN_FILE, run)
         atomic.write_json(outs["out_metrics"], metrics)
-        atomic.write_text(outs["out_history"], history_csv(recorder.history))
-        atomic.save_npz(outs["out_progress"], frames=np.stack(recorder.frames),
-                        epochs=np.arange(1, cfg.epochs + 1, dtype=np.int32))
-        mlflow.log_metrics({"train_s": train_s})
-        mlflow.log_artifact(str(outs["out_model"]), artifact_path="model")
+        atomic.write_text(outs["out_history"], table_csv(recorder.history, HISTORY_COLUMNS))
+        atomic.write_text(outs["out_steps"], table_csv(recorder.steps, STEP_COLUMNS))
+        mlflow.log_metrics({"time/train_s": train_s, "time/steps_per_s": metrics["time"]["steps_per_s"] or 0.0})
         if track:
-            tracking.write_run_file(outs["out_run_file"], run)
-    log.info("trained in %.1f s: val PSNR %.2f dB", train_s, metrics["val_psnr"])
+            logged = logged_model.log(mlflow, Path(outs["out_model"]) / MODEL_FILE)
+            log.info("logged the model to MLflow: %s", logged.model_uri)
+    log.info("trained in %.1f s: val PSNR %.2f dB on %d views; the model is in %s", train_s, last["val_psnr"],
+             len(validated), outs["out_model"])
     return metrics

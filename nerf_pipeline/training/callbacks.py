@@ -14,42 +14,66 @@ from nerf_pipeline.runtime import interrupts
 from nerf_pipeline.runtime.errors import UserError
 from nerf_pipeline.training import checkpoint
 
-HISTORY_COLUMNS = ("epoch", "loss", "psnr", "val_loss", "val_psnr", "epoch_s")
+HISTORY_COLUMNS = ("epoch", "step", "loss", "psnr", "val_loss", "val_psnr", "epoch_s")
+STEP_COLUMNS = ("step", "loss", "psnr")
 
 
-def history_csv(rows: list[dict]) -> str:
-    """The per-epoch history as CSV, one row per epoch, columns ``HISTORY_COLUMNS``."""
-    table = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-    return table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+def table_csv(rows: list[dict], columns) -> str:
+    """Rows as CSV with the given columns (for ``dvc plots``)."""
+    return pd.DataFrame(rows, columns=list(columns)).to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
-class EpochRecorder(keras.callbacks.Callback):
-    """Per epoch: time, history row, MLflow metrics (step = epoch number), a progress frame, a checkpoint.
+class TrainingRecord(keras.callbacks.Callback):
+    """What training leaves behind, as it goes.
 
-    ``history`` and ``frames`` start with those of the checkpoint being resumed, if any; the
-    progress frame is ``renderer``'s view of the first val camera (``view_rays``: origins and
-    directions ``[H, W, 3]``).
+    * every ``log_every`` steps: the mean loss and PSNR of those steps (a row of ``steps``, and
+      MLflow's ``train/loss``, ``train/psnr`` at that step);
+    * every epoch: a row of ``history`` (``val/loss``, ``val/psnr``, ``time/epoch_s`` in MLflow), a
+      progress frame (``renderer``'s view of the first validated camera, ``view_rays``: origins and
+      directions ``[H, W, 3]``; MLflow's image slider ``progress``), and a checkpoint.
+
+    ``record`` holds what a resumed checkpoint had (``history``, ``steps`` rows, ``frames``); MLflow
+    steps are global training steps, so resumed curves continue where they stopped.
     """
 
-    def __init__(self, mlflow, renderer, view_rays, checkpoint_dir, meta: dict, history: list[dict],
-                 frames: list[np.ndarray]):
+    def __init__(self, mlflow, renderer, view_rays, checkpoint_dir, meta: dict, record: dict, steps_per_epoch: int,
+                 log_every: int):
         super().__init__()
         self.mlflow, self.renderer, self.view_rays = mlflow, renderer, view_rays
         self.checkpoint_dir, self.meta = checkpoint_dir, meta
-        self.history, self.frames = list(history), list(frames)
-        self._start = 0.0
+        self.history, self.steps = list(record.get("history", [])), list(record.get("steps", []))
+        self.frames = list(record.get("frames", []))
+        self.steps_per_epoch, self.log_every = steps_per_epoch, log_every
+        self._start, self._epoch, self._window, self._previous = 0.0, 0, [], (0.0, 0.0)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start, self._epoch, self._window, self._previous = time.perf_counter(), epoch, [], (0.0, 0.0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras reports running means over the epoch: this step's own values are their increments.
+        count = batch + 1
+        mean_loss, mean_psnr = float(logs["loss"]), float(logs["psnr"])
+        self._window.append((count * mean_loss - batch * self._previous[0], count * mean_psnr - batch * self._previous[1]))
+        self._previous = (mean_loss, mean_psnr)
+        step = self._epoch * self.steps_per_epoch + count
+        if step % self.log_every == 0 or count == self.steps_per_epoch:
+            loss, psnr = (float(np.mean(values)) for values in zip(*self._window))
+            self._window = []
+            self.steps.append({"step": step, "loss": loss, "psnr": psnr})
+            self.mlflow.log_metrics({"train/loss": loss, "train/psnr": psnr}, step=step)
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items() if k in HISTORY_COLUMNS}}
+        logs, step = logs or {}, (epoch + 1) * self.steps_per_epoch
+        row = {"epoch": epoch + 1, "step": step, **{k: float(v) for k, v in logs.items() if k in HISTORY_COLUMNS}}
         row["epoch_s"] = time.perf_counter() - self._start
         self.history.append(row)
-        self.mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        self.frames.append(to_uint8(self.renderer(*self.view_rays)["rgb"]))
-        checkpoint.save(self.checkpoint_dir, self.model, {**self.meta, "epoch": epoch + 1, "history": self.history},
-                        np.stack(self.frames))
+        self.mlflow.log_metrics({"val/loss": row["val_loss"], "val/psnr": row["val_psnr"],
+                                 "time/epoch_s": row["epoch_s"]}, step=step)
+        frame = to_uint8(self.renderer(*self.view_rays)["rgb"])
+        self.frames.append(frame)
+        self.mlflow.log_image(frame, key="progress", step=epoch + 1)
+        checkpoint.save(self.checkpoint_dir, self.model, {**self.meta, "epoch": epoch + 1, "history": self.history,
+                                                          "steps": self.steps}, np.stack(self.frames))
 
 
 class TrainingDiverged(UserError):

@@ -6,8 +6,8 @@ the last complete epoch E:
 * ``state-E.keras``: the model with its optimizer state (weights, Adam moments, step count,
   occupancy grid);
 * ``progress-E.npz``: ``frames [E, H, W, 3]`` uint8, the progress frames of epochs 1..E;
-* ``meta.json``: ``{"fingerprint", "epoch", "history", "run_id", "seed_state", "state",
-  "progress"}``: ``seed_state`` is the sampler's random-generator state (Keras does not save
+* ``meta.json``: ``{"fingerprint", "epoch", "history", "steps", "run_id", "seed_state", "state",
+  "progress"}``: ``history`` and ``steps`` are the rows recorded so far; ``seed_state`` is the sampler's random-generator state (Keras does not save
   it with the weights); ``state`` and ``progress`` name the two files above.
 
 Each file is written atomically and ``meta.json`` last, so whenever the process dies,
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.runtime import atomic
 from nerf_pipeline.config import Config
+from nerf_pipeline.runtime import atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def fingerprint(cfg: Config, data_files) -> str:
     digest = hashlib.sha256()
     params = {"epochs": cfg.epochs, "seed": cfg.seed, "preset": cfg.preset, "model": cfg.active.model_dump(),
               "scene": cfg.scene.model_dump(), "validation": cfg.validation.model_dump(),
-              "background": cfg.data.background,
-              "chunk_rays": cfg.evaluate.chunk_rays}
+              "background": cfg.data.background, "chunk_rays": cfg.evaluate.chunk_rays,
+              "log_every_steps": cfg.mlflow.log_every_steps}
     digest.update(json.dumps(params, sort_keys=True).encode())
     for path in data_files:
         with open(path, "rb") as f:
