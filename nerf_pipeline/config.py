@@ -27,6 +27,7 @@ from nerf_pipeline.runtime.errors import ConfigError
 DEFAULT_PARAMS = "params.yaml"
 
 PositiveInt = Annotated[int, Field(ge=1)]
+CAMERA_PATHS = ("auto", "orbit", "spiral")
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
@@ -235,10 +236,19 @@ class EvaluateConfig(Section):
     grid_views: PositiveInt  # views shown in the PNG grid
 
 
+class ExportConfig(Section):
+    resolution: Annotated[int, Field(ge=16, le=512)]  # marching cubes: density sampled on resolution^3 points of the box
+    density_threshold: PositiveFloat  # the mesh is the surface where density (per unit length) crosses this
+    chunk_points: PositiveInt  # field queries per compiled call
+    num_points: PositiveInt  # point cloud: training rays rendered (one point each)
+    min_opacity: Annotated[float, Field(gt=0, le=1)]  # point cloud: rays less opaque than this are left out
+
+
 class RenderConfig(Section):
     # auto: a 360° orbit when the cameras go around the scene, else a spiral where they were
-    # (as LLFF renders forward-facing captures); orbit | spiral force one
-    camera_path: Literal["auto", "orbit", "spiral"]
+    # (as LLFF renders forward-facing captures); orbit | spiral force one; or the path of a
+    # nerfstudio camera_path.json (in camera_paths/, which the render stage depends on)
+    camera_path: Annotated[str, Field(min_length=1)]
     num_frames: PositiveInt
     # Output size; null: the training views' size (one given: the other follows their aspect ratio).
     width: Optional[Annotated[int, Field(ge=8, le=8192)]]
@@ -250,6 +260,13 @@ class RenderConfig(Section):
     fps: PositiveInt
     chunk_rays: PositiveInt
     gif_frame_ms: Annotated[int, Field(ge=10)]  # duration of each epoch's frame in the training-progress GIF
+
+    @model_validator(mode="after")
+    def _camera_path(self):
+        if self.camera_path not in CAMERA_PATHS and not self.camera_path.endswith(".json"):
+            raise Invalid("camera_path", f"must be one of {', '.join(CAMERA_PATHS)} or the path of a camera_path.json; "
+                                         f"got '{self.camera_path}'")
+        return self
 
 
 class MlflowConfig(Section):
@@ -272,6 +289,7 @@ class Config(Section):
     presets: Annotated[dict[str, PresetConfig], Field(min_length=1)]
     validation: ValidationConfig
     evaluate: EvaluateConfig
+    export: ExportConfig
     render: RenderConfig
     mlflow: MlflowConfig
 

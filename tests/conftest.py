@@ -22,14 +22,16 @@ import yaml
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "nerf_pipeline", ".dvcignore", ".gitignore", ".dvc/plots")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "nerf_pipeline", "camera_paths", ".dvcignore", ".gitignore",
+                 ".dvc/plots")
 DVC = [sys.executable, "-m", "dvc"]
 TRAIN_OUTS = {"out_model": "out/model", "out_metrics": "out/train.json", "out_history": "out/history.csv",
               "out_steps": "out/steps.csv", "out_checkpoint": "out/checkpoint"}
 
 
 def tiny_params(epochs: int = 2) -> dict:
-    """The repo's params.yaml shrunk to seconds: 8 views of 24 px, a small hash grid, 12 video frames."""
+    """The repo's params.yaml shrunk to seconds: 8 views of 24 px, a small hash grid, 12 video frames,
+    a coarse mesh."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["epochs"] = epochs
     params["synthetic"].update(num_views=8, image_size=24)
@@ -40,6 +42,7 @@ def tiny_params(epochs: int = 2) -> dict:
     # (4 levels of 2^12 were too few: on some seeds the colour network collapsed to black)
     preset["field"].update(num_levels=8, log2_table_size=14, max_resolution=64)
     params["render"]["num_frames"] = 12
+    params["export"].update(resolution=32, num_points=2000)
     return params
 
 

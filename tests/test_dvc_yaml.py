@@ -11,7 +11,7 @@ from conftest import REPO
 
 from nerf_pipeline.runtime import cli
 
-STAGES = ("download", "poses", "split", "rays", "train", "evaluate", "render")
+STAGES = ("download", "poses", "split", "rays", "train", "evaluate", "export", "render")
 
 # Modules that carry a stage but cannot change what it writes: argument parsing and error
 # reporting, the quiet console, signal handling, progress lines, atomic writes (the bytes are the
@@ -23,6 +23,8 @@ NON_OUTPUT_MODULES = {
     "nerf_pipeline/runtime/fit_progress.py",
     "nerf_pipeline/runtime/console.py",
     "nerf_pipeline/runtime/logged_model.py",
+    "nerf_pipeline/view.py",  # the browser viewer: reads the outs, writes camera paths (a dep of render)
+    "nerf_pipeline/commands.py",
     "nerf_pipeline/runtime/cli.py",
     "nerf_pipeline/runtime/errors.py",
     "nerf_pipeline/runtime/interrupts.py",
@@ -74,8 +76,10 @@ def test_every_module_is_a_dep_or_declared_not_to_change_outputs():
 
 def test_non_output_modules_are_plumbing_only():
     """The non-output modules must not reach the model or the data code (else they could change outputs).
-    The one exception: the Logged Model renders with the model when MLflow loads it, outside the pipeline."""
-    for module in NON_OUTPUT_MODULES - {"nerf_pipeline/runtime/logged_model.py"}:
+    The exceptions render with the model outside the pipeline: the Logged Model (when MLflow loads it) and the
+    viewer."""
+    for module in NON_OUTPUT_MODULES - {"nerf_pipeline/runtime/logged_model.py", "nerf_pipeline/view.py",
+                                        "nerf_pipeline/commands.py"}:
         reached = code_closure(module) - NON_OUTPUT_MODULES - {module}
         assert reached <= {"nerf_pipeline/config.py"}, (module, reached)
 
@@ -98,8 +102,8 @@ def test_cmd_passes_exactly_the_paths_run_takes(name):
     assert "cfg" in inspect.signature(module.run).parameters
 
 
-def test_train_evaluate_render_depend_on_the_active_preset_only():
-    for name in ("train", "evaluate", "render"):
+def test_train_evaluate_export_render_depend_on_the_active_preset_only():
+    for name in ("train", "evaluate", "export", "render"):
         params = stages()[name]["params"]
         assert "presets" not in params and not any(p.startswith("presets.keras") for p in params), name
         assert any(p.startswith("presets.${preset}") for p in params), name

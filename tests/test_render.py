@@ -39,3 +39,32 @@ def test_cameras_on_one_side_get_a_spiral_where_they_were():
                                                      (None, 15, (15, 20)), (64, 48, (48, 64))])
 def test_output_size_keeps_the_aspect_when_one_side_is_given(width, height, expected):
     assert output_size(render_config(width=width, height=height), 30, 40) == expected
+
+
+def test_a_camera_path_file_is_read_with_its_lenses(tmp_path):
+    from nerf_pipeline.scenes.camera_paths import read_camera_path, write_camera_path
+
+    poses = camera.orbit_poses(5, 30.0, 4.0)
+    write_camera_path(tmp_path / "p.json", poses, fov_deg=60.0, width=40, height=30, fps=12)
+    path = read_camera_path(tmp_path / "p.json")
+    np.testing.assert_allclose(path.poses, poses, atol=1e-6)
+    assert (path.width, path.height, path.fps) == (40, 30, 12.0)
+    np.testing.assert_allclose(path.intrinsics[0], [15 / np.tan(np.radians(30)), 15 / np.tan(np.radians(30)), 20, 15],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"render_width": 4, "render_height": 4}', "non-empty list 'camera_path'"),
+    ('{"render_width": 4, "render_height": 4, "camera_path": [{"fov": 50}]}', "needs 'camera_to_world'"),
+    ('{"render_width": 4, "render_height": 4, "camera_path": [{"camera_to_world": [2,0,0,0, 0,1,0,0, 0,0,1,0, '
+     '0,0,0,1], "fov": 50}]}', "is not a rigid transform"),
+])
+def test_a_bad_camera_path_is_refused_naming_the_file(tmp_path, content, message):
+    from nerf_pipeline.runtime.errors import DataError
+    from nerf_pipeline.scenes.camera_paths import read_camera_path
+
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(DataError, match=message) as error:
+        read_camera_path(tmp_path / "bad.json")
+    assert "bad.json" in str(error.value)

@@ -8,10 +8,10 @@ import yaml
 from conftest import REPO, assert_user_error, flags, stage, tiny_params
 
 from nerf_pipeline.runtime import cli
-from nerf_pipeline.stages import download, evaluate, poses, rays, render, split, train
+from nerf_pipeline.stages import download, evaluate, export, poses, rays, render, split, train
 
 STAGES = {"download": download, "poses": poses, "split": split, "rays": rays, "train": train, "evaluate": evaluate,
-          "render": render}
+          "export": export, "render": render}
 
 
 @pytest.mark.parametrize("name", STAGES)

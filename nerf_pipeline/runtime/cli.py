@@ -68,8 +68,9 @@ def run_stage(stage_module, args: argparse.Namespace) -> None:
     # Under DVC stdout is a pipe: flush each line so Keras' progress and our log stay in order.
     sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "tensorflow", "alembic", "mlflow", "urllib3"):
+    for noisy in ("absl", "tensorflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # its warnings advise MLflow model authors (quiet_console)
     # `kill` (SIGTERM) ends a stage as Ctrl-C does: its MLflow run is marked KILLED, no out is half-written.
     interrupts.install()
     # Should native code crash anyway, print where Python was, not only "Segmentation fault" (to the
@@ -102,7 +103,11 @@ def quiet_console(argv=None) -> None:
     """Before TensorFlow and MLflow are imported: filter native log noise (unless verbose), quiet MLflow."""
     if "--verbose" in (sys.argv[1:] if argv is None else argv):
         os.environ[console.VERBOSE_ENV] = "1"
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its logger on import
+    # MLflow configures its logger on import. Its warnings while logging the model are advice to
+    # authors of MLflow models (CloudPickle, input examples), and its artifact downloads draw a
+    # progress bar: neither is for the pipeline's user.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", module="keras")
     console.quiet()

@@ -14,27 +14,34 @@ through MLflow has the pipeline's pixels.
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow
 import numpy as np
 
 INPUT, OUTPUT = "rays", "rgb_depth_acc"
 
 
-class NeRFRenderer(mlflow.pyfunc.PythonModel):
-    """``predict(rays [N, 6] float32)`` → ``[N, 5]`` float32: rgb, depth, opacity of each ray."""
+# MLflow asks, with a UserWarning when the class is defined, for type hints on predict; its rays are
+# a tensor that the explicit signature below describes, which type hints cannot. (MLflow sets its own
+# warning filter around it, so the warning is recorded here and dropped rather than filtered.)
+with warnings.catch_warnings(record=True):
 
-    def load_context(self, context):
-        from nerf_pipeline.model.nerf import load_model
-        from nerf_pipeline.model.renderer import ChunkedRenderer
+    class NeRFRenderer(mlflow.pyfunc.PythonModel):
+        """``predict(rays [N, 6] float32)`` → ``[N, 5]`` float32: rgb, depth, opacity of each ray."""
 
-        self.renderer = ChunkedRenderer(load_model(context.artifacts["model"]), chunk_rays=16384)
+        def load_context(self, context):
+            from nerf_pipeline.model.nerf import load_model
+            from nerf_pipeline.model.renderer import ChunkedRenderer
 
-    def predict(self, context, model_input, params=None):
-        if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
-            model_input = model_input[INPUT]
-        rays = np.asarray(model_input, dtype=np.float32).reshape(-1, 6)
-        out = self.renderer(rays[:, :3], rays[:, 3:])
-        return np.concatenate([out["rgb"], out["depth"][:, None], out["acc"][:, None]], axis=-1)
+            self.renderer = ChunkedRenderer(load_model(context.artifacts["model"]), chunk_rays=16384)
+
+        def predict(self, context, model_input, params=None):
+            if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
+                model_input = model_input[INPUT]
+            rays = np.asarray(model_input, dtype=np.float32).reshape(-1, 6)
+            out = self.renderer(rays[:, :3], rays[:, 3:])
+            return np.concatenate([out["rgb"], out["depth"][:, None], out["acc"][:, None]], axis=-1)
 
 
 def signature():
@@ -50,5 +57,7 @@ def log(mlflow_module, model_path, name: str = "model"):
     from importlib.metadata import version
 
     requirements = [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy", "mlflow")]
-    return mlflow_module.pyfunc.log_model(name=name, python_model=NeRFRenderer(), artifacts={"model": str(model_path)},
-                                          signature=signature(), pip_requirements=requirements)
+    with warnings.catch_warnings(record=True):  # "no input example": the signature says what predict takes
+        return mlflow_module.pyfunc.log_model(name=name, python_model=NeRFRenderer(),
+                                              artifacts={"model": str(model_path)}, signature=signature(),
+                                              pip_requirements=requirements)

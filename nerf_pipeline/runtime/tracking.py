@@ -25,6 +25,7 @@ import logging
 import os
 import subprocess
 import types
+import warnings
 from pathlib import Path
 
 from nerf_pipeline.runtime import atomic
@@ -197,7 +198,8 @@ def log_dataset(mlflow, rays_folder) -> None:
         for path in sorted(Path(rays_folder).glob("*/cameras.npz")):
             hasher.update(path.read_bytes())
         digest = hasher.hexdigest()
-    source = resolve_dataset_source(str(Path(rays_folder).resolve()))
+    with warnings.catch_warnings(record=True):  # "can be interpreted in multiple ways": both are local files
+        source = resolve_dataset_source(str(Path(rays_folder).resolve()))
     mlflow.log_input(MetaDataset(source=source, name=Path(rays_folder).name, digest=digest), context="training")
 
 

@@ -8,13 +8,15 @@ run) and ``in_rays`` (the train and val cameras: their poses, image size and int
   ``render.camera_path``: a full turn about the scene's up axis at elevation ``render.elevation_deg``
   and distance ``render.radius`` (null: the cameras' median) when the cameras go around the scene
   (``auto``: they cover at least ``ORBIT_COVERAGE_DEG`` of azimuth), else a spiral where they were,
-  as LLFF renders forward-facing captures; the log says which and why;
+  as LLFF renders forward-facing captures; the log says which and why. ``render.camera_path`` may
+  also name a nerfstudio ``camera_path.json`` (``scenes/camera_paths.py``): its frames, field of view,
+  size (unless render.width/height are set) and fps;
 * ``out_depth_video``: the same path's depth, inferno, near bright;
 * ``out_gif``: one frame per epoch, the first val view as it looked after that epoch.
 
 As the pipeline's last stage, it ends with a summary on the console: what was made and where,
 the evaluation's figures (read from ``metrics/eval.json`` when it is there: for the console only,
-so not a dependency), and what to open and commit next.
+so not a dependency, as is the export stage's mesh), and what to open and commit next.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import tracking
 from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
+from nerf_pipeline.scenes.camera_paths import read_camera_path
 from nerf_pipeline.scenes.scene import read_npz
 
 log = logging.getLogger(__name__)
@@ -90,10 +93,18 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.active.jit_compile)
     r = cfg.render
-    poses, why = camera_path(r, np.concatenate([train.poses, val.poses]))
-    height, width = output_size(r, val.height, val.width)
-    # Every frame through the first val camera's lens, scaled to the output size.
-    intrinsics = val.intrinsics[0] * np.array([width / val.width, height / val.height] * 2, np.float32)
+    fps = r.fps
+    if r.camera_path.endswith(".json"):
+        path = read_camera_path(r.camera_path)
+        poses, fps, why = path.poses, path.fps, f"the camera path {r.camera_path}"
+        height, width = output_size(r, path.height, path.width)
+        lenses = path.intrinsics * np.array([width / path.width, height / path.height] * 2, np.float32)
+    else:
+        poses, why = camera_path(r, np.concatenate([train.poses, val.poses]))
+        height, width = output_size(r, val.height, val.width)
+        # Every frame through the first val camera's lens, scaled to the output size.
+        lenses = np.tile(val.intrinsics[0] * np.array([width / val.width, height / val.height] * 2, np.float32),
+                         (len(poses), 1))
     # Kept small (a 1080p video of 120 frames holds 1.5 GB this way): the depth video's colour range
     # needs every frame's depth before the first is coloured.
     rgb = np.zeros((len(poses), height, width, 3), np.uint8)
@@ -102,16 +113,16 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
     with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as mlflow:
         start = time.perf_counter()
         with Progress(len(poses), "rendering frames", "frames") as progress:
-            for i, pose in enumerate(poses):
-                out = renderer(*camera.generate_rays(pose, height, width, intrinsics))
+            for i, (pose, lens) in enumerate(zip(poses, lenses)):
+                out = renderer(*camera.generate_rays(pose, height, width, lens))
                 rgb[i], depth[i], acc[i] = media.to_uint8(out["rgb"]), out["depth"], media.to_uint8(out["acc"])
                 progress(i + 1)
         render_s = time.perf_counter() - start
         opaque = acc > 127
         lo, hi = media.depth_range(depth[opaque].astype(np.float32), np.ones(int(opaque.sum()), np.float32))
-        media.write_mp4(out_video, rgb, r.fps)
+        media.write_mp4(out_video, rgb, fps)
         media.write_mp4(out_depth_video, (media.colorize_depth(d.astype(np.float32), a.astype(np.float32) / 255.0, lo, hi)
-                                          for d, a in zip(depth, acc)), r.fps)
+                                          for d, a in zip(depth, acc)), fps)
         media.write_gif(out_gif, np.asarray(progress_frames), r.gif_frame_ms)
         metrics = {"render_s": render_s, "render_fps": len(poses) / render_s}
         mlflow.log_metrics({"time/render_s": render_s, "time/render_fps": metrics["render_fps"]})
@@ -124,9 +135,11 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
     return metrics
 
 
-def summary(out_video, in_model, run_name: str, eval_file=Path("metrics/eval.json"), grid=Path("eval/grid.png")) -> str:
+def summary(out_video, in_model, run_name: str, eval_file=Path("metrics/eval.json"), grid=Path("eval/grid.png"),
+            mesh=Path("export/mesh.glb")) -> str:
     """What the pipeline made, how good it is, and what to do next (a few lines for the console)."""
-    lines = [f"Done. Video: {out_video}   model: {in_model}" + (f"   views vs prediction: {grid}" if grid.exists() else "")]
+    lines = [f"Done. Video: {out_video}   model: {in_model}" + (f"   views vs prediction: {grid}" if grid.exists() else "")
+             + (f"   mesh: {mesh}" if mesh.exists() else "")]
     try:
         e = json.loads(eval_file.read_text())
         lines.append(f"Quality on {e['num_views']} {e['split']} views of {e['width']}x{e['height']}: PSNR {e['psnr']:.2f} dB, "

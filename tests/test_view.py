@@ -1,0 +1,117 @@
+"""The browser viewer in a real browser (headless Chromium): it renders the model from the browser's camera,
+changes when the camera moves, binds to loopback only, and saves camera paths the render stage reads."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import free_port, tiny_params, write_rays
+
+from nerf_pipeline import camera, config
+from nerf_pipeline.model.nerf import build_nerf, compile_for_training
+from nerf_pipeline.scenes import ray_files
+from nerf_pipeline.scenes.camera_paths import read_camera_path
+from nerf_pipeline.training import datasets
+
+pytestmark = pytest.mark.slow
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder with the pipeline's outs: rays of the built-in scene and a briefly trained model."""
+    path = tmp_path_factory.mktemp("viewed")
+    write_rays(path / "data" / "rays", num_views=9, image_size=32, num_val=2)
+    cfg = config.from_dict(tiny_params())
+    part = ray_files.load(path / "data" / "rays", "train")
+    model = build_nerf(cfg.active, near=part.near, far=part.far, contracted=False, bound=1.5, background=0.0, seed=0)
+    compile_for_training(model, cfg.active.optimizer, total_steps=60, jit_compile=True)
+    model.fit(datasets.train_dataset(part, cfg.active.batch, seed=0), steps_per_epoch=60, epochs=1, verbose=0,
+              callbacks=model.training_callbacks())
+    (path / "models" / "trained").mkdir(parents=True)
+    model.save(path / "models" / "trained" / "model.keras")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium chromium-driver): "
+                    "the viewer's browser test did not run")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=800,600", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser, tmp_path):
+    import psutil
+
+    from nerf_pipeline.view import Viewer, viser_pose
+
+    port = free_port()
+    viewer = Viewer(project, port=port)
+    try:
+        listening = [c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"]
+        assert listening and set(listening) <= {"127.0.0.1"}, listening  # this machine only, by default
+
+        browser.get(f"http://127.0.0.1:{port}")
+        wait_for(lambda: browser.find_elements("tag name", "canvas"))
+        wait_for(lambda: len(viewer.server.get_clients()) == 1)
+        (client,) = viewer.server.get_clients().values()
+
+        def look_from(position) -> np.ndarray:
+            """The browser's view (its canvas, left of the control panel) once the full render is shown."""
+            viewer.last_render = None
+            wxyz, origin = viser_pose(camera.look_at(position))
+            with client.atomic():
+                client.camera.wxyz, client.camera.position = wxyz, origin
+            wait_for(lambda: (viewer.last_render or {}).get("stage") == "full")
+            time.sleep(1.5)  # the image reaches the browser and is drawn
+            png = browser.find_element("tag name", "canvas").screenshot_as_png
+            image = tf.io.decode_png(png, channels=3).numpy().astype(np.float32)
+            return image[:, : image.shape[1] // 2]
+
+        first = look_from([0.0, -4.0, 2.0])
+        # The render (black behind the scene) replaced viser's white background, and it is not blank.
+        assert np.median(first) < 60 and first.std() > 10
+        assert max(viewer.last_render["width"], viewer.last_render["height"]) == viewer.resolution.value  # full size
+        second = look_from([4.0, 0.0, 1.0])
+        assert np.abs(second - first).mean() > 5  # the camera moved: so did the image
+
+        # the camera-path editor: two keyframes, 1 s at 6 fps, saved where the render stage reads it
+        for position in ([0.0, -4.0, 2.0], [4.0, 0.0, 2.0]):
+            look_from(position)
+            viewer._add_keyframe(types.SimpleNamespace(client=client))
+        viewer.seconds.value, viewer.fps.value = 1.0, 6
+        viewer.path_width.value, viewer.path_height.value = 64, 48
+        saved = viewer.save_path("camera_paths/two_keys.json")
+        path = read_camera_path(saved)
+        assert len(path.poses) == 6 and (path.width, path.height) == (64, 48)
+        np.testing.assert_allclose(path.poses[0], camera.look_at([0.0, -4.0, 2.0]), atol=1e-4)
+        np.testing.assert_allclose(path.poses[-1], camera.look_at([4.0, 0.0, 2.0]), atol=1e-4)
+    finally:
+        viewer.server.stop()
