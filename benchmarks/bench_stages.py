@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -22,22 +23,12 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = (
-    ("download", dict(out_scene="data/scene")),
-    ("poses", dict(in_scene="data/scene", out_cameras="data/cameras.npz")),
-    ("split", dict(in_cameras="data/cameras.npz", out_split="data/split.json")),
-    ("rays", dict(in_scene="data/scene", in_cameras="data/cameras.npz", in_split="data/split.json",
-                  out_rays="data/rays")),
-    ("train", dict(in_rays="data/rays", out_model="models/model.keras", out_metrics="metrics/train.json",
-                   out_history="metrics/train_history.csv", out_progress="models/progress.npz",
-                   out_run_file="models/mlflow_run.json", out_checkpoint="models/checkpoint")),
-    ("evaluate", dict(in_model="models/model.keras", in_rays="data/rays", in_run_file="models/mlflow_run.json",
-                      out_metrics="metrics/eval.json", out_per_view="metrics/eval_per_view.csv",
-                      out_grid="eval/grid.png")),
-    ("render", dict(in_model="models/model.keras", in_rays="data/rays", in_progress="models/progress.npz",
-                    in_run_file="models/mlflow_run.json", out_video="render/video.mp4",
-                    out_depth_video="render/video_depth.mp4", out_gif="render/progress.gif")),
-)
+
+
+def pipeline_stages() -> dict[str, list[str]]:
+    """``{stage: its dvc.yaml cmd as arguments}``, in the pipeline's order: the benchmark runs what DVC runs."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: shlex.split(stage["cmd"]) for name, stage in stages.items()}
 
 
 def size_mb(path: Path) -> float:
@@ -52,9 +43,11 @@ def set_key(params: dict, dotted: str, value) -> None:
     params[last] = value
 
 
-def run_stage(name: str, paths: dict, work: Path) -> dict:
+def run_stage(name: str, cmd: list[str], work: Path) -> dict:
     """One stage in a child process of a fresh wrapper, so the wrapper's RUSAGE_CHILDREN is the stage's alone."""
-    flags = [w for key, value in paths.items() for w in ("--" + key.replace("_", "-"), value)]
+    assert cmd[:2] == ["python", f"stages/{name}.py"], cmd
+    flags = cmd[2:]
+    paths = dict(zip(flags[::2], flags[1::2]))
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
     start = time.perf_counter()
@@ -68,7 +61,7 @@ def run_stage(name: str, paths: dict, work: Path) -> dict:
     if result.returncode != 0:
         print(result.stderr[-4000:], file=sys.stderr)
         sys.exit(f"stage {name} failed with exit status {result.returncode}")
-    outs = {value: size_mb(work / value) for key, value in paths.items() if key.startswith("out_")}
+    outs = {value: size_mb(work / value) for flag, value in paths.items() if flag.startswith("--out-")}
     return {"wall_s": round(wall_s, 1), "peak_rss_mb": round(peak_mb, 1) if peak_mb else None, "outputs_mb": outs}
 
 
@@ -77,7 +70,7 @@ def main() -> None:
     parser.add_argument("--source", required=True)
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--stages", nargs="+", default=[name for name, _ in STAGES])
+    parser.add_argument("--stages", nargs="+", default=list(pipeline_stages()))
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -88,9 +81,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     summary = {"source": args.source, "set": args.set, "stages": {}}
-    for name, paths in STAGES:
+    for name, cmd in pipeline_stages().items():
         if name in args.stages:
-            summary["stages"][name] = figures = run_stage(name, paths, args.work)
+            summary["stages"][name] = figures = run_stage(name, cmd, args.work)
             print(f"{name}: {figures}", flush=True)
     for metrics in ("train", "eval"):
         path = args.work / "metrics" / f"{metrics}.json"
