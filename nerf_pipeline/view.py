@@ -152,6 +152,7 @@ class Viewer:
             self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.server.scene.set_up_direction("+z")
         self.keyframes: list[dict] = []
+        self._clients: dict[int, dict] = {}  # per browser tab: its render state
         self._lock = threading.Lock()
         self._add_scene()
         self._add_gui()
@@ -270,7 +271,6 @@ class Viewer:
         """Per browser tab: a coarse image as soon as the camera moves, the full one once it stops."""
         state = {"moved": time.perf_counter(), "coarse": False, "full": False}
         client.camera.on_update(lambda _: state.update(moved=time.perf_counter(), coarse=False, full=False))
-        self._clients = getattr(self, "_clients", {})
         self._clients[client.client_id] = state
 
         def loop() -> None:
@@ -296,7 +296,7 @@ class Viewer:
         threading.Thread(target=loop, daemon=True, name=f"render-{client.client_id}").start()
 
     def _rerender_all(self) -> None:
-        for state in getattr(self, "_clients", {}).values():
+        for state in self._clients.values():
             state.update(full=False)
 
     def _watch_model(self) -> None:

@@ -248,8 +248,12 @@ def test_a_camera_path_renders_its_frames_through_its_cameras(project):
     fov = np.degrees(2 * np.arctan(0.5 * train.height / train.intrinsics[0, 1]))
     # two training cameras far apart, so that each frame is told from the other view by the tiny model
     views = [0, int(np.argmax(np.linalg.norm(train.poses[:, :3, 3] - train.poses[0, :3, 3], axis=-1)))]
-    write_camera_path(path / "camera_paths" / "two.json", train.poses[views], fov, train.width, train.height, fps=10)
-    result = run(DVC + ["exp", "run", "-S", "render.camera_path=camera_paths/two.json", "-n", "path"], path)
+    camera_path = path / "camera_paths" / "two.json"
+    write_camera_path(camera_path, train.poses[views], fov, train.width, train.height, fps=10)
+    try:
+        result = run(DVC + ["exp", "run", "-S", "render.camera_path=camera_paths/two.json", "-n", "path"], path)
+    finally:  # the shared project goes back to its committed state (its render stage depends on camera_paths/)
+        camera_path.unlink()
     output = result.stdout + result.stderr
     for stage in ("train", "evaluate", "export"):
         assert f"Stage '{stage}' didn't change, skipping" in output, stage

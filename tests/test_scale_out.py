@@ -19,16 +19,21 @@ pytestmark = pytest.mark.xdist_group("project")  # with test_pipeline: one worke
 
 @pytest.fixture
 def reproduced(reproduced_project):
-    """The shared tiny project, reproduced and committed (conftest): experiments reuse its data stages."""
-    return reproduced_project[0]
+    """The shared tiny project, reproduced and committed (conftest): experiments reuse its data stages. It starts
+    from its committed state: an earlier test's `dvc exp run` leaves its params and outs in the workspace."""
+    path = reproduced_project[0]
+    run(["git", "checkout", "-f", "HEAD", "--", "."], path)
+    run(DVC + ["checkout", "--force", "-q"], path)
+    return path
 
 
 @pytest.mark.slow
 def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     path = reproduced
     # Two renders of the committed model (only the render stage reruns): the queue, not training, is tested here.
-    run(DVC + ["exp", "run", "--queue", "-S", "render.num_frames=6", "-n", "sweep-a"], path)
-    run(DVC + ["exp", "run", "--queue", "-S", "render.num_frames=8", "-n", "sweep-b"], path)
+    # Frame counts no other test renders: DVC's run cache would restore those renders without running them.
+    run(DVC + ["exp", "run", "--queue", "-S", "render.num_frames=5", "-n", "sweep-a"], path)
+    run(DVC + ["exp", "run", "--queue", "-S", "render.num_frames=7", "-n", "sweep-b"], path)
     # The queue's workers outlive `dvc queue start` and inherit its stdout/stderr: with pipes,
     # capturing the output would wait for the workers too. A file does not.
     with open(tmp_path / "queue-start.log", "w") as log:
@@ -47,7 +52,7 @@ def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
     _, runs = mlflow_runs(path)
     by_name = {r.info.run_name: r for r in runs}
     assert {"sweep-a", "sweep-b"} <= set(by_name)
-    for name, frames in (("sweep-a", "6"), ("sweep-b", "8")):
+    for name, frames in (("sweep-a", "5"), ("sweep-b", "7")):
         assert by_name[name].info.status == "FINISHED"
         assert by_name[name].data.params["render.num_frames"] == frames
         assert "time/render_fps" in by_name[name].data.metrics

@@ -215,8 +215,8 @@ def pipeline_run(cfg: Config, run_file):
     """The run that ``evaluate`` and ``render`` log into; yields the ``mlflow`` module with it active.
 
     Train's run (``run_file``) when it was started with the params this stage runs with; else the
-    run of these params that reuses train's model, found by its tags or created (named like any run,
-    tagged ``model.run``, with these params logged).
+    run of these params and this name (``run_name``) that reuses train's model, found by its tags or
+    created (tagged ``model.run``, with these params logged).
     """
     trained = read_run_file(run_file)
     mlflow = connect(cfg)
@@ -232,9 +232,13 @@ def pipeline_run(cfg: Config, run_file):
         with mlflow.start_run(run_id=trained, log_system_metrics=_system_metrics()):
             yield mlflow
         return
+    # The run that an earlier stage of this same `dvc exp run` (or `dvc repro`) started: same model, same
+    # params and same name. Another experiment with the same params is a run of its own.
+    name = run_name().replace("'", "\\'")
     found = client.search_runs([parent.info.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
                                filter_string=f"tags.`model.run` = '{trained}' and "
-                                             f"tags.`params.fingerprint` = '{fingerprint}'")
+                                             f"tags.`params.fingerprint` = '{fingerprint}' and "
+                                             f"attributes.run_name = '{name}'")
     if found:
         with mlflow.start_run(run_id=found[0].info.run_id, log_system_metrics=_system_metrics()):
             yield mlflow
