@@ -69,6 +69,25 @@ def generate_rays(poses: np.ndarray, height: int, width: int, intrinsics):
     return origins.astype(np.float32), world.astype(np.float32)
 
 
+def pixel_rays(pose: np.ndarray, intrinsics, rows, cols):
+    """The rays of ``generate_rays`` through some pixels of one camera only.
+
+    Args:
+        pose: [4, 4] camera-to-world; intrinsics: ``(fx, fy, cx, cy)`` [4].
+        rows, cols: [N] int, the pixels.
+
+    Returns:
+        ray_origins, ray_directions: [N, 3] float32, unit directions.
+    """
+    pose = np.asarray(pose, dtype=np.float64)
+    fx, fy, cx, cy = np.asarray(intrinsics, dtype=np.float64)
+    x = (np.asarray(cols, np.float64) + 0.5 - cx) / fx
+    y = -(np.asarray(rows, np.float64) + 0.5 - cy) / fy
+    world = np.stack([x, y, -np.ones_like(x)], axis=-1) @ pose[:3, :3].T
+    world /= np.linalg.norm(world, axis=-1, keepdims=True)
+    return np.broadcast_to(pose[:3, 3], world.shape).astype(np.float32), world.astype(np.float32)
+
+
 def look_at(camera_position, target=(0.0, 0.0, 0.0), world_up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """Camera-to-world matrix [4, 4] float64 of a camera at ``camera_position`` looking at ``target``.
 

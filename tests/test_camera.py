@@ -46,6 +46,16 @@ def test_generate_rays_rotated_and_translated():
     np.testing.assert_allclose(directions[0, 0, 0], [1.0, 0.0, 0.0], atol=1e-6)
 
 
+def test_pixel_rays_are_generate_rays_at_those_pixels():
+    pose = camera.look_at([1.0, -3.0, 2.0], target=[0.2, 0.1, 0.0])
+    intrinsics = np.array([30.0, 28.0, 9.5, 6.0])
+    all_origins, all_directions = camera.generate_rays(pose, 12, 20, intrinsics)
+    rows, cols = np.array([0, 11, 5, 7]), np.array([19, 0, 3, 12])
+    origins, directions = camera.pixel_rays(pose, intrinsics, rows, cols)
+    np.testing.assert_allclose(origins, all_origins[rows, cols], atol=1e-6)
+    np.testing.assert_allclose(directions, all_directions[rows, cols], atol=1e-6)
+
+
 def test_orbit_matches_keras_example_pose_spherical():
     # The Keras example's pose_spherical(theta=0, phi=-30, radius=4), multiplied out by hand.
     expected = np.array([[-1.0, 0.0, 0.0, 0.0],

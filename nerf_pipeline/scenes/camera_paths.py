@@ -20,6 +20,7 @@ import numpy as np
 from nerf_pipeline.camera import rotation_error
 from nerf_pipeline.runtime import atomic
 from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.scene import read_json
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,7 @@ def focal_of_fov(fov_deg: float, height: int) -> float:
 def read_camera_path(path) -> CameraPath:
     """A ``camera_path.json``; raises ``DataError`` naming the file and what is wrong."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the camera path ({e.strerror}).") from None
-    except ValueError as e:
-        raise DataError(f"{path}: not valid JSON ({e}).") from None
+    data = read_json(path, "the camera path")
     frames = data.get("camera_path") if isinstance(data, dict) else None
     if not isinstance(frames, list) or not frames:
         raise DataError(f"{path}: expected a camera path in nerfstudio's format, with a non-empty list "

@@ -19,7 +19,6 @@ stage. A scene whose ``aabb_scale`` is above 1 reaches beyond the cameras' focus
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes.images import read_image
-from nerf_pipeline.scenes.scene import Cameras, Views, evenly_spread
+from nerf_pipeline.scenes.scene import Cameras, Views, evenly_spread, read_json
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +70,7 @@ def _matrix(frame: dict, source: str, index: int) -> np.ndarray:
 
 
 def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror}).") from None
-    except ValueError as e:
-        raise DataError(f"{path}: not valid JSON ({e}).") from None
+    data = read_json(path, "it")
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         raise DataError(f"{path}: expected an object with a non-empty list 'frames'.")
     return data

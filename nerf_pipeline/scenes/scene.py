@@ -29,6 +29,7 @@ file and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,17 @@ def read_npz(path, required=()) -> dict:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}; it has {', '.join(sorted(arrays)) or 'none'}. "
                         f"Expected {', '.join(required)}.")
     return arrays
+
+
+def read_json(path, what: str = "a JSON file"):
+    """The value of a JSON file; a missing, unreadable or malformed file raises ``DataError`` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e.strerror}).") from None
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e}).") from None
 
 
 def read_npy(path, mmap: bool = True) -> np.ndarray:

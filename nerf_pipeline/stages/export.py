@@ -31,6 +31,7 @@ import tensorflow as tf
 import trimesh
 from skimage import measure
 
+from nerf_pipeline.camera import pixel_rays
 from nerf_pipeline.config import Config
 from nerf_pipeline.model.nerf import RUN_FILE, NeRF, load_model
 from nerf_pipeline.model.renderer import ChunkedRenderer
@@ -104,9 +105,9 @@ def point_cloud(renderer: ChunkedRenderer, part: ray_files.RayPart, num_points: 
     origins, directions = [], []
     for view in range(part.num_views):
         pixels = rng.choice(part.height * part.width, size=min(per_view, part.height * part.width), replace=False)
-        view_origins, view_directions = part.view_rays(view)
-        origins.append(view_origins.reshape(-1, 3)[pixels])
-        directions.append(view_directions.reshape(-1, 3)[pixels])
+        view_origins, view_directions = pixel_rays(part.poses[view], part.intrinsics[view], *divmod(pixels, part.width))
+        origins.append(view_origins)
+        directions.append(view_directions)
     origins, directions = np.concatenate(origins)[:num_points], np.concatenate(directions)[:num_points]
     out = renderer(origins, directions)
     kept = out["acc"] >= min_opacity

@@ -11,9 +11,10 @@ Reads ``in_rays`` (its ``train`` and ``val`` parts, see ``scenes/ray_files.py``)
 * ``out_checkpoint``: the per-epoch checkpoint (``training/checkpoint.py``) that an interrupted run
   resumes from.
 
-Batches stream from the rays folder (``training/datasets.py``); validation renders
-``validation.max_views`` val views, evenly spread, whole, one view per batch, with deterministic
-samples, so ``val_psnr`` is their mean per-view PSNR. The scene's space is contracted when
+Batches stream from the rays folder (``training/datasets.py``); after each epoch, validation renders
+``validation.max_views`` val views, evenly spread, whole, in chunks of ``evaluate.chunk_rays`` rays
+with deterministic samples (``callbacks.TrainingRecord``), so ``val_psnr`` is their mean per-view
+PSNR and memory stays bounded at any resolution. The scene's space is contracted when
 ``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded. MLflow gets the params the
 run uses, the curves, a progress image per epoch, the rays as the run's dataset and the model as a
 Logged Model (``runtime/logged_model.py``).
@@ -107,7 +108,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
         elif track:
             tracking.log_dataset(mlflow, in_rays)
         renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, jit_compile)
-        recorder = TrainingRecord(mlflow, renderer, val.view_rays(int(validated[0])), outs["out_checkpoint"],
+        recorder = TrainingRecord(mlflow, renderer, val, validated, outs["out_checkpoint"],
                                   {"fingerprint": key, "run_id": run.info.run_id},
                                   {"history": meta["history"], "steps": meta.get("steps", []), "frames": list(frames)},
                                   steps, cfg.mlflow.log_every_steps)
@@ -117,13 +118,13 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                  val.num_views)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
         batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps)
+        # The recorder validates and puts val_loss/val_psnr into the epoch's logs: FitProgress, after it, reads them.
         callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder,
                      FitProgress(cfg.epochs, steps), StopWhenInterrupted()]
         start = time.perf_counter()
         with interrupts.held():
             model.fit(batches, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                      validation_data=datasets.val_dataset(val, validated), callbacks=callbacks, shuffle=False,
-                      verbose=0)
+                      callbacks=callbacks, shuffle=False, verbose=0)
         train_s = time.perf_counter() - start
 
         last = recorder.history[-1]

@@ -28,18 +28,24 @@ class TrainingRecord(keras.callbacks.Callback):
 
     * every ``log_every`` steps: the mean loss and PSNR of those steps (a row of ``steps``, and
       MLflow's ``train/loss``, ``train/psnr`` at that step);
-    * every epoch: a row of ``history`` (``val/loss``, ``val/psnr``, ``time/epoch_s`` in MLflow), a
-      progress frame (``renderer``'s view of the first validated camera, ``view_rays``: origins and
-      directions ``[H, W, 3]``; MLflow's image slider ``progress``), and a checkpoint.
+    * every epoch: validation, then a row of ``history`` (``val/loss``, ``val/psnr``, ``time/epoch_s``
+      in MLflow), a progress frame (the first validated view; MLflow's image slider ``progress``) and
+      a checkpoint.
+
+    Validation renders each view of ``val_views`` (``val_part``'s indices) whole with ``renderer``
+    (in chunks: memory stays at one chunk's, whatever the resolution) and puts ``val_loss`` (the
+    mean of the views' MSE) and ``val_psnr`` (the mean of their PSNR) into the epoch's ``logs``, as
+    Keras' own ``validation_data`` would, for the callbacks after this one.
 
     ``record`` holds what a resumed checkpoint had (``history``, ``steps`` rows, ``frames``); MLflow
     steps are global training steps, so resumed curves continue where they stopped.
     """
 
-    def __init__(self, mlflow, renderer, view_rays, checkpoint_dir, meta: dict, record: dict, steps_per_epoch: int,
-                 log_every: int):
+    def __init__(self, mlflow, renderer, val_part, val_views, checkpoint_dir, meta: dict, record: dict,
+                 steps_per_epoch: int, log_every: int):
         super().__init__()
-        self.mlflow, self.renderer, self.view_rays = mlflow, renderer, view_rays
+        self.mlflow, self.renderer = mlflow, renderer
+        self.val_part, self.val_views = val_part, [int(view) for view in val_views]
         self.checkpoint_dir, self.meta = checkpoint_dir, meta
         self.history, self.steps = list(record.get("history", [])), list(record.get("steps", []))
         self.frames = list(record.get("frames", []))
@@ -62,14 +68,26 @@ class TrainingRecord(keras.callbacks.Callback):
             self.steps.append({"step": step, "loss": loss, "psnr": psnr})
             self.mlflow.log_metrics({"train/loss": loss, "train/psnr": psnr}, step=step)
 
+    def validate(self) -> tuple[float, float, np.ndarray]:
+        """``(val_loss, val_psnr, first_view_rgb [H, W, 3])`` over the validated views."""
+        errors, first = [], None
+        for view in self.val_views:
+            rgb = self.renderer(*self.val_part.view_rays(view))["rgb"]
+            errors.append(float(np.mean(np.square(rgb - self.val_part.view_rgb(view)))))
+            first = rgb if first is None else first
+        errors = np.maximum(np.asarray(errors, np.float64), 1e-10)
+        return float(errors.mean()), float(np.mean(-10.0 * np.log10(errors))), first
+
     def on_epoch_end(self, epoch, logs=None):
-        logs, step = logs or {}, (epoch + 1) * self.steps_per_epoch
+        logs = logs if logs is not None else {}
+        step = (epoch + 1) * self.steps_per_epoch
+        logs["val_loss"], logs["val_psnr"], first_view = self.validate()
         row = {"epoch": epoch + 1, "step": step, **{k: float(v) for k, v in logs.items() if k in HISTORY_COLUMNS}}
         row["epoch_s"] = time.perf_counter() - self._start
         self.history.append(row)
         self.mlflow.log_metrics({"val/loss": row["val_loss"], "val/psnr": row["val_psnr"],
                                  "time/epoch_s": row["epoch_s"]}, step=step)
-        frame = to_uint8(self.renderer(*self.view_rays)["rgb"])
+        frame = to_uint8(first_view)
         self.frames.append(frame)
         self.mlflow.log_image(frame, key="progress", step=epoch + 1)
         checkpoint.save(self.checkpoint_dir, self.model, {**self.meta, "epoch": epoch + 1, "history": self.history,
@@ -107,9 +125,6 @@ class StopWhenInterrupted(keras.callbacks.Callback):
     """Raise a Ctrl-C or SIGTERM that arrived during ``fit`` at the end of a step (see ``runtime.interrupts``)."""
 
     def on_train_batch_end(self, batch, logs=None):
-        interrupts.check()
-
-    def on_test_batch_end(self, batch, logs=None):
         interrupts.check()
 
     def on_epoch_end(self, epoch, logs=None):  # listed after the recorder: a signal held through its save waits for it

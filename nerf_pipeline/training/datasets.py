@@ -1,4 +1,4 @@
-"""Training and validation batches streamed from a rays folder (``scenes/ray_files.py``) with ``tf.data``.
+"""Training batches streamed from a rays folder (``scenes/ray_files.py``) with ``tf.data``.
 
 Batches are ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])`` float32. A batch's rays
 are made in TensorFlow from the cameras of the views its pixels belong to (``pixel_rays``), and
@@ -92,22 +92,6 @@ def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed:
 def val_views(part: RayPart, max_views: int) -> np.ndarray:
     """The val views validated during training: at most ``max_views``, evenly spread."""
     return evenly_spread(part.num_views, max_views)
-
-
-def val_dataset(part: RayPart, views) -> tf.data.Dataset:
-    """One batch per view of ``views`` (indices into the part), ``R = H * W``, rays made in TensorFlow."""
-    height, width = part.height, part.width
-    poses, intrinsics = tf.constant(part.poses), tf.constant(part.intrinsics)
-    pixels = _Pixels(part)
-    rows, cols = _pixel_grid(height, width)
-
-    def whole_view(view):
-        view_ids = tf.fill(tf.shape(rows), view)
-        index = view * height * width + rows * width + cols
-        rgb = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
-        return pixel_rays(poses, intrinsics, view_ids, rows, cols), tf.cast(tf.reshape(rgb, [-1, 3]), tf.float32) / 255.0
-
-    return tf.data.Dataset.from_tensor_slices(np.asarray(views, np.int64)).map(whole_view)
 
 
 def steps_per_epoch(cfg: Config, part: RayPart) -> int:
