@@ -15,7 +15,6 @@ Frames are ``[H, W, 3]`` uint8 RGB arrays, all of one size; a video's frames are
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -23,8 +22,6 @@ import numpy as np
 
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes.folders import evenly_spread
-
-log = logging.getLogger(__name__)
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
@@ -196,6 +193,4 @@ def video_frames(path, max_frames: int, drop_blurriest: float,
     kept = [i for i in range(len(frames)) if i not in blurriest]
     stats = {"frames_in_video": count, "candidates": len(frames), "dropped_blurry": dropped, "kept": len(kept),
              "fps": fps}
-    log.info("%s: %d frames at %.3g fps; %d candidates, %d blurriest dropped, %d kept", path, count, fps,
-             len(frames), dropped, len(kept))
     return [frames[i] for i in kept], [f"frame_{indices[i]:05d}.png" for i in kept], stats

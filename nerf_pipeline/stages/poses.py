@@ -55,8 +55,8 @@ def structure_from_motion(cfg: Config, scene: Scene, work_dir: Path) -> Cameras:
             paths.append(images_dir / f"{Path(name).stem}.jpg")
             iio.imwrite(paths[-1], np.asarray(scene.images[i]), quality=95)
             progress(i + 1)
-    log.info("structure from motion on %d images (%dx%d), %s matching (%s), long side at most %d px",
-             len(paths), scene.width, scene.height, matcher,
+    # (sfm.reconstruct logs the image count and the size it runs at)
+    log.info("structure from motion: %s matching (%s), long side at most %d px (poses.max_image_side)", matcher,
              "video frames" if cameras.sequence and cfg.poses.matcher == "auto" else "poses.matcher",
              cfg.poses.max_image_side)
     result = sfm.reconstruct(paths, work_dir / "colmap", matcher, cfg.poses.max_image_side,

@@ -129,8 +129,8 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
         for path in (out_video, out_depth_video, out_gif):
             mlflow.log_artifact(str(path), artifact_path="render")
         run_name = mlflow.active_run().info.run_name
-    log.info("rendered %d frames of %dx%d in %.1f s (%.1f frames/s)", len(poses), width, height, render_s,
-             metrics["render_fps"])
+    log.info("rendered %d frames of %dx%d in %.1f s (%.2f s a frame)", len(poses), width, height, render_s,
+             render_s / len(poses))
     print(summary(out_video, in_model, run_name), file=sys.stderr)
     return metrics
 
