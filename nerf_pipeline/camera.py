@@ -43,9 +43,16 @@ def camera_directions(height: int, width: int, intrinsics) -> np.ndarray:
         np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64), indexing="xy"
     )
     expand = (...,) + (None, None)
-    x = (cols + 0.5 - np.asarray(cx)[expand]) / np.asarray(fx)[expand]
-    y = -(rows + 0.5 - np.asarray(cy)[expand]) / np.asarray(fy)[expand]  # image rows grow downwards, camera +y is up
-    return np.stack([x, y, -np.ones_like(x)], axis=-1).astype(np.float32)
+    per_camera = (np.asarray(value)[expand] for value in (fx, fy, cx, cy))
+    return _pixel_directions(rows, cols, *per_camera).astype(np.float32)
+
+
+def _pixel_directions(rows, cols, fx, fy, cx, cy) -> np.ndarray:
+    """Unnormalised camera-space directions through pixel centres, ``[..., 3]`` float64, ``z = -1``
+    (arguments broadcast together)."""
+    x = (cols + 0.5 - cx) / fx
+    y = -(rows + 0.5 - cy) / fy  # image rows grow downwards, camera +y is up
+    return np.stack([x, y, -np.ones_like(x)], axis=-1)
 
 
 def generate_rays(poses: np.ndarray, height: int, width: int, intrinsics):
@@ -80,10 +87,9 @@ def pixel_rays(pose: np.ndarray, intrinsics, rows, cols):
         ray_origins, ray_directions: [N, 3] float32, unit directions.
     """
     pose = np.asarray(pose, dtype=np.float64)
-    fx, fy, cx, cy = np.asarray(intrinsics, dtype=np.float64)
-    x = (np.asarray(cols, np.float64) + 0.5 - cx) / fx
-    y = -(np.asarray(rows, np.float64) + 0.5 - cy) / fy
-    world = np.stack([x, y, -np.ones_like(x)], axis=-1) @ pose[:3, :3].T
+    directions = _pixel_directions(np.asarray(rows, np.float64), np.asarray(cols, np.float64),
+                                   *np.asarray(intrinsics, dtype=np.float64))
+    world = directions @ pose[:3, :3].T
     world /= np.linalg.norm(world, axis=-1, keepdims=True)
     return np.broadcast_to(pose[:3, 3], world.shape).astype(np.float32), world.astype(np.float32)
 
