@@ -1,11 +1,15 @@
-"""Where a training step's time goes: the step, and each of its parts compiled and timed alone.
+"""Where a training step's and a rendered frame's time go: each part compiled and timed alone.
 
     python benchmarks/profile_step.py --scene ../shared/data/lego_tiny.npz [--preset hashgrid] [--warmup-steps 300]
+    python benchmarks/profile_step.py --scene ../shared/data/chair --background 1 --warmup-steps 200
 
 Trains ``--warmup-steps`` steps first (so the occupancy grid is in its steady state), then times,
-each as its own XLA-compiled function on the same batch: the whole train step; ray sampling; the
-field's forward pass; forward + backward of the field; the hash encoding alone (forward +
-backward); the MLPs alone (forward + backward); the optimizer's update. Prints milliseconds.
+each as its own XLA-compiled function on the same batch: the whole train step; the batch's input
+pipeline; ray sampling; the field's forward pass; forward + backward of the field; the hash
+encoding alone (forward + backward); the MLPs alone (forward + backward); the optimizer's update.
+Then one held-out view is rendered whole as the evaluate and render stages do (``ChunkedRenderer``),
+and a chunk of its rays through each part: which rays can meet matter (a march), sampling, the
+field. Prints milliseconds; ``--set KEY=VALUE`` changes params for the run, as in ``bench_train.py``.
 """
 
 from __future__ import annotations
@@ -22,16 +26,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import yaml  # noqa: E402
 
 from nerf_pipeline import config  # noqa: E402
 from nerf_pipeline.model.encodings import spherical_harmonics  # noqa: E402
 from nerf_pipeline.model.fields import HashGridField  # noqa: E402
 from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
+from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
 from nerf_pipeline.model.sampling import OccupancySampler  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_stages import set_key  # noqa: E402
 from bench_train import prepare_rays  # noqa: E402
 
 
@@ -52,19 +59,29 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--warmup-steps", type=int, default=300)
+    parser.add_argument("--background", type=float, default=None, help="data.background (1: NeRF-synthetic's white)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    cfg = config.load(args.params)
+    params = yaml.safe_load(Path(args.params).read_text())
+    for item in args.set:
+        key, _, value = item.partition("=")
+        set_key(params, key, yaml.safe_load(value))
+    cfg = config.from_dict(params, args.params)
     name = args.preset or cfg.preset
     preset = cfg.presets[name]
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": args.scene}),
+    data = {"source": args.scene} if args.background is None else {"source": args.scene, "background": args.background}
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data),
                                  "split": cfg.split.model_copy(update={"order": "last"})})
     with tempfile.TemporaryDirectory(prefix="nerf-profile-") as scratch:
-        part = ray_files.load(prepare_rays(cfg, Path(scratch)), "train")
-        profile(cfg, name, preset, part, args.warmup_steps)
+        rays_folder = prepare_rays(cfg, Path(scratch))
+        part = ray_files.load(rays_folder, "train")
+        heldout = ray_files.load(rays_folder, "test" if "test" in ray_files.parts(rays_folder) else "val")
+        model = profile(cfg, name, preset, part, args.warmup_steps)
+        profile_render(model, heldout, cfg.evaluate.chunk_rays, preset.jit_compile)
 
 
-def profile(cfg, name, preset, part, warmup_steps: int) -> None:
+def profile(cfg, name, preset, part, warmup_steps: int):
     keras.utils.set_random_seed(0)
     model = build_nerf(preset, near=part.near, far=part.far, contracted=False, bound=cfg.scene.bound,
                        background=cfg.data.background, seed=0)
@@ -76,9 +93,11 @@ def profile(cfg, name, preset, part, warmup_steps: int) -> None:
     occupancy = isinstance(model.sampler, OccupancySampler)
     print(f"{name}: {warmup_steps} warm-up steps in {time.perf_counter() - start:.1f} s; "
           f"occupied cells {float(tf.reduce_mean(model.sampler.grid.occupied)) if occupancy else 1.0:.3f}")
-    (ray_origins, ray_directions), target = next(iter(dataset))
+    batches = iter(dataset)
+    (ray_origins, ray_directions), target = next(batches)
     num_samples = preset.sampler.num_samples
-    print(f"batch: {ray_origins.shape[0]} rays x {num_samples} samples")
+    print(f"batch: {ray_origins.shape[0]} rays x {num_samples} samples; image size {part.height}x{part.width}")
+    timed("input pipeline (next batch)", lambda: next(batches), repeats=20)
 
     jit = preset.jit_compile
     step = tf.function(model.train_step, jit_compile=jit)
@@ -134,6 +153,33 @@ def profile(cfg, name, preset, part, warmup_steps: int) -> None:
                              jit_compile=jit)
         timed(f"occupancy grid update (every {preset.sampler.update_every} steps)", update)
     print(f"parameters: {sum(int(np.prod(v.shape)) for v in model.trainable_variables):,}")
+    return model
+
+
+def profile_render(model, part, chunk_rays: int, jit: bool) -> None:
+    """A held-out view rendered whole, then one chunk of its rays through each part of rendering."""
+    renderer = ChunkedRenderer(model, chunk_rays, jit)
+    origins, directions = part.view_rays(0)
+    renderer(origins, directions)  # compiles every chunk size
+    start = time.perf_counter()
+    out = renderer(origins, directions)
+    frame_ms = (time.perf_counter() - start) * 1000
+    hit = out["acc"] > 0
+    print(f"render: a {part.part} view of {part.height}x{part.width} in {frame_ms:.0f} ms; "
+          f"{hit.mean():.1%} of its rays meet occupied space ({chunk_rays}-ray chunks)")
+    o, d = origins.reshape(-1, 3), directions.reshape(-1, 3)
+    chunk = np.flatnonzero(hit.ravel())[:chunk_rays]
+    chunk_o, chunk_d = tf.constant(o[chunk]), tf.constant(d[chunk])
+    timed("  which rays meet matter (a chunk)", renderer.hit_chunk, tf.constant(o[:chunk_rays]),
+          tf.constant(d[:chunk_rays]))
+    timed("  render a chunk of rays that meet matter", renderer.render_chunk, chunk_o, chunk_d)
+    sample = tf.function(lambda o, d: model.sampler.sample(o, d, model.near, model.far, model.space, False,
+                                                           model.seed_generator), jit_compile=jit)
+    timed("    of which sampling", sample, chunk_o, chunk_d)
+    t_vals, _ = sample(chunk_o, chunk_d)
+    points = model.space.warp(tf.reshape(chunk_o[:, None] + chunk_d[:, None] * t_vals[..., None], [-1, 3]))
+    dirs = tf.reshape(tf.broadcast_to(chunk_d[:, None], [len(chunk), t_vals.shape[1], 3]), [-1, 3])
+    timed("    of which the field", tf.function(lambda p, d: model.field(p, d), jit_compile=jit), points, dirs)
 
 
 if __name__ == "__main__":

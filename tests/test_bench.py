@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import REPO, tiny_params
+from scenes import write_blender
 
 from nerf_pipeline.scenes import synthetic
 
@@ -46,6 +47,33 @@ def test_bench_train_writes_the_documented_summary(tmp_path):
     assert len(theirs["curve"]) == 1 and theirs["final"]["stop_psnr"] == 0
     assert set(summary["ratios"]) == {"time_to_18.9_vs_published_keras_example", "render_vs_published_keras_example",
                                       "time_to_18.9_vs_versus_run"}
+
+
+@pytest.mark.slow
+def test_bench_train_scores_a_blender_scene_on_its_test_views(tmp_path):
+    """NeRF-synthetic's protocol: train on the train views, the curve on an even subset of the test views at the
+    given times, the final figures on every test view, a frame at the test views' size; ``--set`` changes params."""
+    write_blender(tmp_path / "scene", num_train=6, num_val=2, num_test=5, size=24)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--scene", "scene", "--params", "params.yaml",
+         "--background", "1", "--budget-s", "6", "--eval-at-s", "3", "--curve-views", "2", "--render-frames", "2",
+         "--set", "presets.hashgrid.batch.size=512", "--out", "summary.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+
+    assert summary["split"] == {"train": 6, "test": 5} and summary["background"] == 1.0
+    assert summary["set"] == ["presets.hashgrid.batch.size=512"]
+    ours = summary["results"]["hashgrid"]
+    assert ours["curve_views"] == [0, 4]
+    assert 1 <= len(ours["curve"]) <= 2 and ours["curve"][-1]["wall_s"] >= 6
+    assert all(0 < p["test_psnr"] < 60 for p in ours["curve"])
+    final = ours["final"]
+    assert final["split"] == "test" and final["num_views"] == 5 and final["size"] == [24, 24]
+    assert 0 < final["test_ssim"] <= 1 and final["test_psnr"] > 0
+    orbit = ours["render_orbit"]
+    assert orbit["frames"] == 2 and orbit["size"] == [24, 24] and orbit["seconds_per_frame"] > 0
 
 
 def test_bench_train_refuses_a_missing_scene_clearly(tmp_path):

@@ -55,6 +55,8 @@ def test_renderer_skips_only_rays_that_would_be_background(rays):
     direct = nerf.render_rays(o, d, training=False)
     hit = nerf.rays_hit(o, d).numpy()
     assert 0 < hit.sum() < len(hit)
+    may_hit = nerf.rays_may_hit(o.numpy(), d.numpy())  # the renderer marches only these
+    assert np.all(may_hit[hit]) and may_hit.sum() < len(hit)
     rendered = ChunkedRenderer(nerf, 256)(o.numpy(), d.numpy())
     np.testing.assert_allclose(rendered["rgb"], direct["rgb"].numpy(), atol=1e-5)
     np.testing.assert_allclose(rendered["acc"], direct["acc"].numpy(), atol=1e-6)

@@ -96,3 +96,25 @@ def test_occupancy_samples_in_a_contracted_space_reach_the_far_background():
     t, d = t_vals.numpy()[0], deltas.numpy()[0]
     assert t[0] < 1.0 and t[-1] > 40.0 and np.all(np.diff(t) > 0)
     np.testing.assert_allclose(d.sum(), 100.0 - 0.5, rtol=1e-3)  # all of [near, far] is occupied
+
+
+def test_may_hit_keeps_every_ray_that_hits_and_drops_rays_far_from_the_occupied_box():
+    """``may_hit`` finds without marching a superset of ``hits``: rays crossing the box around the occupied cells."""
+    sampler = occupancy_sampler([1], num_march=64)
+    grid = np.zeros((4, 4, 4), np.float32)
+    grid[1, 2, 1] = 1.0  # one cell: x in [-0.5, 0], y in [0, 0.5], z in [-0.5, 0]
+    sampler.grid.occupied.assign(grid)
+    rng = np.random.default_rng(0)
+    origins = rng.uniform(-3, 3, (4000, 3)).astype(np.float32)
+    targets = rng.uniform(-1.2, 1.2, (4000, 3)).astype(np.float32)
+    directions = (targets - origins) / np.linalg.norm(targets - origins, axis=-1, keepdims=True)
+    hits = sampler.hits(tf.constant(origins), tf.constant(directions), 0.0, 10.0, UNIT_BOX).numpy()
+    may_hit = sampler.may_hit(origins, directions, 0.0, 10.0, UNIT_BOX)
+    assert hits.sum() > 50 and np.all(may_hit[hits])  # never drops a ray that hits
+    assert may_hit.sum() < 0.5 * len(may_hit)  # and drops most of those that do not
+    # an empty grid: no ray can hit; a contracted space: no box to test, every ray is asked
+    sampler.grid.occupied.assign(np.zeros((4, 4, 4), np.float32))
+    assert not sampler.may_hit(origins, directions, 0.0, 10.0, UNIT_BOX).any()
+    sampler.grid.occupied.assign(grid)
+    assert sampler.may_hit(origins, directions, 0.5, 10.0, ContractedSpace(0.5)).all()
+    assert uniform(4, stratified=False).may_hit(origins, directions, 2.0, 6.0, UNIT_BOX).all()

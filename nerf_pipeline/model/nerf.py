@@ -72,6 +72,10 @@ class NeRF(keras.Model):
         """``[R]`` bool: whether each ray can meet matter; renderers skip the others (they are background)."""
         return self.sampler.hits(ray_origins, ray_directions, self.near, self.far, self.space)
 
+    def rays_may_hit(self, ray_origins, ray_directions):
+        """``[R]`` numpy bool, a superset of ``rays_hit`` found without marching (``sampler.may_hit``)."""
+        return self.sampler.may_hit(ray_origins, ray_directions, self.near, self.far, self.space)
+
     def call(self, inputs, training=False):
         ray_origins, ray_directions = inputs
         return self.render_rays(ray_origins, ray_directions, training=training)["rgb"]

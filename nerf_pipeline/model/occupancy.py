@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 PACKAGE = "nerf_pipeline"
@@ -35,6 +36,18 @@ class OccupancyGrid(keras.layers.Layer):
         """Occupancy ``[...]`` (0 or 1) of the cells holding ``points [..., 3]`` (clamped to the cube)."""
         cells = tf.cast(tf.floor((points + extent) / (2.0 * extent) * self.resolution), tf.int32)
         return tf.gather_nd(self.occupied, tf.clip_by_value(cells, 0, self.resolution - 1))
+
+    def occupied_box(self, extent: float):
+        """``(box_min, box_max)``: [3] float32 each, the smallest box of whole cells holding every occupied cell,
+        widened by half a cell on each side (so a point that rounds into an occupied cell is inside it);
+        ``None`` when no cell is occupied."""
+        occupied = np.argwhere(self.occupied.numpy() > 0)
+        if not len(occupied):
+            return None
+        cell_size = 2.0 * extent / self.resolution
+        box_min = -extent + (occupied.min(axis=0) - 0.5) * cell_size
+        box_max = -extent + (occupied.max(axis=0) + 1.5) * cell_size
+        return box_min.astype(np.float32), box_max.astype(np.float32)
 
     def update(self, density, extent: float, seed_generator) -> None:
         """Re-estimate which cells hold matter from ``density(points [N, 3]) -> [N]``."""

@@ -23,7 +23,9 @@ class ChunkedRenderer:
     """Renders rays in fixed-size compiled chunks with deterministic sampling (no jitter).
 
     Rays that cannot meet matter (``NeRF.rays_hit``) are not sent through the field: they are the
-    background, exactly. Each call of a compiled function is padded to a size from ``chunk_size``.
+    background, exactly. Only the rays that ``NeRF.rays_may_hit`` keeps (those crossing the box around
+    the occupied cells) are asked, so most of an image's empty rays cost no march. Each call of a
+    compiled function is padded to a size from ``chunk_size``.
     Call with ``ray_origins, ray_directions: [..., 3]`` float32 arrays; returns a numpy dict
     ``rgb [..., 3]``, ``depth [...]``, ``acc [...]`` float32.
     """
@@ -64,7 +66,9 @@ class ChunkedRenderer:
         rgb = np.full((num_rays, 3), self.model.background, np.float32)
         depth = np.zeros(num_rays, np.float32)
         acc = np.zeros(num_rays, np.float32)
-        hit = np.flatnonzero(self._in_chunks(self.hit_chunk, origins, directions)[0]) if num_rays else []
+        candidates = np.flatnonzero(self.model.rays_may_hit(origins, directions)) if num_rays else []
+        hit = candidates[self._in_chunks(self.hit_chunk, origins[candidates], directions[candidates])[0]] \
+            if len(candidates) else []
         if len(hit):
             rgb[hit], depth[hit], acc[hit] = self._in_chunks(self.render_chunk, origins[hit], directions[hit])
         return {"rgb": rgb.reshape(*shape, 3), "depth": depth.reshape(shape), "acc": acc.reshape(shape)}

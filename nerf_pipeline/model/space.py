@@ -69,6 +69,10 @@ class BoxSpace:
         t_start = tf.maximum(t_enter, near)
         return t_start, tf.maximum(tf.minimum(t_exit, far), t_start)
 
+    def world_box(self, box_min, box_max):
+        """The world box holding the field-coordinate box ``[box_min, box_max]``: the same box."""
+        return box_min, box_max
+
     def depths(self, ray_origins, t_start, t_end, fractions):
         """Depths ``[R, K]`` at ``fractions [R, K]`` (or [K]) of each segment: evenly spaced in depth."""
         return t_start[:, None] + fractions * (t_end - t_start)[:, None]
@@ -91,6 +95,10 @@ class ContractedSpace(BoxSpace):
 
     def warp(self, points):
         return self.bound * contract(points / self.bound)
+
+    def world_box(self, box_min, box_max):
+        """``None``: a box of contracted coordinates holds no bounded world box (it reaches the far background)."""
+        return None
 
     def ray_segment(self, ray_origins, ray_directions, near, far):
         num_rays = tf.shape(ray_origins)[0]
