@@ -150,6 +150,15 @@ class BudgetRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def load_config(params_path, sets: list[str]) -> config.Config:
+    """``params_path`` with each ``KEY=VALUE`` of ``sets`` applied (dotted keys, YAML values), validated."""
+    params = yaml.safe_load(Path(params_path).read_text())
+    for item in sets:
+        key, _, value = item.partition("=")
+        set_key(params, key, yaml.safe_load(value))
+    return config.from_dict(params, str(params_path))
+
+
 def prepare_rays(cfg: config.Config, folder: Path) -> Path:
     """The scene of ``cfg.data.source`` through the pipeline's data stages into ``folder``; the rays folder."""
     download.run(cfg, out_scene=folder / "scene")
@@ -298,11 +307,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    params = yaml.safe_load(Path(args.params).read_text())
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_key(params, key, yaml.safe_load(value))
-    cfg = config.from_dict(params, args.params)
+    cfg = load_config(args.params, args.set)
     background = cfg.data.background if args.background is None else args.background
     data = cfg.data.model_copy(update={"source": args.scene, "near": args.near, "far": args.far,
                                        "background": background})

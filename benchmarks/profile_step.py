@@ -26,9 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import yaml  # noqa: E402
 
-from nerf_pipeline import config  # noqa: E402
 from nerf_pipeline.model.encodings import spherical_harmonics  # noqa: E402
 from nerf_pipeline.model.fields import HashGridField  # noqa: E402
 from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
@@ -38,8 +36,7 @@ from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_stages import set_key  # noqa: E402
-from bench_train import prepare_rays  # noqa: E402
+from bench_train import load_config, prepare_rays  # noqa: E402
 
 
 def timed(name: str, function, *args, repeats: int = 10) -> float:
@@ -63,11 +60,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    params = yaml.safe_load(Path(args.params).read_text())
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_key(params, key, yaml.safe_load(value))
-    cfg = config.from_dict(params, args.params)
+    cfg = load_config(args.params, args.set)
     name = args.preset or cfg.preset
     preset = cfg.presets[name]
     data = {"source": args.scene} if args.background is None else {"source": args.scene, "background": args.background}
