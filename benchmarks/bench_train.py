@@ -53,7 +53,7 @@ from nerf_pipeline.runtime.errors import UserError  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
 from nerf_pipeline.stages import download, poses, rays, split  # noqa: E402
-from nerf_pipeline.stages.evaluate import image_metrics  # noqa: E402
+from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -311,13 +311,14 @@ def main() -> None:
     background = cfg.data.background if args.background is None else args.background
     data = cfg.data.model_copy(update={"source": args.scene, "near": args.near, "far": args.far,
                                        "background": background})
+    # Scored on the scene's test split where it has one (NeRF-synthetic's published protocol), else on val.
     cfg = cfg.model_copy(update={"data": data, "split": cfg.split.model_copy(update={"val_fraction": 0.2,
-                                                                                      "order": "last"})})
+                                                                                      "order": "last"}),
+                                 "evaluate": cfg.evaluate.model_copy(update={"split": "test"})})
     scratch = tempfile.TemporaryDirectory(prefix="nerf-bench-")
     rays_folder = prepare_rays(cfg, Path(scratch.name))
-    # Scored on the scene's test split where it has one (NeRF-synthetic's published protocol), else on val.
-    heldout = "test" if "test" in ray_files.parts(rays_folder) else "val"
-    train_part, heldout_part = ray_files.load(rays_folder, "train"), ray_files.load(rays_folder, heldout)
+    train_part, heldout_part = ray_files.load(rays_folder, "train"), evaluation_part(cfg, rays_folder)
+    heldout = heldout_part.part
     print(f"{args.scene}: {train_part.num_views} train views, scored on {heldout_part.num_views} {heldout} views of "
           f"{heldout_part.height}x{heldout_part.width}")
 

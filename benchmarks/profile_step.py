@@ -33,6 +33,7 @@ from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E
 from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
 from nerf_pipeline.model.sampling import OccupancySampler  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
+from nerf_pipeline.stages.evaluate import evaluation_part  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -65,11 +66,12 @@ def main() -> None:
     preset = cfg.presets[name]
     data = {"source": args.scene} if args.background is None else {"source": args.scene, "background": args.background}
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data),
-                                 "split": cfg.split.model_copy(update={"order": "last"})})
+                                 "split": cfg.split.model_copy(update={"order": "last"}),
+                                 "evaluate": cfg.evaluate.model_copy(update={"split": "test"})})  # else val
     with tempfile.TemporaryDirectory(prefix="nerf-profile-") as scratch:
         rays_folder = prepare_rays(cfg, Path(scratch))
         part = ray_files.load(rays_folder, "train")
-        heldout = ray_files.load(rays_folder, "test" if "test" in ray_files.parts(rays_folder) else "val")
+        heldout = evaluation_part(cfg, rays_folder)
         model = profile(cfg, name, preset, part, args.warmup_steps)
         profile_render(model, heldout, cfg.evaluate.chunk_rays, preset.jit_compile)
 
