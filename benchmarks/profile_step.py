@@ -9,7 +9,8 @@ pipeline; ray sampling; the field's forward pass; forward + backward of the fiel
 encoding alone (forward + backward); the MLPs alone (forward + backward); the optimizer's update.
 Then one held-out view is rendered whole as the evaluate and render stages do (``ChunkedRenderer``),
 and a chunk of its rays through each part: which rays can meet matter (a march), sampling, the
-field. Prints milliseconds; ``--set KEY=VALUE`` changes params for the run, as in ``bench_train.py``.
+field (its hash encoding, with the density MLP), and how many samples a ray is followed for before
+it is opaque (early ray termination). Prints milliseconds; ``--set KEY=VALUE`` changes params for the run, as in ``bench_train.py``.
 """
 
 from __future__ import annotations
@@ -156,25 +157,33 @@ def profile_render(model, part, chunk_rays: int, jit: bool) -> None:
     renderer = ChunkedRenderer(model, chunk_rays, jit)
     origins, directions = part.view_rays(0)
     renderer(origins, directions)  # compiles every chunk size
+    renderer.samples_evaluated = 0
     start = time.perf_counter()
     out = renderer(origins, directions)
     frame_ms = (time.perf_counter() - start) * 1000
     hit = out["acc"] > 0
+    num_samples = model.sampler.sampler_config.num_samples
     print(f"render: a {part.part} view of {part.height}x{part.width} in {frame_ms:.0f} ms; "
-          f"{hit.mean():.1%} of its rays meet occupied space ({chunk_rays}-ray chunks)")
+          f"{hit.mean():.1%} of its rays meet occupied space ({chunk_rays}-ray chunks); the field was asked "
+          f"{renderer.samples_evaluated / max(hit.sum(), 1):.1f} of their {num_samples} samples each (the rest lay "
+          f"behind opaque matter)")
     o, d = origins.reshape(-1, 3), directions.reshape(-1, 3)
     chunk = np.flatnonzero(hit.ravel())[:chunk_rays]
     chunk_o, chunk_d = tf.constant(o[chunk]), tf.constant(d[chunk])
     timed("  which rays meet matter (a chunk)", renderer.hit_chunk, tf.constant(o[:chunk_rays]),
           tf.constant(d[:chunk_rays]))
-    timed("  render a chunk of rays that meet matter", renderer.render_chunk, chunk_o, chunk_d)
-    sample = tf.function(lambda o, d: model.sampler.sample(o, d, model.near, model.far, model.space, False,
-                                                           model.seed_generator), jit_compile=jit)
-    timed("    of which sampling", sample, chunk_o, chunk_d)
-    t_vals, _ = sample(chunk_o, chunk_d)
+    timed("  render a chunk of rays that meet matter", renderer, o[chunk], d[chunk])
+    timed("    of which sampling", renderer.sample_chunk, chunk_o, chunk_d)
+    t_vals, deltas = renderer.sample_chunk(chunk_o, chunk_d)
+    timed(f"  all {num_samples} samples of the chunk: field + compositing", renderer.composite_chunk, chunk_o,
+          chunk_d, t_vals, deltas)
     points = model.space.warp(tf.reshape(chunk_o[:, None] + chunk_d[:, None] * t_vals[..., None], [-1, 3]))
-    dirs = tf.reshape(tf.broadcast_to(chunk_d[:, None], [len(chunk), t_vals.shape[1], 3]), [-1, 3])
+    dirs = tf.reshape(tf.broadcast_to(chunk_d[:, None], [len(chunk), num_samples, 3]), [-1, 3])
     timed("    of which the field", tf.function(lambda p, d: model.field(p, d), jit_compile=jit), points, dirs)
+    field = model.field
+    if isinstance(field, HashGridField):
+        timed("      hash encoding", tf.function(field.encoding, jit_compile=jit), points)
+        timed("      hash encoding + density MLP", tf.function(field.density, jit_compile=jit), points)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The chunked renderer: the same pixels in chunks as at once, background rays skipped exactly, few shapes."""
+"""The chunked renderer: the same pixels in chunks as at once, background rays skipped exactly, rays stopped once
+opaque, few shapes."""
 
 import numpy as np
 import pytest
@@ -57,10 +58,35 @@ def test_renderer_skips_only_rays_that_would_be_background(rays):
     assert 0 < hit.sum() < len(hit)
     may_hit = nerf.rays_may_hit(o.numpy(), d.numpy())  # the renderer marches only these
     assert np.all(may_hit[hit]) and may_hit.sum() < len(hit)
-    rendered = ChunkedRenderer(nerf, 256)(o.numpy(), d.numpy())
+    rendered = ChunkedRenderer(nerf, 256, stop_transmittance=0.0)(o.numpy(), d.numpy())
     np.testing.assert_allclose(rendered["rgb"], direct["rgb"].numpy(), atol=1e-5)
     np.testing.assert_allclose(rendered["acc"], direct["acc"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(rendered["depth"], direct["depth"].numpy(), atol=1e-4)
     np.testing.assert_allclose(rendered["rgb"][~hit], 0.25)
+
+
+def test_rays_stop_once_opaque_and_differ_by_at_most_the_light_left(rays):
+    origins, directions = rays
+    nerf = model(background=1.0)
+    # A dense medium: exp(4) = 55 per unit of length makes every ray opaque within its first pass of
+    # samples (optical depth 4 over each 1/13 of a unit), but not in its first sample.
+    bias = nerf.field.density_out.bias.numpy()
+    bias[0] = 4.0
+    nerf.field.density_out.bias.assign(bias)
+    o, d = origins[0].reshape(-1, 3), directions[0].reshape(-1, 3)
+    direct = {k: v.numpy() for k, v in nerf.render_rays(tf.constant(o), tf.constant(d), training=False).items()}
+    every = ChunkedRenderer(nerf, 256, stop_transmittance=0.0)
+    stopping = ChunkedRenderer(nerf, 256, stop_transmittance=1e-4, samples_per_pass=8)
+    full, stopped = every(o, d), stopping(o, d)
+    hit = nerf.rays_hit(tf.constant(o), tf.constant(d)).numpy()
+    assert hit.sum() > 100 and direct["acc"][hit].min() > 1 - 1e-4  # every ray that meets matter ends opaque
+    num_samples = nerf.sampler.sampler_config.num_samples
+    assert every.samples_evaluated == hit.sum() * num_samples
+    assert stopping.samples_evaluated == hit.sum() * 8  # one pass each: the other 3/4 were never asked
+    np.testing.assert_allclose(full["rgb"], direct["rgb"], atol=1e-5)
+    np.testing.assert_allclose(stopped["rgb"], direct["rgb"], atol=1e-4)
+    np.testing.assert_allclose(stopped["depth"], direct["depth"], rtol=1e-3)
+    assert np.abs(stopped["rgb"] - direct["rgb"]).max() > 0  # it did stop short, not composite everything
 
 
 def test_a_changing_number_of_hit_rays_does_not_recompile(rays):
@@ -73,4 +99,4 @@ def test_a_changing_number_of_hit_rays_does_not_recompile(rays):
     for fraction in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
         nerf.sampler.grid.occupied.assign((rng.uniform(size=(32, 32, 32)) < fraction).astype(np.float32))
         renderer(origins[0], directions[0])
-    assert renderer.render_chunk.experimental_get_tracing_count() <= 2
+    assert renderer.composite_chunk.experimental_get_tracing_count() <= 2

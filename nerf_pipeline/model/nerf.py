@@ -59,14 +59,22 @@ class NeRF(keras.Model):
 
     def render_rays(self, ray_origins, ray_directions, training: bool = False) -> dict:
         """``rendering.composite``'s dict for flat rays: ``rgb [R, 3]``, ``depth [R]``, ``acc [R]``, ``weights [R, S]``."""
-        t_vals, deltas = self.sampler.sample(ray_origins, ray_directions, self.near, self.far, self.space, training,
-                                             self.seed_generator)
+        t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training)
+        rgb, sigma = self.field_along_rays(ray_origins, ray_directions, t_vals)
+        return rendering.composite(rgb, sigma, t_vals, deltas, self.background)
+
+    def sample_rays(self, ray_origins, ray_directions, training: bool = False):
+        """The sampler's ``(t_vals [R, S], deltas [R, S])`` for flat rays (jittered only while training)."""
+        return self.sampler.sample(ray_origins, ray_directions, self.near, self.far, self.space, training,
+                                   self.seed_generator)
+
+    def field_along_rays(self, ray_origins, ray_directions, t_vals):
+        """The field at depths ``t_vals [R, K]`` along flat rays: ``rgb [R, K, 3]``, ``sigma [R, K]``."""
         num_rays, num_samples = tf.shape(t_vals)[0], tf.shape(t_vals)[1]
-        points = ray_origins[:, None, :] + ray_directions[:, None, :] * t_vals[..., None]  # [R, S, 3]
+        points = ray_origins[:, None, :] + ray_directions[:, None, :] * t_vals[..., None]  # [R, K, 3]
         directions = tf.broadcast_to(ray_directions[:, None, :], tf.shape(points))
         rgb, sigma = self.field(self.space.warp(tf.reshape(points, [-1, 3])), tf.reshape(directions, [-1, 3]))
-        return rendering.composite(tf.reshape(rgb, [num_rays, num_samples, 3]),
-                                   tf.reshape(sigma, [num_rays, num_samples]), t_vals, deltas, self.background)
+        return tf.reshape(rgb, [num_rays, num_samples, 3]), tf.reshape(sigma, [num_rays, num_samples])
 
     def rays_hit(self, ray_origins, ray_directions):
         """``[R]`` bool: whether each ray can meet matter; renderers skip the others (they are background)."""
