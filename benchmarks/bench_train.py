@@ -228,11 +228,12 @@ def bench_preset(cfg: config.Config, name: str, train_part, heldout_part, budget
     orbit_poses = camera.orbit_poses(render_frames + 1, 30.0, 4.0)
     orbit_origins, orbit_directions = camera.generate_rays(orbit_poses, height, width, heldout_part.intrinsics[0])
     renderer(orbit_origins[:1], orbit_directions[:1])
+    renderer.samples_evaluated = 0
     start = time.perf_counter()
     orbit = renderer(orbit_origins[1:], orbit_directions[1:])
     render_s = time.perf_counter() - start
     hit = np.count_nonzero(orbit["acc"] > 0)
-    samples_per_frame = hit / render_frames * preset.sampler.num_samples
+    samples_per_frame = renderer.samples_evaluated / render_frames  # those behind opaque matter are never asked
     flops_per_frame = samples_per_frame * mlp_flops_per_sample(model)
     matmul = matmul_flops_per_s(preset.field.width)
 
@@ -257,6 +258,7 @@ def bench_preset(cfg: config.Config, name: str, train_part, heldout_part, budget
                          "seconds_per_frame": round(render_s / render_frames, 3),
                          "frames_per_s": round(render_frames / render_s, 2),
                          "rays_through_occupied_space": int(hit),
+                         "field_samples_per_hit_ray": round(renderer.samples_evaluated / max(hit, 1), 2),
                          "mlp_flops_per_frame": flops_per_frame,
                          "matmul_flops_per_s": matmul,
                          "compute_bound_frames_per_s": round(matmul["model_layer"] / flops_per_frame, 1)

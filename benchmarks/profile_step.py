@@ -10,7 +10,8 @@ encoding alone (forward + backward); the MLPs alone (forward + backward); the op
 Then one held-out view is rendered whole as the evaluate and render stages do (``ChunkedRenderer``),
 and a chunk of its rays through each part: which rays can meet matter (a march), sampling, the
 field (its hash encoding, with the density MLP), and how many samples a ray is followed for before
-it is opaque (early ray termination). Prints milliseconds; ``--set KEY=VALUE`` changes params for the run, as in ``bench_train.py``.
+it is opaque (early ray termination). Prints milliseconds; ``--set KEY=VALUE`` changes params for the
+run, as in ``bench_train.py``.
 """
 
 from __future__ import annotations
