@@ -64,3 +64,89 @@ def test_a_replaced_folder_is_whole_and_its_old_content_gone(tmp_path):
         (tmp / "new.txt").write_text("2")
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+# ----------------------------------------------------------------------------- crashes while a folder is replaced
+
+# A child process replaces the folder ``target`` (holding old.txt) by one holding new.txt and is killed
+# with SIGKILL at the step ``kill_at`` names: nothing of Python's clean-up runs, as in a power cut.
+CHILD = """
+import os, signal, sys
+from nerf_pipeline.runtime import atomic
+
+target, kill_at = sys.argv[1], sys.argv[2]
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if kill_at == "between the two renames":
+    atomic.exchange = lambda a, b: False  # as on an OS without renameat2
+    real_replace, calls = os.replace, []
+    def replace(*args):
+        calls.append(args)
+        (die if len(calls) == 2 else real_replace)(*args)  # the second: the new folder moving in
+    os.replace = replace
+elif kill_at == "before the exchange":
+    atomic.exchange = die
+elif kill_at == "after the exchange":
+    real_exchange = atomic.exchange
+    def exchange(a, b):
+        assert real_exchange(a, b), "renameat2 cannot exchange here"
+        die()
+    atomic.exchange = exchange
+with atomic.atomic_dir(target) as tmp:
+    (tmp / "new.txt").write_text("new")
+"""
+
+
+def replace_and_kill(target, kill_at: str):
+    import signal
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", CHILD, str(target), kill_at], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def contents(folder) -> list:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_exchange_swaps_two_folders_in_one_step(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/x").write_text("a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/y").write_text("b")
+    assert atomic.exchange(tmp_path / "a", tmp_path / "b")  # Linux with glibc >= 2.28 on ext4, tmpfs, btrfs, xfs
+    assert contents(tmp_path / "a") == ["y"] and contents(tmp_path / "b") == ["x"]
+    with pytest.raises(FileNotFoundError):
+        atomic.exchange(tmp_path / "a", tmp_path / "missing")
+
+
+@pytest.mark.parametrize("kill_at, left", [("before the exchange", "old.txt"), ("after the exchange", "new.txt")])
+def test_with_exchange_a_killed_replacement_leaves_the_target_whole(tmp_path, kill_at, left):
+    with atomic.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "old.txt").write_text("old")
+    replace_and_kill(tmp_path / "d", kill_at)
+    assert contents(tmp_path / "d") == [left]
+
+
+def test_a_crash_between_the_two_renames_is_recovered_by_the_next_call(tmp_path):
+    with atomic.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "old.txt").write_text("old")
+    replace_and_kill(tmp_path / "d", "between the two renames")
+    assert not (tmp_path / "d").exists() and contents(tmp_path / ".d.old") == ["old.txt"]  # what the crash left
+    with pytest.raises(RuntimeError):  # the next run puts the old folder back before it starts, even if it fails
+        with atomic.atomic_dir(tmp_path / "d"):
+            raise RuntimeError("crash mid-write")
+    assert contents(tmp_path / "d") == ["old.txt"] and not (tmp_path / ".d.old").exists()
+
+
+def test_a_crash_after_the_new_folder_moved_in_leaves_it_and_the_next_call_tidies(tmp_path, monkeypatch):
+    with atomic.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "old.txt").write_text("old")
+    (tmp_path / ".d.old").mkdir()  # the old folder, set aside, not yet removed when the crash came
+    (tmp_path / ".d.old/old.txt").write_text("old")
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
+    with atomic.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert contents(tmp_path / "d") == ["new.txt"] and contents(tmp_path) == ["d"]

@@ -5,6 +5,13 @@ at most a stray temporary file, never a truncated output that DVC would cache.
 ``os.replace`` is atomic on POSIX when both names are on the same file system, which
 they are since the temporary file lives beside its target.
 
+A folder cannot be replaced by a rename (``rename`` refuses a non-empty target), so ``atomic_dir``
+swaps the new folder with the old one in one step where the OS can (Linux's ``renameat2`` with
+``RENAME_EXCHANGE``, glibc 2.28 and later, on file systems that support it): the target is
+always there, old or new. Elsewhere it renames the old folder aside to ``.<name>.old`` and the new
+one into place; a crash between the two leaves no target but that ``.old`` folder, which the next
+``atomic_dir`` of the same path puts back before it starts.
+
 Temporary files and folders are created with the modes a plain ``open``/``mkdir`` would give
 (0666 and 0777, less the umask, which the kernel applies), so the published output has ordinary
 permissions. The process umask is never read or changed: changing it, even for a moment, would
@@ -14,6 +21,8 @@ also change the mode of files that TensorFlow's and MLflow's threads create mean
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import secrets
@@ -69,24 +78,77 @@ def atomic_path(path, suffix: str | None = None):
         raise
 
 
+AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
+RENAME_EXCHANGE = 2  # <linux/fs.h>: swap the two names atomically
+# renameat2 fails with these where the kernel, the C library or the file system has no exchange
+EXCHANGE_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def _renameat2():
+    """libc's ``renameat2``, or ``None`` where the C library has none (not Linux, glibc before 2.28)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def exchange(a, b) -> bool:
+    """Swap the names ``a`` and ``b`` (both must exist) in one atomic step; ``False``, with nothing changed,
+    where the OS or the file system cannot."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in EXCHANGE_UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _set_aside_name(path: Path) -> Path:
+    """Where the two-rename fallback keeps the old folder while the new one moves in."""
+    return path.parent / f".{path.name}.old"
+
+
+def recover_dir(path) -> None:
+    """Finish what a crash in ``atomic_dir``'s fallback left: the old folder, set aside, is put back
+    when ``path`` is missing, and removed when the new folder made it into place."""
+    path = Path(path)
+    aside = _set_aside_name(path)
+    if not os.path.lexists(aside):
+        return
+    if os.path.lexists(path):
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(aside, path)
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
-    The old folder is first renamed aside and removed only after the new one is in place.
+    With ``exchange`` the target is never missing; otherwise the old folder is renamed aside, the
+    new one moved in, and the old one removed (``recover_dir``, run first, repairs a crash between).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = _new_folder(path)
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = _new_folder(path.parent / f"{path.name}.old")
-            os.replace(path, old / "content")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if not os.path.lexists(path):
+            os.replace(tmp, path)
+        elif exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
+        else:
+            aside = _set_aside_name(path)
+            os.replace(path, aside)
+            os.replace(tmp, path)
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
