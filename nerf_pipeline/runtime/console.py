@@ -1,12 +1,14 @@
-"""A quiet console: TensorFlow's native start-up and runtime log lines filtered out of a stage's output.
+"""A quiet console: the known native start-up lines of TensorFlow filtered out of a stage's output.
 
 TensorFlow 2.21 and XLA log from C++ through absl straight to file descriptor 2, before and regardless
-of Python's logging and of ``TF_CPP_MIN_LOG_LEVEL`` ("I0000 … oneDNN custom operations are on",
-"E0000 … failed call to cuInit", "Could not find cuda drivers"): on a machine without a GPU a new
-user reads them as failures. ``quiet()`` puts a pipe in place of descriptor 2 and a thread that
-copies every line to the real stderr except those native log lines (info and warning levels, and
-errors about CUDA, which only say that there is no GPU). Other native errors, Python's own output
-and tracebacks pass. ``NERF_PIPELINE_VERBOSE=1`` (or a stage's ``--verbose``) leaves stderr alone.
+of Python's logging and of ``TF_CPP_MIN_LOG_LEVEL``: on a machine without a GPU each process that
+imports TensorFlow says "Could not find cuda drivers", "failed call to cuInit: … CUDA error" and
+more, which a new user reads as failures. ``quiet()`` puts a pipe in place of descriptor 2 and a
+thread that copies every line to the real stderr except those known lines, named one by one below
+(each seen in this project's stages on a CPU-only machine). Every other line passes: any other
+native info, warning, error or fatal line (a CUDA out-of-memory or driver error, an XLA failure),
+Python's own output and tracebacks. ``NERF_PIPELINE_VERBOSE=1`` (or a stage's ``--verbose``) leaves
+stderr alone.
 """
 
 from __future__ import annotations
@@ -18,23 +20,37 @@ import sys
 import threading
 
 VERBOSE_ENV = "NERF_PIPELINE_VERBOSE"
-# absl's prefix: level letter, MMDD, time, thread id, file:line]
-NATIVE_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] ")
-NOISE = (
-    re.compile(rb"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),
-    re.compile(rb"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags"),
+# absl's prefix: level letter, MMDD, time, thread id, file:line], then the message
+NATIVE_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] (.*)$")
+# (level, the start of the message) of each native line known to be noise on a CPU-only machine
+NATIVE_NOISE = (
+    (b"I", re.compile(rb"oneDNN custom operations are on\. You may see slightly different numerical results")),
+    (b"I", re.compile(rb"Could not find cuda drivers on your machine, GPU will not be used\.$")),
+    (b"I", re.compile(rb"This TensorFlow binary is optimized to use available CPU instructions in performance-critical")),
+    # What cuInit says where there is no CUDA driver at all; a driver that fails says something else, and is kept.
+    (b"E", re.compile(rb"failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR \(303\)$")),
+    (b"I", re.compile(rb"XLA service 0x[0-9a-f]+ initialized for platform Host \(this does not guarantee")),
+    (b"I", re.compile(rb"  StreamExecutor \[0\]: Host, Default Version")),
+    (b"I", re.compile(rb"disabling MLIR crash reproducer, set env var `MLIR_CRASH_REPRODUCER_DIRECTORY` to enable\.$")),
+    (b"I", re.compile(rb"Compiled cluster using XLA!  This line is logged at most once")),
+    (b"W", re.compile(rb"Input of GeneratorDatasetOp::Dataset will not be optimized")),
 )
-CUDA_ERROR = re.compile(rb"cuInit|CUDA|cuda", re.IGNORECASE)
+# Lines without absl's prefix that TensorFlow prints at start
+OTHER_NOISE = (
+    re.compile(rb"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
+    re.compile(rb"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$"),
+)
 
 _state: dict = {}
 
 
 def is_noise(line: bytes) -> bool:
-    """Whether a line of stderr is native log noise (see the module docstring)."""
+    """Whether a line of stderr (without its newline) is one of the known native start-up lines."""
     match = NATIVE_LINE.match(line)
     if match:
-        return match.group(1) in (b"I", b"W") or (match.group(1) == b"E" and bool(CUDA_ERROR.search(line)))
-    return any(pattern.match(line) for pattern in NOISE)
+        level, message = match.groups()
+        return any(level == known and pattern.match(message) for known, pattern in NATIVE_NOISE)
+    return any(pattern.match(line) for pattern in OTHER_NOISE)
 
 
 def _copy(read_fd: int, write_fd: int) -> None:
