@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import imageio.v2 as iio2
 import imageio.v3 as iio
 import numpy as np
@@ -12,6 +15,7 @@ from nerf_pipeline import camera
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import frames
 from nerf_pipeline.scenes.folders import evenly_spread
+from nerf_pipeline.scenes.scene import MIN_VIEWS
 
 BLURRED = (1, 4, 16, 23, 33)  # 4, 16, 23 and 33 are among the 20 candidates of 40 frames; 1 is not
 
@@ -48,15 +52,17 @@ def shaky_video(tmp_path_factory):
 
 def test_video_keeps_evenly_spread_candidates_and_drops_the_blurriest(shaky_video):
     calls = []
-    kept, names, stats = frames.video_frames(shaky_video, max_frames=20, drop_blurriest=0.2,
-                                             progress=lambda done, total: calls.append((done, total)))
+    video = frames.select_video_frames(shaky_video, max_frames=20, drop_blurriest=0.2,
+                                       progress=lambda done, total: calls.append((done, total)))
     candidates = evenly_spread(40, 20).tolist()
     assert len(candidates) == 20 and candidates[0] == 0 and candidates[-1] == 39
     blurred_candidates = [i for i in BLURRED if i in candidates]
     assert blurred_candidates == [4, 16, 23, 33]  # 1 is blurred but never a candidate
     expected = [i for i in candidates if i not in blurred_candidates]
-    assert names == [f"frame_{i:05d}.png" for i in expected]  # time order, source indices
-    assert stats == {"frames_in_video": 40, "candidates": 20, "dropped_blurry": 4, "kept": 16, "fps": 10.0}
+    assert video.indices == expected and video.names == [f"frame_{i:05d}.png" for i in expected]  # time order
+    assert video.stats == {"frames_in_video": 40, "candidates": 20, "dropped_blurry": 4, "kept": 16, "fps": 10.0}
+    assert (video.height, video.width) == (48, 64)
+    kept = list(video.frames())
     assert len(kept) == 16 and all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in kept)
     # each kept frame is the decoded source frame it is named after
     with iio2.get_reader(shaky_video, format="FFMPEG") as reader:
@@ -64,26 +70,56 @@ def test_video_keeps_evenly_spread_candidates_and_drops_the_blurriest(shaky_vide
     for frame, index in zip(kept, expected):
         np.testing.assert_array_equal(frame, decoded[index])
     assert calls[-1] == (40, 40) and [done for done, _ in calls] == list(range(1, 41))
+    # read(k), in order as the download stage reads, and again from the start
+    read = video.reader()
+    for k in (0, 1, 15, 2):
+        np.testing.assert_array_equal(read(k), decoded[expected[k]])
+
+
+def live(references) -> int:
+    gc.collect()
+    return sum(reference() is not None for reference in references)
+
+
+def test_a_video_is_streamed_holding_a_frame_at_a_time(shaky_video, monkeypatch):
+    """Neither the scoring pass nor the decoding of the kept frames keeps frames it has passed on:
+    memory does not grow with the number of frames (150 frames of 4K would be 3.7 GB)."""
+    scored, measure = [], frames.sharpness
+
+    def sharpness(frame):
+        scored.append(weakref.ref(frame))
+        assert live(scored) <= 2, "the scoring pass keeps the frames it scored"  # this one, the decoder's last
+        return measure(frame)
+
+    monkeypatch.setattr(frames, "sharpness", sharpness)
+    video = frames.select_video_frames(shaky_video, max_frames=20, drop_blurriest=0.2)
+    assert len(scored) == 20 and live(scored) == 0
+    yielded = []
+    for frame in video.frames():
+        yielded.append(weakref.ref(frame))
+        del frame
+        assert live(yielded) <= 2, "the decoding pass keeps the frames it yielded"
+    assert len(yielded) == 16 and live(yielded) == 0
 
 
 def test_a_short_video_gives_all_its_frames(tmp_path):
     path = write_video(tmp_path / "short.mp4", rendered_orbit(num_frames=6))
-    kept, names, stats = frames.video_frames(path, max_frames=20, drop_blurriest=0.0)
-    assert names == [f"frame_{i:05d}.png" for i in range(6)] and len(kept) == 6
-    assert stats == {"frames_in_video": 6, "candidates": 6, "dropped_blurry": 0, "kept": 6, "fps": 10.0}
+    video = frames.select_video_frames(path, max_frames=20, drop_blurriest=0.0)
+    assert video.names == [f"frame_{i:05d}.png" for i in range(6)] and len(list(video.frames())) == 6
+    assert video.stats == {"frames_in_video": 6, "candidates": 6, "dropped_blurry": 0, "kept": 6, "fps": 10.0}
 
 
-def test_a_video_of_one_frame_is_refused(tmp_path):
-    path = write_video(tmp_path / "still.mp4", rendered_orbit(num_frames=1))
-    with pytest.raises(DataError, match=r"still\.mp4: the video has 1 frame\(s\)"):
-        frames.video_frames(path, max_frames=20, drop_blurriest=0.1)
+def test_the_blur_filter_keeps_the_fewest_views_a_scene_needs(tmp_path):
+    path = write_video(tmp_path / "short.mp4", rendered_orbit(num_frames=4))
+    video = frames.select_video_frames(path, max_frames=20, drop_blurriest=0.9)
+    assert len(video.indices) == MIN_VIEWS == 3 and video.stats["dropped_blurry"] == 1
 
 
 def test_a_file_that_is_no_video_is_refused_naming_it(tmp_path):
     path = tmp_path / "clip.mp4"
     path.write_text("not a video\n" * 100)
     with pytest.raises(DataError) as error:
-        frames.video_frames(path, max_frames=20, drop_blurriest=0.1)
+        frames.select_video_frames(path, max_frames=20, drop_blurriest=0.1)
     assert str(error.value).startswith(f"{path}: cannot decode it as a video (")
     assert "Traceback" not in str(error.value) and "\n" not in str(error.value)
 
@@ -133,10 +169,13 @@ def test_photo_files_prefer_the_images_subfolder_and_are_sorted(tmp_path):
     assert [p.name for p in frames.photo_files(tmp_path / "capture")] == ["1.png", "2.jpeg"]
 
 
-def test_fewer_than_two_photos_are_refused(tmp_path):
-    write_photos(tmp_path / "capture", ["only.jpg"])
-    with pytest.raises(DataError, match=r"capture: found 1 photo\(s\)"):
+def test_a_folder_without_photos_is_refused(tmp_path):
+    (tmp_path / "capture").mkdir()
+    (tmp_path / "capture" / "notes.txt").write_text("taken at noon")
+    with pytest.raises(DataError, match=r"capture: found no photos \(\.jpg, \.jpeg, \.png\) in .*capture\.$"):
         frames.photo_files(tmp_path / "capture")
+    write_photos(tmp_path / "capture", ["only.jpg"])  # too few for a scene: sources.read_views refuses it
+    assert [p.name for p in frames.photo_files(tmp_path / "capture")] == ["only.jpg"]
     with pytest.raises(DataError, match="folder not found"):
         frames.photo_files(tmp_path / "missing")
 
@@ -176,5 +215,8 @@ def test_photos_of_different_sizes_are_refused_with_the_sizes_found():
     message = str(error.value)
     assert message.startswith("capture: the photos come in 2 sizes")
     assert "3024x4032 (40 photos, e.g. IMG_0001.jpg), 4032x3024 (2 photos, e.g. IMG_0099.jpg)" in message
+    sizes.pop("IMG_0100.jpg")
+    with pytest.raises(DataError, match=r", 4032x3024 \(1 photo, e\.g\. IMG_0099\.jpg\), but"):
+        frames.check_one_camera(sizes, "capture")
     assert "one camera" in message and "one orientation" in message
     assert frames.check_one_camera({"a.jpg": (24, 32), "b.jpg": (24, 32)}, "capture") == (24, 32)

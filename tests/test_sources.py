@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from captures import write_colmap_capture, write_llff_capture
 from conftest import assert_user_error, stage, tiny_params, write_params
-from scenes import trace_views
+from scenes import trace_views, write_blender, write_ngp
 from test_folders import check_rays_and_pixels, through_the_pipeline
 
 from nerf_pipeline import camera, config
@@ -119,8 +119,11 @@ def _unsupported_camera(folder):
     return "OPENCV_FISHEYE"
 
 
-@pytest.mark.parametrize("make", [_zero_byte_photo, _mixed_sizes, _undecodable_video, _colmap_names_match_no_file,
-                                  _llff_row_count, _unsupported_camera])
+BAD_CAPTURES = [_zero_byte_photo, _mixed_sizes, _undecodable_video, _colmap_names_match_no_file, _llff_row_count,
+                _unsupported_camera]
+
+
+@pytest.mark.parametrize("make", BAD_CAPTURES)
 def test_a_bad_capture_stops_the_download_naming_the_file_and_writes_nothing(tmp_path, make):
     message = make(tmp_path / "capture")
     source = tmp_path / "capture" / "clip.mp4" if (tmp_path / "capture" / "clip.mp4").exists() else tmp_path / "capture"
@@ -135,3 +138,65 @@ def test_a_bad_capture_stops_the_download_naming_the_file_and_writes_nothing(tmp
 def test_a_missing_source_is_named_with_a_suggestion():
     with pytest.raises(DataError, match="'data.source' is 'synthetc': no such folder.*Did you mean 'synthetic'"):
         views_of("synthetc")
+
+
+# ----------------------------------------------------------------------------- too few views, for every source
+
+TOO_FEW = "but a scene needs at least 3, 2 to train on and 1 to validate on"
+
+
+def _write_video(path, count):
+    images = (np.random.default_rng(0).uniform(size=(count, 24, 32, 3)) * 255).astype(np.uint8)
+    imageio.mimwrite(path, images, format="FFMPEG", fps=10, codec="libx264", quality=8, pixelformat="yuv420p",
+                     macro_block_size=1)
+    return path
+
+
+def _npz(folder, count):
+    folder.mkdir()
+    np.savez(folder / "scene.npz", images=np.zeros((count, 8, 8, 3), np.uint8), focal=10.0,
+             poses=camera.hemisphere_poses(count, 4.0, seed=0))
+    return folder / "scene.npz"
+
+
+@pytest.mark.parametrize("make, found", [
+    (lambda folder: photos(folder, count=2) is None or folder, "2 views"),
+    (lambda folder: photos(folder, count=1) is None or folder, "1 view,"),
+    (lambda folder: folder.mkdir() or _write_video(folder / "clip.mp4", 2), "2 views"),
+    (lambda folder: _npz(folder, 2), "2 views"),
+    (lambda folder: write_ngp(folder, num_views=2) and folder, "2 views"),
+    (lambda folder: write_blender(folder, num_train=1, num_val=1, num_test=4) and folder,
+     "2 views outside its test split"),
+])
+def test_a_source_with_too_few_views_is_refused_at_once(tmp_path, make, found):
+    source = make(tmp_path / "capture")
+    with pytest.raises(DataError) as error:
+        views_of(source)
+    message = str(error.value)
+    assert f": {found}" in message and TOO_FEW in message and message.endswith("(more photos, a longer video).")
+
+
+def test_too_few_views_name_the_param_that_kept_them_few(tmp_path):
+    photos(tmp_path / "photos", count=6)
+    with pytest.raises(DataError, match=f"photos: 2 views, {TOO_FEW}; 'data.max_views' is 2: set it to 3 or more."):
+        views_of(tmp_path / "photos", max_views=2)
+    _write_video(tmp_path / "clip.mp4", 12)
+    with pytest.raises(DataError, match=f"clip.mp4: 2 views, {TOO_FEW}; 'data.max_frames' is 2: set it to 3"):
+        views_of(tmp_path / "clip.mp4", max_frames=2, drop_blurriest=0.0)
+    assert views_of(tmp_path / "photos", max_views=3).count == 3
+
+
+def _two_photos(folder):
+    photos(folder, count=2)
+    return f"capture: 2 views, {TOO_FEW}"
+
+
+def _one_frame_video(folder):
+    folder.mkdir()
+    _write_video(folder / "clip.mp4", 1)
+    return f"clip.mp4: 1 view, {TOO_FEW}"
+
+
+@pytest.mark.parametrize("make", [_two_photos, _one_frame_video])
+def test_too_few_views_stop_the_download_before_structure_from_motion(tmp_path, make):
+    test_a_bad_capture_stops_the_download_naming_the_file_and_writes_nothing(tmp_path, make)

@@ -4,7 +4,9 @@
   ``folder``, sorted by name. Pixels are read as stored (EXIF orientation is not applied). All must
   share one size: one camera, one orientation.
 * **Videos** (``.mp4 .mov .m4v .avi .mkv .webm``, decoded by ffmpeg through imageio):
-  ``max_frames`` candidates evenly spread over the whole video, minus the blurriest fraction.
+  ``max_frames`` candidates evenly spread over the whole video, minus the blurriest fraction. The
+  video is streamed: one pass scores the candidates and keeps only the scores, a second decodes
+  the kept frames as they are read, so no more than a frame or two is in memory at once.
   Phone videos are full of motion blur when the hand moves fast, and a blurred frame gives
   structure from motion few, badly placed feature matches and the NeRF a smeared view to fit,
   so the candidates with the least sharpness (variance of the Laplacian) are dropped.
@@ -16,12 +18,14 @@ Frames are ``[H, W, 3]`` uint8 RGB arrays, all of one size; a video's frames are
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from nerf_pipeline.runtime.errors import DataError
-from nerf_pipeline.scenes.folders import evenly_spread
+from nerf_pipeline.scenes.scene import MIN_VIEWS, evenly_spread
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
@@ -53,9 +57,8 @@ def photo_files(folder) -> list[Path]:
     # metadata files next to the photos, which are no images.
     photos = sorted((path for path in where.iterdir() if path.is_file() and not path.name.startswith(".")
                      and path.suffix.lower() in PHOTO_EXTENSIONS), key=lambda path: path.name)
-    if len(photos) < 2:
-        raise DataError(f"{folder}: found {len(photos)} photo(s) ({', '.join(PHOTO_EXTENSIONS)}) in {where}; "
-                        "structure from motion needs at least 2 photos of the scene.")
+    if not photos:  # (too few photos are refused with every other source's, in sources.read_views)
+        raise DataError(f"{folder}: found no photos ({', '.join(PHOTO_EXTENSIONS)}) in {where}.")
     return photos
 
 
@@ -96,7 +99,8 @@ def check_one_camera(sizes: dict[str, tuple[int, int]], source) -> tuple[int, in
         names_by_size.setdefault(tuple(sizes[name]), []).append(name)
     if len(names_by_size) == 1:
         return next(iter(names_by_size))
-    found = ", ".join(f"{width}x{height} ({len(names)} photos, e.g. {names[0]})" for (height, width), names
+    found = ", ".join(f"{width}x{height} ({len(names)} photo{'' if len(names) == 1 else 's'}, e.g. {names[0]})"
+                      for (height, width), names
                       in sorted(names_by_size.items(), key=lambda item: (-len(item[1]), item[0])))
     raise DataError(f"{source}: the photos come in {len(names_by_size)} sizes, {found}, but one capture must come "
                     "from one camera; use photos from one camera, all taken in one orientation (portrait and "
@@ -134,29 +138,96 @@ def _undecodable(path, reason: str) -> DataError:
     return DataError(f"{path}: cannot decode it as a video ({reason}).")
 
 
-def video_frames(path, max_frames: int, drop_blurriest: float,
-                 progress=None) -> tuple[list[np.ndarray], list[str], dict]:
-    """``(frames, names, stats)`` of a video: ``max_frames`` candidates evenly spread over it (all frames
-    if fewer), less the ``drop_blurriest`` fraction of them with the least ``sharpness``.
-
-    ``frames`` are ``[H, W, 3]`` uint8 in time order, ``names`` ``frame_00042.png`` (the index in the
-    video), ``stats`` ``{"frames_in_video", "candidates", "dropped_blurry", "kept", "fps"}``. After
-    ffmpeg has counted the frames, the video is decoded in order, keeping only the candidates;
-    ``progress(done, total)`` is called per decoded frame.
-    """
+def _open_video(path: Path):
     import imageio.v2 as iio
 
+    try:
+        return iio.get_reader(path, format="FFMPEG")
+    except Exception as e:  # imageio-ffmpeg raises OSError or RuntimeError with ffmpeg's log
+        raise _undecodable(path, _reason(e, last_line=True)) from None
+
+
+def _decoded(path: Path, reader, count: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, frame)`` of the first ``count`` frames, decoded in order; stops early where ffmpeg
+    delivers fewer than it counted."""
+    decoded = iter(reader)
+    for index in range(count):
+        try:
+            frame = next(decoded)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise _undecodable(path, _reason(e, last_line=True)) from None
+        yield index, frame
+        del frame  # not held while the next one decodes
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """The frames chosen from a video, not yet decoded: ``frames()`` decodes them, one at a time."""
+
+    path: Path
+    indices: list  # [K] int, increasing: each kept frame's index in the video
+    height: int
+    width: int
+    stats: dict  # {"frames_in_video", "candidates", "dropped_blurry", "kept", "fps"}
+
+    @property
+    def names(self) -> list[str]:
+        """``frame_00042.png`` for each kept frame, after its index in the video."""
+        return [f"frame_{index:05d}.png" for index in self.indices]
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """The kept frames ``[H, W, 3]`` uint8 in time order, decoded from the start of the video; the
+        generator holds no frame but the one it yields."""
+        wanted, last = set(self.indices), self.indices[-1]
+        with _open_video(self.path) as reader:
+            for index, frame in _decoded(self.path, reader, last + 1):
+                if index in wanted:
+                    yield frame
+                del frame
+                if index == last:
+                    return
+        raise DataError(f"{self.path}: the video ended before frame {last}, which an earlier pass decoded; "
+                        "the file changed while it was read.")
+
+    def reader(self):
+        """``read(k) -> [H, W, 3]`` uint8, the ``k``-th kept frame, for views read in order (as the download
+        stage writes them): one decoding pass, restarted only when ``k`` goes back."""
+        state = {"frames": None, "next": 0}
+
+        def read(k: int) -> np.ndarray:
+            if state["frames"] is None or k < state["next"]:
+                state["frames"], state["next"] = self.frames(), 0
+            for frame in state["frames"]:
+                state["next"] += 1
+                if state["next"] - 1 == k:
+                    if state["next"] == len(self.indices):
+                        state["frames"].close()  # ffmpeg's process ends now, not when the reader is collected
+                        state["frames"] = None
+                    return frame
+            raise IndexError(f"{self.path}: {len(self.indices)} frames kept; asked for frame {k}")
+
+        return read
+
+
+def select_video_frames(path, max_frames: int, drop_blurriest: float, progress=None) -> VideoFrames:
+    """The frames to take of a video: ``max_frames`` candidates evenly spread over it (all frames if
+    fewer), less the ``drop_blurriest`` fraction of them with the least ``sharpness`` (``MIN_VIEWS`` kept
+    at least).
+
+    The video is decoded once to score the candidates, keeping only their scores (a 4K frame is
+    25 MB: 150 of them would not fit in memory), so the kept frames are decoded again when read
+    (``VideoFrames.frames``). When the container does not say how many frames there are, ffmpeg
+    counts them first. ``progress(done, total)`` is called per frame of the scoring pass.
+    """
     if max_frames < 2 or not 0.0 <= drop_blurriest < 1.0:
         raise ValueError(f"max_frames must be at least 2 and drop_blurriest in [0, 1); got {max_frames}, "
                          f"{drop_blurriest}")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: video not found.")
-    try:
-        reader = iio.get_reader(path, format="FFMPEG")
-    except Exception as e:  # imageio-ffmpeg raises OSError or RuntimeError with ffmpeg's log
-        raise _undecodable(path, _reason(e, last_line=True)) from None
-    with reader:
+    with _open_video(path) as reader:
         meta = reader.get_meta_data()
         fps = float(meta.get("fps") or 0.0)
         count = meta.get("nframes", math.inf)
@@ -164,33 +235,27 @@ def video_frames(path, max_frames: int, drop_blurriest: float,
             # imageio leaves nframes unknown, and duration x fps is only an estimate (phones record a
             # variable frame rate; containers round durations): a count off by a few frames would skew the
             # spacing or ask for frames past the end. So ffmpeg decodes the video once to count exactly,
-            # throwing the pixels away, before the pass that keeps the candidates.
+            # throwing the pixels away, before the pass that scores the candidates.
             try:
                 count = reader.count_frames()
             except Exception as e:
                 raise _undecodable(path, _reason(e, last_line=True)) from None
         count = int(count)
         wanted = set(evenly_spread(count, max_frames).tolist())
-        frames, indices, decoded = [], [], iter(reader)
-        for index in range(count):  # the last candidate is the last frame
-            try:
-                frame = next(decoded)
-            except StopIteration:  # ffmpeg delivered fewer frames than it counted
-                count = index
-                break
-            except Exception as e:
-                raise _undecodable(path, _reason(e, last_line=True)) from None
+        scores, size, decoded = {}, None, 0
+        for index, frame in _decoded(path, reader, count):  # the last candidate is the last frame
+            decoded = index + 1
             if index in wanted:
-                frames.append(frame)
-                indices.append(index)
+                scores[index], size = sharpness(frame), frame.shape[:2]
+            del frame  # not held while the next one decodes
             if progress is not None:
-                progress(index + 1, count)
-    if len(frames) < 2:
-        raise DataError(f"{path}: the video has {count} frame(s); structure from motion needs at least 2.")
-    scores = np.array([sharpness(frame) for frame in frames])
-    dropped = min(int(drop_blurriest * len(frames) + 0.5), len(frames) - 2)  # keep 2 at least
-    blurriest = set(np.argsort(scores, kind="stable")[:dropped].tolist())
-    kept = [i for i in range(len(frames)) if i not in blurriest]
-    stats = {"frames_in_video": count, "candidates": len(frames), "dropped_blurry": dropped, "kept": len(kept),
-             "fps": fps}
-    return [frames[i] for i in kept], [f"frame_{indices[i]:05d}.png" for i in kept], stats
+                progress(decoded, count)
+    if not scores:
+        raise DataError(f"{path}: the video has no frames that ffmpeg can decode.")
+    candidates = sorted(scores)
+    dropped = min(int(drop_blurriest * len(candidates) + 0.5), max(len(candidates) - MIN_VIEWS, 0))
+    blurriest = set(np.argsort([scores[i] for i in candidates], kind="stable")[:dropped].tolist())
+    indices = [index for k, index in enumerate(candidates) if k not in blurriest]
+    stats = {"frames_in_video": decoded, "candidates": len(candidates), "dropped_blurry": dropped,
+             "kept": len(indices), "fps": fps}
+    return VideoFrames(path=path, indices=indices, height=int(size[0]), width=int(size[1]), stats=stats)

@@ -42,6 +42,7 @@ from nerf_pipeline.runtime import atomic
 from nerf_pipeline.runtime.errors import DataError
 
 ROTATION_TOLERANCE = 1e-3
+MIN_VIEWS = 3  # every source: at least 2 views to train on and 1 to validate on
 IMAGES, DEPTH, CAMERAS = "images.npy", "depth.npy", "cameras.npz"
 PARTS = ("train", "val", "test")
 

@@ -37,7 +37,7 @@ import numpy as np
 from nerf_pipeline.config import Config
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import colmap, folders, frames, llff, synthetic
-from nerf_pipeline.scenes.scene import Cameras, Views, evenly_spread, read_npz, scalar
+from nerf_pipeline.scenes.scene import MIN_VIEWS, Cameras, Views, evenly_spread, read_npz, scalar
 
 log = logging.getLogger(__name__)
 
@@ -221,20 +221,46 @@ def read_photos(folder: Path, max_views) -> Views:
 
 
 def read_video(path: Path, max_frames: int, drop_blurriest: float) -> Views:
-    """Frames of a video at even spacing, the blurriest dropped; no poses."""
-    kept, names, stats = frames.video_frames(path, max_frames, drop_blurriest)
+    """Frames of a video at even spacing, the blurriest dropped; no poses. Streamed: each frame is
+    decoded when it is read (``frames.VideoFrames``)."""
+    video = frames.select_video_frames(path, max_frames, drop_blurriest)
+    stats = video.stats
     log.info("%s: %d frames in the video, %d taken at even spacing, %d blurriest dropped, %d kept", path,
              stats["frames_in_video"], stats["candidates"], stats["dropped_blurry"], stats["kept"])
-    height, width = kept[0].shape[:2]
-    return Views(count=len(kept), height=height, width=width, read=lambda i: kept[i],
-                 cameras=_unposed(names, height, width, sequence=True), source=str(path))
+    return Views(count=len(video.indices), height=video.height, width=video.width, read=video.reader(),
+                 cameras=_unposed(video.names, video.height, video.width, sequence=True), source=str(path))
 
 
 # ----------------------------------------------------------------------------- dispatch
 
 
 def read_views(cfg: Config, scratch: Path) -> Views:
-    """The views ``cfg.data.source`` names (``scratch``: a folder for downloads). Raises ``DataError``."""
+    """The views ``cfg.data.source`` names (``scratch``: a folder for downloads), at least ``MIN_VIEWS`` of
+    them to train and validate on. Raises ``DataError``."""
+    views = _read_source(cfg, scratch)
+    check_enough_views(views, cfg)
+    return views
+
+
+def check_enough_views(views: Views, cfg: Config) -> None:
+    """Refuse a source with fewer than ``MIN_VIEWS`` views outside its own test split: however it is
+    posed and split, at least 2 must train and 1 validate (one view to train on is no 3D scene)."""
+    test = len((views.cameras.split or {}).get("test", []))
+    usable = views.count - test
+    if usable >= MIN_VIEWS:
+        return
+    found = f"{usable} view{'' if usable == 1 else 's'}" + (" outside its test split" if test else "")
+    limit_key = "data.max_frames" if frames.is_video(cfg.data.source) else "data.max_views"
+    limit = cfg.data.max_frames if limit_key == "data.max_frames" else cfg.data.max_views
+    if limit is not None and limit < MIN_VIEWS:
+        fix = f"'{limit_key}' is {limit}: set it to {MIN_VIEWS} or more"
+    else:
+        fix = "add views of the scene (more photos, a longer video)"
+    raise DataError(f"{views.source}: {found}, but a scene needs at least {MIN_VIEWS}, 2 to train on and 1 to "
+                    f"validate on; {fix}.")
+
+
+def _read_source(cfg: Config, scratch: Path) -> Views:
     data = cfg.data
     if data.source == "synthetic":
         s = cfg.synthetic
