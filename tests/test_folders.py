@@ -216,6 +216,8 @@ def read(path):
      "frame 2's 'transform_matrix' must be 4x4; got shape (3, 3)"),
     (lambda m: m["frames"][2].update(transform_matrix=[["a"] * 4] * 4), "is not a matrix of numbers"),
     (lambda m: m["frames"][3]["transform_matrix"][0].__setitem__(0, 3.0), "is not orthonormal"),
+    (lambda m: m["frames"][3]["transform_matrix"][2].__setitem__(1, float("nan")),
+     "transforms_train.json: frame 3 ('./train/r_3'): 'transform_matrix' rows [2] hold NaN or infinite values"),
     (lambda m: m.update(frames=[]), "expected an object with a non-empty list 'frames'"),
 ])
 def test_malformed_blender_json_is_refused(tmp_path, change, message):
@@ -244,6 +246,21 @@ def test_missing_or_broken_images_and_files(tmp_path):
     (tmp_path / "scene" / "transforms_val.json").rename(tmp_path / "scene" / "transforms_train_old.json")
     with pytest.raises(DataError, match="missing transforms_train.json"):
         folders.read_blender(tmp_path / "scene", 0.0, None)
+
+
+def test_a_nan_in_a_pose_names_the_file_the_frame_and_the_key(tmp_path):
+    write_ngp(tmp_path / "capture", num_views=9)
+    edit(tmp_path / "capture" / "transforms.json",
+         lambda m: m["frames"][4]["transform_matrix"][1].__setitem__(3, float("inf")))
+    message = (f"{tmp_path / 'capture' / 'transforms.json'}: frame 4 ('images/frame_004.png'): 'transform_matrix' "
+               "rows [1] hold NaN or infinite values; expected finite numbers.")
+    with pytest.raises(DataError) as error:
+        read(tmp_path / "capture")
+    assert str(error.value) == message
+    # with data.max_views, frame 4 of the file is the third kept: the message still names it as the file does
+    with pytest.raises(DataError) as error:
+        folders.read_transforms(tmp_path / "capture" / "transforms.json", background=0.0, max_views=5)
+    assert str(error.value) == message
 
 
 @pytest.mark.parametrize("change, message", [

@@ -66,6 +66,10 @@ def _matrix(frame: dict, source: str, index: int) -> np.ndarray:
         matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
     if matrix.shape != (4, 4):
         raise DataError(f"{source}: frame {index}'s 'transform_matrix' must be 4x4; got shape {matrix.shape}.")
+    if not np.all(np.isfinite(matrix)):
+        rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1)).tolist()
+        raise DataError(f"{source}: frame {index} ({frame.get('file_path')!r}): 'transform_matrix' rows {rows} hold "
+                        "NaN or infinite values; expected finite numbers.")
     return matrix
 
 
@@ -115,14 +119,16 @@ def frame_intrinsics(meta: dict, frame: dict, image_shape, source: str, index: i
     return [float(fx), float(fy), float(cx), float(cy)], [float(values[k] or 0.0) for k in DISTORTION_KEYS]
 
 
-def _views(frames: list, metas: list, folder: Path, sources: list, background: float, suffix: str, split,
-           unbounded: bool, near, far):
-    """``sources.Views`` of the given frames (``frames[i]`` from ``metas[i]``, described in ``sources[i]``)."""
-    paths = [_frame_image(folder, frame, source, i, suffix) for i, (frame, source) in enumerate(zip(frames, sources))]
+def _views(frames: list, metas: list, folder: Path, sources: list, indices: list, background: float, suffix: str,
+           split, unbounded: bool, near, far):
+    """``sources.Views`` of the given frames (``frames[i]`` from ``metas[i]``, described in ``sources[i]``, where
+    it is frame ``indices[i]``: errors name it so)."""
+    paths = [_frame_image(folder, frame, source, index, suffix)
+             for frame, source, index in zip(frames, sources, indices)]
     first = read_image(paths[0], background, sources[0])
-    intrinsics, distortion = zip(*(frame_intrinsics(meta, frame, first.shape, source, i)
-                                   for i, (meta, frame, source) in enumerate(zip(metas, frames, sources))))
-    poses = np.stack([_matrix(frame, source, i) for i, (frame, source) in enumerate(zip(frames, sources))])
+    intrinsics, distortion = zip(*(frame_intrinsics(meta, frame, first.shape, source, index)
+                                   for meta, frame, source, index in zip(metas, frames, sources, indices)))
+    poses = np.stack([_matrix(frame, source, index) for frame, source, index in zip(frames, sources, indices)])
     cameras = Cameras(names=[p.name for p in paths], intrinsics=np.asarray(intrinsics),
                       distortion=np.asarray(distortion), poses=poses, near=near, far=far, unbounded=unbounded,
                       normalize=True, split=split)
@@ -148,19 +154,20 @@ def read_blender(folder: Path, background: float, max_views) -> Views:
         elif part == "train":
             raise DataError(f"{folder}: missing transforms_train.json.")
     trained = sum(len(parts[p]["frames"]) for p in ("train", "val") if p in parts)
-    frames, metas, sources, split = [], [], [], {}
+    frames, metas, sources, indices, split = [], [], [], [], {}
     for part, meta in parts.items():
         keep = None if max_views is None or part == "test" else max(1, round(max_views * len(meta["frames"]) / trained))
         split[part] = []
         for index in evenly_spread(len(meta["frames"]), keep):
             split[part].append(len(frames))
             frames.append(meta["frames"][index])
+            indices.append(int(index))
             metas.append(meta)
             sources.append(str(folder / f"transforms_{part}.json"))
     unbounded = any((meta.get("aabb_scale") or 1) > 1 for meta in parts.values())
     log.info("split files in %s: %s%s", folder, ", ".join(f"{len(v)} {p}" for p, v in split.items()),
              "" if "val" in parts else " (no transforms_val.json: the split stage takes val views from train)")
-    return _views(frames, metas, folder, sources, background, ".png", split, unbounded, None, None)
+    return _views(frames, metas, folder, sources, indices, background, ".png", split, unbounded, None, None)
 
 
 def read_transforms(path: Path, background: float, max_views) -> Views:
@@ -170,7 +177,8 @@ def read_transforms(path: Path, background: float, max_views) -> Views:
     if unbounded:
         log.info("%s: aabb_scale is %s: the scene reaches beyond the cameras' focus, so it is marked unbounded "
                  "(scene.contraction: auto contracts it)", path, meta["aabb_scale"])
-    frames = [meta["frames"][i] for i in evenly_spread(len(meta["frames"]), max_views)]
+    indices = evenly_spread(len(meta["frames"]), max_views).tolist()
+    frames = [meta["frames"][i] for i in indices]
     log.info("instant-ngp/nerfstudio capture %s: %d views", path, len(frames))
-    return _views(frames, [meta] * len(frames), path.parent, [str(path)] * len(frames), background, "",
+    return _views(frames, [meta] * len(frames), path.parent, [str(path)] * len(frames), indices, background, "",
                   None, unbounded, None, None)
