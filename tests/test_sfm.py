@@ -244,3 +244,42 @@ def test_align_similarity_recovers_a_known_similarity():
     np.testing.assert_allclose(fitted_rotation, rotation, atol=1e-9)
     np.testing.assert_allclose(translation, [0.3, -1.0, 4.0], atol=1e-9)
     assert np.linalg.det(fitted_rotation) == pytest.approx(1.0)
+
+
+SFM_IN_A_CHILD = """
+import sys
+from pathlib import Path
+import numpy as np, imageio.v3 as iio
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes import sfm
+
+work = Path(sys.argv[1])
+paths = []
+for index in range(3):
+    paths.append(work / f"grey_{index}.png")
+    iio.imwrite(paths[-1], np.full((90, 120, 3), 128, dtype=np.uint8))
+try:
+    sfm.reconstruct(paths, work / "colmap", matcher="exhaustive", max_image_side=1600, log=lambda line: None)
+except DataError as error:
+    print(error)
+"""
+
+
+@needs_pycolmap
+def test_colmap_leaves_no_log_files_and_no_warning_on_the_console(tmp_path):
+    """glog, COLMAP's logger, writes a log file per severity into $TMPDIR on every run unless told to log to
+    stderr; and COLMAP warns about memory when feature extraction is left to use "all threads" (-1)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "work").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    env.pop("GOOGLE_LOG_DIR", None)
+    env.pop("GLOG_log_dir", None)
+    result = subprocess.run([sys.executable, "-c", SFM_IN_A_CHILD, str(tmp_path / "work")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "no features" in result.stdout, result.stderr  # it got as far as SIFT
+    assert os.listdir(tmp_path / "tmp") == []
+    assert "feature_extraction.cc" not in result.stderr and "maximum number of threads" not in result.stderr

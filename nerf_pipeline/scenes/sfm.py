@@ -30,6 +30,7 @@ Whether enough images registered is the caller's decision (``len(names) / len(im
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -114,6 +115,9 @@ def _extract_features(database: Path, image_dir: Path, names: list[str]) -> int:
     reader.camera_model = CAMERA_MODEL
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.use_gpu = False
+    # The default, -1, also means every core, but COLMAP then warns on the console about memory per
+    # thread; the images are at most poses.max_image_side pixels long, which a thread's SIFT handles.
+    extraction.num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
@@ -177,8 +181,10 @@ def reconstruct(image_paths: list[Path], work_dir: Path, matcher: str, max_image
     database.unlink(missing_ok=True)  # features of an earlier run would be mixed in
     shutil.rmtree(sparse, ignore_errors=True)
     sparse.mkdir()
-    # COLMAP's own log prints many lines per image; keep its warnings and errors only
+    # COLMAP's own log prints many lines per image; keep its warnings and errors only, on stderr: by
+    # default glog also writes them to log files in $TMPDIR, which nothing removes, on every run
     log_level, pycolmap.logging.minloglevel = pycolmap.logging.minloglevel, max(pycolmap.logging.minloglevel, 1)
+    to_stderr, pycolmap.logging.logtostderr = pycolmap.logging.logtostderr, True
     seconds, clock = {}, time.perf_counter()
     try:
         (width, height), resize = _copy_resized(image_paths, image_dir, max_image_side)
@@ -209,7 +215,7 @@ def reconstruct(image_paths: list[Path], work_dir: Path, matcher: str, max_image
         model = max(models.values(), key=lambda m: m.num_reg_images(), default=None)  # several: the largest
         seconds["mapping"] = time.perf_counter() - clock
     finally:
-        pycolmap.logging.minloglevel = log_level
+        pycolmap.logging.minloglevel, pycolmap.logging.logtostderr = log_level, to_stderr
     if model is None or model.num_reg_images() < 2:
         raise DataError(f"COLMAP matched {num_pairs} image pairs but could not build a 3D model from them "
                         f"(no pair with enough matches and parallax to start from); {ADVICE}.")
