@@ -19,8 +19,8 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML, YAMLError
 
 from nerf_pipeline.runtime.errors import ConfigError
 
@@ -345,90 +345,79 @@ def _describe(tp) -> str:
     return {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
-def _union_members(tp) -> list:
-    """The model classes of a (possibly Annotated) tagged union, else []."""
-    if typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) is Union:
-        return [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
-    return []
+def _tag(model) -> tuple[str, str] | None:
+    """A tagged union member's tag key and value (``('type', 'hashgrid')``); None for other sections."""
+    for key in ("type", "mode"):
+        info = model.model_fields.get(key)
+        if info is not None and typing.get_origin(info.annotation) is Literal:
+            return key, typing.get_args(info.annotation)[0]
+    return None
 
 
-def _walk(loc: tuple):
-    """Follow pydantic's error location through the params and the classes.
+def _members(annotation) -> dict:
+    """A tagged union's members by tag (``{'hashgrid': HashGridFieldConfig, ...}``); {} for other annotations."""
+    if typing.get_origin(annotation) is not Union:
+        return {}
+    return {_tag(m)[1]: m for m in typing.get_args(annotation) if isinstance(m, type) and issubclass(m, Section)}
 
-    Returns ``(path, model, annotation)``: the location's key path as written in params.yaml
-    (union tags dropped), the model class that holds the last key, and that key's annotation.
-    """
+
+def _locate(loc: tuple):
+    """pydantic's error location → ``(path, model, annotation)``: the key path as written in params.yaml, the
+    section that holds its last key and that key's annotation (None for an unknown key). pydantic puts a tagged
+    union's chosen tag in the location: that item picks the member, it is not a key."""
     path, model, annotation = [], Config, Config
     for item in loc:
-        members = _union_members(annotation)
-        if members:  # pydantic puts the chosen tag in the location: choose the member it names
-            chosen = [m for m in members if item in typing.get_args(_tag_annotation(m))]
-            if chosen:
-                model = annotation = chosen[0]
-                continue
-        if typing.get_origin(annotation) is Annotated:
-            annotation = typing.get_args(annotation)[0]
+        if item in _members(annotation):
+            model = annotation = _members(annotation)[item]
+            continue
         if typing.get_origin(annotation) is dict:
             annotation = typing.get_args(annotation)[1]
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-            info = annotation.model_fields.get(str(item))
+            model, info = annotation, annotation.model_fields.get(str(item))
             annotation = info.annotation if info is not None else None
-            if info is not None and info.metadata:
-                annotation = Annotated[(annotation, *info.metadata)]
         path.append(str(item))
     return ".".join(path), model, annotation
 
 
-def _tag_annotation(model: type[BaseModel]):
-    tag = "type" if "type" in model.model_fields else "mode"
-    return model.model_fields[tag].annotation
+COMPARISONS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
 def _message(error: dict, source: str) -> str:
-    kind, loc = error["type"], error["loc"]
-    path, model, annotation = _walk(loc)
+    kind, ctx, got = error["type"], error.get("ctx", {}), error["input"]
+    path, model, annotation = _locate(error["loc"])
     where = f"'{path}'" if path else "the top level"
     if kind == "extra_forbidden":
-        names = list(model.model_fields)
         parent, _, key = path.rpartition(".")
-        prefix = f"{parent}." if parent else ""
+        names, tag = list(model.model_fields), _tag(model)
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-        message = f"{source}: unknown key '{path}'."
-        tag_key = next((name for name in ("type", "mode") if name in names), None)
-        if tag_key:  # a member of a tagged union: say which keys this kind takes
-            tag = typing.get_args(model.model_fields[tag_key].annotation)[0]
-            message += f" A {parent.rsplit('.', 1)[-1]} of {tag_key} '{tag}' takes {', '.join(names)}."
-        if close:
-            return f"{message} Did you mean '{prefix}{close[0]}'?"
-        return message if tag_key else f"{message} Valid keys here: {', '.join(names)}."
+        if tag:  # a member of a tagged union: say which keys this kind takes
+            takes = f" A {parent.rsplit('.', 1)[-1]} of {tag[0]} '{tag[1]}' takes {', '.join(names)}."
+        else:
+            takes = "" if close else f" Valid keys here: {', '.join(names)}."
+        hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+        return f"{source}: unknown key '{path}'.{takes}{hint}"
     if kind == "missing":
         return f"{source}: missing key '{path}' ({_describe(annotation)})."
     if kind in ("union_tag_not_found", "union_tag_invalid"):
-        members = _union_members(annotation)
-        tag_key = error["ctx"]["discriminator"].strip("'")
-        tags = ", ".join(repr(typing.get_args(_tag_annotation(m))[0]) for m in members)
-        got = error["input"].get(tag_key) if isinstance(error["input"], dict) else None
+        tag_key, tags = ctx["discriminator"].strip("'"), list(_members(annotation))
+        one_of = ", ".join(repr(t) for t in tags)
         if kind == "union_tag_not_found":
-            return f"{source}: missing key '{path}.{tag_key}' (one of {tags})."
-        close = difflib.get_close_matches(str(got), [t.strip("'") for t in tags.split(", ")], n=1, cutoff=0.6)
+            return f"{source}: missing key '{path}.{tag_key}' (one of {one_of})."
+        got = got.get(tag_key)
+        close = difflib.get_close_matches(str(got), tags, n=1, cutoff=0.6)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        return f"{source}: '{path}.{tag_key}' must be one of {tags}; got {got!r}.{hint}"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
-        bound = next(iter(error["ctx"].values()))
-        return f"{source}: {where} must be {op} {bound:g}; got {error['input']!r}."
-    if kind == "value_error":
-        problem = error.get("ctx", {}).get("error")
+        return f"{source}: '{path}.{tag_key}' must be one of {one_of}; got {got!r}.{hint}"
+    if kind in COMPARISONS:
+        return f"{source}: {where} must be {COMPARISONS[kind]} {next(iter(ctx.values())):g}; got {got!r}."
+    if kind == "value_error":  # a section's cross-key check
+        problem = ctx.get("error")
         if isinstance(problem, Invalid):
             where = f"'{path + '.' if path else ''}{problem.key}'"
         message = str(problem) if problem is not None else error["msg"]
         return f"{source}: {where} {message}" + ("" if message.endswith((".", "?")) else ".")
     if kind in ("too_short", "string_too_short"):
         return f"{source}: {where} must not be empty."
-    return f"{source}: {where} must be {_describe(annotation)}; got {error['input']!r}."
+    return f"{source}: {where} must be {_describe(annotation)}; got {got!r}."
 
 
 def from_dict(data, source: str = DEFAULT_PARAMS) -> Config:
@@ -452,7 +441,13 @@ def load(path=DEFAULT_PARAMS) -> Config:
     except OSError as e:
         raise ConfigError(f"cannot read the params file '{path}': {e.strerror}.") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"'{path}' is not valid YAML: {e}") from None
+        # YAML 1.2, as DVC reads params.yaml (with ruamel.yaml): 1e-2 is a number, `on` a string, a key
+        # given twice is refused. (PyYAML reads YAML 1.1, where 1e-2 is a string and `on` is true.)
+        data = YAML(typ="safe").load(text)
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"'{path}' is not valid YAML{at}: {problem}.") from None
     return from_dict(data, str(path))
+

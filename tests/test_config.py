@@ -153,3 +153,40 @@ def test_config_is_frozen():
     cfg = config.from_dict(repo_params())
     with pytest.raises(pydantic.ValidationError):
         cfg.epochs = 2  # type: ignore[misc]
+
+
+def test_params_are_read_as_yaml_1_2_like_dvc(tmp_path):
+    """`1e-2` is a number in YAML 1.2 (DVC's reading; PyYAML's 1.1 makes it a string), and so is `1E3`."""
+    text = (REPO / "params.yaml").read_text()
+    for old, new in [("learning_rate: 0.01", "learning_rate: 1e-2"),
+                     ("final_learning_rate: 0.001", "final_learning_rate: 5e-4"),
+                     ("density_threshold: 10.0", "density_threshold: 1E3"), ("contraction: auto", "contraction: off")]:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    cfg = config.load(path)
+    assert cfg.presets["hashgrid"].optimizer.learning_rate == 0.01
+    assert cfg.presets["hashgrid"].optimizer.final_learning_rate == 5e-4
+    assert cfg.export.density_threshold == 1000.0
+    assert cfg.scene.contraction == "off"  # a string in YAML 1.2 (false in 1.1, which the key refuses)
+
+
+def test_the_repo_params_read_the_same_as_before():
+    """null, booleans, 1.0e-15 and strings read as PyYAML read them (the repo's params.yaml has each)."""
+    assert config.load(REPO / "params.yaml") == config.from_dict(repo_params())
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: [1,\n", "is not valid YAML at line 2, column 1: expected the node content, but found '<stream end>'."),
+    ("epochs: 1\nseed: 0\nepochs: 2\n", "is not valid YAML at line 3, column 1: found duplicate key \"epochs\""),
+    ("epochs: 1\n  seed: 0\n", "is not valid YAML at line 2, column 7: mapping values are not allowed here."),
+])
+def test_a_yaml_error_names_the_file_and_line_in_one_line(tmp_path, text, message):
+    path = tmp_path / "custom.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        config.load(path)
+    assert str(error.value).startswith(f"'{path}' ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
