@@ -15,7 +15,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nerf_pipeline.model.space import BoxSpace, ContractedSpace
+
 PACKAGE = "nerf_pipeline"
+
+
+def world_length_per_unit(space: BoxSpace, points, cell_size: float):
+    """``[N]`` world length a ray travels per unit of field length near field points ``points [N, 3]``.
+
+    1 in a box and inside a contracted space's ball. In its shell (``bound <= |p| < 2 bound``) the
+    inverse contraction stretches the radial direction by ``bound^2 / (2 bound - |p|)^2`` (``|x| = bound^2 /
+    (2 bound - |p|)``), more than any other (the tangential stretch is ``|x| / |p|``); rays from cameras
+    inside the ball cross the shell about radially, so that is what a ray spends crossing a cell there.
+    ``|p|`` is taken at most half a cell short of ``2 bound``: the outermost cells reach infinity.
+    """
+    if not isinstance(space, ContractedSpace):
+        return tf.ones(tf.shape(points)[:-1])
+    bound = space.bound
+    radius = tf.minimum(tf.norm(points, axis=-1), 2.0 * bound - 0.5 * cell_size)
+    return tf.where(radius <= bound, 1.0, bound**2 / tf.square(2.0 * bound - radius))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -49,9 +67,10 @@ class OccupancyGrid(keras.layers.Layer):
         box_max = -extent + (occupied.max(axis=0) + 1.5) * cell_size
         return box_min.astype(np.float32), box_max.astype(np.float32)
 
-    def update(self, density, extent: float, seed_generator) -> None:
-        """Re-estimate which cells hold matter from ``density(points [N, 3]) -> [N]``."""
-        g = self.resolution
+    def update(self, density, space: BoxSpace, seed_generator) -> None:
+        """Re-estimate which cells hold matter from ``density(points [N, 3]) -> [N]`` (per world unit) over
+        ``space``'s field cube ``[-space.extent, space.extent]^3``."""
+        g, extent = self.resolution, space.extent
         cell_size = 2.0 * extent / g
         cells = tf.cast(tf.stack(tf.meshgrid(tf.range(g), tf.range(g), tf.range(g), indexing="ij"), -1), tf.float32)
         jitter = keras.random.uniform([g, g, g, 3], seed=seed_generator)
@@ -61,7 +80,11 @@ class OccupancyGrid(keras.layers.Layer):
         # Occupied where a ray crossing the cell would lose at least alpha_threshold of its light, or
         # where the density is above the grid's mean: early in training, when no density is high yet,
         # a fixed threshold would empty the grid, and an empty cell gets no gradient to refill it.
-        threshold = tf.minimum(-math.log(1.0 - self.alpha_threshold) / cell_size, tf.reduce_mean(ema))
+        # Density is per world unit, and a contracted space's shell packs more world into a cell the
+        # farther out it lies: the light lost is density x the world length of the crossing.
+        centres = tf.reshape(-extent + (cells + 0.5) * cell_size, [-1, 3])
+        crossing = tf.reshape(cell_size * world_length_per_unit(space, centres, cell_size), [g, g, g])
+        threshold = tf.minimum(-math.log(1.0 - self.alpha_threshold) / crossing, tf.reduce_mean(ema))
         self.occupied.assign(tf.cast(ema > threshold, tf.float32))
         self.updates.assign_add(1)
 
@@ -86,8 +109,8 @@ class UpdateOccupancyGrid(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self._step = int(model.optimizer.iterations.numpy())
-        grid, field, extent = model.sampler.grid, model.field, model.space.extent
-        self._update = tf.function(lambda: grid.update(field.density, extent, model.seed_generator),
+        grid, field, space = model.sampler.grid, model.field, model.space
+        self._update = tf.function(lambda: grid.update(field.density, space, model.seed_generator),
                                    jit_compile=bool(model.jit_compile))
 
     def on_train_batch_end(self, batch, logs=None):
