@@ -67,9 +67,10 @@ class OccupancyGrid(keras.layers.Layer):
         box_max = -extent + (occupied.max(axis=0) + 1.5) * cell_size
         return box_min.astype(np.float32), box_max.astype(np.float32)
 
-    def update(self, density, space: BoxSpace, seed_generator) -> None:
+    def update(self, density, space: BoxSpace | float, seed_generator) -> None:
         """Re-estimate which cells hold matter from ``density(points [N, 3]) -> [N]`` (per world unit) over
-        ``space``'s field cube ``[-space.extent, space.extent]^3``."""
+        ``space``'s field cube ``[-space.extent, space.extent]^3`` (a number: the extent of a box)."""
+        space = space if isinstance(space, BoxSpace) else BoxSpace(float(space))
         g, extent = self.resolution, space.extent
         cell_size = 2.0 * extent / g
         cells = tf.cast(tf.stack(tf.meshgrid(tf.range(g), tf.range(g), tf.range(g), indexing="ij"), -1), tf.float32)
