@@ -129,14 +129,19 @@ def spherical_position(azimuth_deg, elevation_deg, radius) -> np.ndarray:
 
 def orbit_poses(num_frames: int, elevation_deg: float = 30.0, radius: float = 4.0,
                 center=(0.0, 0.0, 0.0), world_up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Poses [num_frames, 4, 4] float32 of a full 360° turn around ``center``, looking at it.
+    """Poses [num_frames, 4, 4] float32 of a full 360° turn about the axis ``world_up`` through ``center``,
+    looking at it, with ``world_up`` as every frame's up (so no frame rolls).
 
     With the defaults this is the Keras example's path (theta 0…360, phi = -30, radius 4):
-    the camera is 30° above the horizontal plane, every frame included.
+    the camera is 30° above the horizontal plane, every frame included. For another ``world_up`` the
+    same path is turned so that +z goes onto it.
     """
+    up = np.asarray(world_up, dtype=np.float64)
+    up /= np.linalg.norm(up)
     azimuths = np.linspace(0.0, 360.0, num_frames, endpoint=False)
-    positions = spherical_position(azimuths, elevation_deg, radius) + np.asarray(center)
-    return np.stack([look_at(p, center, world_up) for p in positions]).astype(np.float32)
+    offsets = spherical_position(azimuths, elevation_deg, radius) @ rotation_between(np.array([0.0, 0.0, 1.0]), up).T
+    positions = offsets + np.asarray(center, dtype=np.float64)
+    return np.stack([look_at(p, center, up) for p in positions]).astype(np.float32)
 
 
 def hemisphere_poses(num_views: int, radius: float, seed: int,
@@ -215,31 +220,149 @@ def bounds_from_cameras(poses: np.ndarray) -> tuple[float, float]:
     return 0.5 * float(distances.min()), 1.5 * float(distances.max())
 
 
-def azimuth_coverage_deg(positions: np.ndarray) -> float:
-    """How much of the full turn about the z axis the cameras at ``positions [N, 3]`` span, in degrees:
-    360 minus the widest azimuth gap between neighbouring cameras."""
-    azimuths = np.sort(np.degrees(np.arctan2(positions[:, 1], positions[:, 0])) % 360.0)
+def azimuth_coverage_deg(positions: np.ndarray, center=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> float:
+    """How much of the full turn about the axis ``up`` through ``center`` the cameras at ``positions [N, 3]``
+    span, in degrees: 360 minus the widest azimuth gap between neighbouring cameras."""
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    # The positions in a frame whose z is ``up``: their azimuth is the angle about it.
+    to_z = rotation_between(up, np.array([0.0, 0.0, 1.0]))
+    local = (np.asarray(positions, dtype=np.float64) - np.asarray(center)) @ to_z.T
+    azimuths = np.sort(np.degrees(np.arctan2(local[:, 1], local[:, 0])) % 360.0)
     gaps = np.diff(np.concatenate([azimuths, azimuths[:1] + 360.0]))
     return float(360.0 - gaps.max()) if len(azimuths) > 1 else 0.0
 
 
-def spiral_poses(poses: np.ndarray, num_frames: int, rotations: float = 2.0,
-                 target=(0.0, 0.0, 0.0)) -> np.ndarray:
+# ----------------------------------------------------------------------------- render paths: where the cameras look
+
+MAX_AIM_DEG = 30.0  # the point the cameras look at lies within this of most cameras' optical axes
+LEFT_OUT_FRACTION = 0.1  # cameras that may miss that point (a stray frame of a handheld capture)
+
+
+def mean_up(poses: np.ndarray) -> np.ndarray:
+    """The cameras' mean up vector [3], unit length (their +y columns averaged)."""
+    up = np.asarray(poses, dtype=np.float64)[:, :3, 1].mean(0)
+    return up / max(np.linalg.norm(up), 1e-12)
+
+
+def rig_up(poses: np.ndarray) -> np.ndarray:
+    """The cameras' common up axis [3], unit length: the direction most nearly perpendicular to every
+    camera's right vector (exact for cameras that do not roll, wherever they stand and look), turned
+    to agree with their mean up; their mean up itself when the right vectors leave that direction
+    open (cameras that all face one way, whose rights are parallel)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    rights = poses[:, :3, 0] / np.linalg.norm(poses[:, :3, 0], axis=-1, keepdims=True)
+    values, vectors = np.linalg.eigh(rights.T @ rights / len(rights))  # ascending
+    up = mean_up(poses)
+    if values[1] < 0.01 or values[1] < 10.0 * values[0]:  # the rights do not span a plane: no single axis
+        return up
+    axis = vectors[:, 0]
+    return axis if np.dot(axis, up) >= 0 else -axis
+
+
+def mean_forward(poses: np.ndarray) -> np.ndarray:
+    """The cameras' mean viewing direction [3], unit length (their -z columns averaged)."""
+    forward = -np.asarray(poses, dtype=np.float64)[:, :3, 2].mean(0)
+    return forward / max(np.linalg.norm(forward), 1e-12)
+
+
+def looked_at_point(poses: np.ndarray) -> np.ndarray | None:
+    """The point [3] closest (least squares) to the cameras' optical axes, if the cameras look at it: the
+    axes meet (not near parallel) and the point lies in front of the cameras, within ``MAX_AIM_DEG`` of
+    the axes of all but ``LEFT_OUT_FRACTION`` of them. None otherwise (a forward-facing capture whose
+    cameras look the same way, or cameras that look away from each other).
+    """
+    poses = np.asarray(poses, dtype=np.float64)
+    centres, forward = poses[:, :3, 3], -poses[:, :3, 2]
+    forward = forward / np.linalg.norm(forward, axis=-1, keepdims=True)
+    projectors = np.eye(3)[None] - forward[:, :, None] * forward[:, None, :]  # onto each axis' normal plane
+    a, b = projectors.sum(0), np.einsum("nij,nj->i", projectors, centres)
+    if np.linalg.cond(a) > 1e4:
+        return None
+    point = np.linalg.solve(a, b)
+    towards = point - centres
+    distances = np.linalg.norm(towards, axis=-1)
+    cosines = np.sum(towards * forward, axis=-1) / np.maximum(distances, 1e-12)
+    aimed = cosines > np.cos(np.radians(MAX_AIM_DEG))
+    return point if aimed.mean() >= 1.0 - LEFT_OUT_FRACTION else None
+
+
+def focus_depth(near: float, far: float) -> float:
+    """A depth to look at between the sampling bounds: halfway between them in inverse depth (disparity,
+    the measure forward-facing captures are sampled in), so nearer near than far, and at most twice near
+    however far ``far`` is (an unbounded scene's far is hundreds of camera distances out)."""
+    near = near if near > 0 else 1e-3 * far  # near may be 0
+    return 2.0 / (1.0 / near + 1.0 / far)
+
+
+def _up_across(up: np.ndarray, forward: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """``up`` made perpendicular to ``forward`` [3], unit; if the two are near parallel (cameras looking
+    down the mean up), the first camera's up made so."""
+    for candidate in (up, *np.asarray(poses, dtype=np.float64)[:, :3, 1], *np.eye(3)):
+        across = candidate - np.dot(candidate, forward) * forward
+        if np.linalg.norm(across) > 0.1:
+            return across / np.linalg.norm(across)
+    raise ValueError("no up vector across the viewing direction")  # unreachable: one of x, y, z is across
+
+
+def mean_pose(poses: np.ndarray) -> np.ndarray:
+    """The cameras' mean pose [4, 4] float64: at their mean position, looking along their mean viewing
+    direction, with their up (``rig_up``, made perpendicular to it) as up."""
+    poses = np.asarray(poses, dtype=np.float64)
+    centre, forward = poses[:, :3, 3].mean(0), mean_forward(poses)
+    return look_at(centre, centre + forward, world_up=_up_across(rig_up(poses), forward, poses))
+
+
+def view_target(poses: np.ndarray, near: float, far: float, depth_ahead: float | None = None) -> tuple[np.ndarray, str]:
+    """The point [3] a video of these cameras should look at, and a phrase saying how it was found: the
+    point the cameras look at (``looked_at_point``) if there is one nearer than ``far``; else the point
+    ``depth_ahead`` (the scene's depth there, when known; else ``focus_depth(near, far)``) ahead of the
+    cameras' mean position along their mean viewing direction (where a forward-facing capture's cameras
+    look)."""
+    point = looked_at_point(poses)
+    centre = np.asarray(poses, dtype=np.float64)[:, :3, 3].mean(0)
+    if point is not None and np.linalg.norm(point - centre) <= far:
+        return point, "the point the cameras look at"
+    if depth_ahead is not None:
+        return centre + depth_ahead * mean_forward(poses), f"the scene {depth_ahead:.2f} units ahead of the cameras"
+    depth = focus_depth(near, far)
+    return centre + depth * mean_forward(poses), f"{depth:.2f} units ahead of the cameras (between near and far)"
+
+
+def spiral_poses(poses: np.ndarray, num_frames: int, target, rotations: float = 2.0) -> np.ndarray:
     """Poses [num_frames, 4, 4] float32 on a spiral around the cameras' mean position, looking at ``target``.
 
     As LLFF renders its forward-facing captures: the spiral lies in the plane facing the target,
     its radii the 90th percentile of the cameras' spread in that plane's two axes (and a quarter of
     the spread towards the target as depth), turning ``rotations`` times; it stays where the
-    cameras were.
+    cameras were. Every frame's up is the cameras' up (``rig_up``, made perpendicular to the mean
+    viewing direction), so no frame rolls, whichever way the cameras face.
     """
-    positions = np.asarray(poses, dtype=np.float64)[:, :3, 3]
+    poses = np.asarray(poses, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    positions = poses[:, :3, 3]
     centre = positions.mean(0)
-    frame = look_at(centre, target, world_up=(0.0, 0.0, 1.0) if abs(centre[2]) < 0.99 * np.linalg.norm(centre)
-                    else (0.0, 1.0, 0.0))
+    forward = target - centre
+    forward /= max(np.linalg.norm(forward), 1e-12)
+    up = _up_across(rig_up(poses), forward, poses)
+    frame = look_at(centre, target, world_up=up)
     local = (positions - centre) @ frame[:3, :3]  # offsets in the mean camera's (right, up, back) axes
     radii = np.percentile(np.abs(local), 90, axis=0) * np.array([1.0, 1.0, 0.25])
     angles = np.linspace(0.0, 2.0 * np.pi * rotations, num_frames, endpoint=False)
     offsets = np.stack([np.cos(angles) * radii[0], np.sin(angles) * radii[1],
                         np.sin(angles / rotations) * radii[2]], axis=-1)
-    frames = [look_at(centre + frame[:3, :3] @ offset, target) for offset in offsets]
+    frames = [look_at(centre + frame[:3, :3] @ offset, target, world_up=up) for offset in offsets]
     return np.stack(frames).astype(np.float32)
+
+
+def orbit_around_cameras(poses: np.ndarray, target, elevation_deg=None, radius=None) -> tuple[float, float]:
+    """``(elevation_deg, radius)`` of an orbit about the cameras' up (``rig_up``) through ``target``: the given
+    values, else the cameras' median elevation (above the plane through ``target`` across that up)
+    and median distance to ``target``, so the orbit keeps the cameras' height and distance."""
+    offsets = np.asarray(poses, dtype=np.float64)[:, :3, 3] - np.asarray(target, dtype=np.float64)
+    distances = np.linalg.norm(offsets, axis=-1)
+    if radius is None:
+        radius = float(np.median(distances))
+    if elevation_deg is None:
+        heights = offsets @ rig_up(poses)
+        elevation_deg = float(np.median(np.degrees(np.arcsin(np.clip(heights / np.maximum(distances, 1e-12), -1, 1)))))
+    return elevation_deg, radius

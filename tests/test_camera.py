@@ -99,3 +99,63 @@ def test_rotation_error_flags_non_rigid_pose():
 def test_look_at_refuses_parallel_up():
     with pytest.raises(ValueError):
         camera.look_at([0, 0, 4], target=[0, 0, 0], world_up=[0, 0, 1])
+
+
+# ----------------------------------------------------------------------------- render paths: where the cameras look
+
+def test_looked_at_point_is_where_converging_axes_meet_and_none_for_parallel_axes():
+    positions = np.array([[x, -5.0, z] for x in (-1.0, 0.0, 1.0) for z in (0.0, 1.0)])
+    assert np.allclose(camera.looked_at_point(np.stack([camera.look_at(p, [0.2, 1.0, 0.5]) for p in positions])),
+                       [0.2, 1.0, 0.5], atol=1e-6)
+    parallel = np.stack([camera.look_at(p, p + [0.0, 1.0, 0.0]) for p in positions])
+    assert camera.looked_at_point(parallel) is None
+    # Cameras looking away from the point their axes come nearest to do not look at it.
+    outwards = np.stack([camera.look_at(p, 2 * p - [0.2, 1.0, 0.5]) for p in positions])
+    assert camera.looked_at_point(outwards) is None
+
+
+def test_focus_depth_lies_between_near_and_far_nearer_near():
+    depth = camera.focus_depth(2.0, 6.0)
+    assert 2.0 < depth < 4.0
+    assert camera.focus_depth(2.0, 1000.0) < 8.0  # an unbounded scene's far does not push the focus away
+
+
+def test_view_target_of_parallel_cameras_lies_ahead_of_them():
+    positions = np.array([[x, -5.0, z] for x in (-1.0, 0.0, 1.0) for z in (0.0, 1.0)])
+    parallel = np.stack([camera.look_at(p, p + [0.0, 1.0, 0.0]) for p in positions])
+    target, how = camera.view_target(parallel, 2.0, 6.0)
+    np.testing.assert_allclose(target, [0.0, -5.0 + camera.focus_depth(2.0, 6.0), 0.5], atol=1e-9)
+    assert "units ahead of the cameras" in how
+    target, how = camera.view_target(parallel, 2.0, 6.0, depth_ahead=5.0)  # the scene's depth, measured
+    np.testing.assert_allclose(target, [0.0, 0.0, 0.5], atol=1e-9)
+    np.testing.assert_allclose(camera.mean_pose(parallel)[:3, 3], [0.0, -5.0, 0.5], atol=1e-9)
+
+
+def test_orbit_about_a_tilted_up_keeps_that_up_and_looks_at_the_centre():
+    up = np.array([0.0, np.sin(0.5), np.cos(0.5)])
+    poses = camera.orbit_poses(24, 20.0, 3.0, center=(1.0, 2.0, 3.0), world_up=up).astype(np.float64)
+    offsets = poses[:, :3, 3] - [1.0, 2.0, 3.0]
+    np.testing.assert_allclose(np.linalg.norm(offsets, axis=-1), 3.0, rtol=1e-5)
+    np.testing.assert_allclose(offsets @ up, 3.0 * np.sin(np.radians(20.0)), atol=1e-5)  # one height above it
+    np.testing.assert_allclose(-poses[:, :3, 2], -offsets / 3.0, atol=1e-5)
+    np.testing.assert_allclose(poses[:, :3, 0] @ up, 0.0, atol=1e-5)  # right stays level: no roll
+    assert camera.azimuth_coverage_deg(poses[:, :3, 3], (1.0, 2.0, 3.0), up) == pytest.approx(345.0, abs=1e-3)
+
+
+def test_spiral_of_top_down_cameras_does_not_roll():
+    """Cameras straight above the scene looking down, up +y: the spiral keeps +y up (it used to turn 360°)."""
+    positions = np.array([[x, y, 5.0] for x in (-1.0, 0.0, 1.0) for y in (-1.0, 0.0, 1.0)])
+    poses = np.stack([camera.look_at(p, p - [0.0, 0.0, 1.0], world_up=[0.0, 1.0, 0.0]) for p in positions])
+    path = camera.spiral_poses(poses, 30, target=(0.0, 0.0, 0.0)).astype(np.float64)
+    up_across = np.array([0.0, 1.0, 0.0]) - (-path[:, :3, 2] @ [0.0, 1.0, 0.0])[:, None] * -path[:, :3, 2]
+    cosines = np.sum(path[:, :3, 1] * up_across / np.linalg.norm(up_across, axis=-1, keepdims=True), axis=-1)
+    assert cosines.min() > np.cos(np.radians(1.0))
+
+
+def test_rig_up_is_the_axis_level_cameras_share_even_where_their_mean_up_leans():
+    poses = camera.hemisphere_poses(8, 4.0, seed=0)  # few views: their ups lean one way on average
+    assert np.degrees(np.arccos(camera.mean_up(poses)[2])) > 5.0
+    np.testing.assert_allclose(camera.rig_up(poses), [0.0, 0.0, 1.0], atol=1e-5)
+    positions = np.array([[x, -5.0, z] for x in (-1.0, 0.0, 1.0) for z in (0.0, 1.0)])
+    parallel = np.stack([camera.look_at(p, p + [0.0, 1.0, 0.0]) for p in positions])  # rights all alike
+    np.testing.assert_allclose(camera.rig_up(parallel), camera.mean_up(parallel))

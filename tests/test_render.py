@@ -1,5 +1,7 @@
 """The render stage's choices: the camera path that fits the capture, and the output size."""
 
+import re
+
 import numpy as np
 import pytest
 from conftest import tiny_params
@@ -16,7 +18,7 @@ def render_config(**changes):
 
 def test_cameras_all_around_get_an_orbit():
     poses = camera.hemisphere_poses(30, 4.0, seed=0)
-    path, why = camera_path(render_config(), poses)
+    path, why = camera_path(render_config(), poses, 2.0, 6.0)
     assert len(path) == 12 and why.startswith("a 360° orbit") and "at least 270°" in why
     np.testing.assert_allclose(np.linalg.norm(path[:, :3, 3], axis=-1), 4.0, rtol=1e-5)
 
@@ -25,14 +27,142 @@ def test_cameras_on_one_side_get_a_spiral_where_they_were():
     """A handheld capture facing one side of the object: the video stays on that side."""
     positions = [camera.spherical_position(a, 10.0, 4.0) for a in np.linspace(-40, 40, 20)]
     poses = np.stack([camera.look_at(p) for p in positions])
-    path, why = camera_path(render_config(num_frames=30), poses)
-    assert why.startswith("a spiral") and "cover 80° of azimuth" in why and "less than 270°" in why
+    path, why = camera_path(render_config(num_frames=30), poses, 2.0, 6.0)
+    assert why.startswith("a spiral") and "less than 270°" in why
+    # 80° of azimuth, give or take the tilt of the cameras' mean up (they look down 10°) that it is measured about
+    assert 78 <= float(re.search(r"cover (\d+)° of azimuth", why).group(1)) <= 80, why
+    assert "looking at the point the cameras look at" in why
     azimuths = np.degrees(np.arctan2(path[:, 0, 3], path[:, 1, 3]))
     assert np.abs(azimuths).max() < 45.0  # never behind the object
     forward = -path[:, :3, 2]
     towards_centre = -path[:, :3, 3] / np.linalg.norm(path[:, :3, 3], axis=-1, keepdims=True)
     np.testing.assert_allclose(np.sum(forward * towards_centre, axis=-1), 1.0, atol=1e-5)  # looking at it
-    assert camera_path(render_config(camera_path="orbit"), poses)[1].startswith("a 360° orbit")
+    assert camera_path(render_config(camera_path="orbit"), poses, 2.0, 6.0)[1].startswith("a 360° orbit")
+
+
+# ----------------------------------------------------------------------------- the video frames the subject
+# Synthetic rigs, each with the point its cameras look at (the subject). The video must keep that point in
+# the middle third of every frame and never roll against the rig's up.
+
+WIDTH, HEIGHT = 64, 48
+Z = np.array([0.0, 0.0, 1.0])
+LENS = np.array([WIDTH / 2 / np.tan(np.radians(30)), WIDTH / 2 / np.tan(np.radians(30)), WIDTH / 2, HEIGHT / 2])
+
+
+def _jittered(poses, degrees, seed):
+    """Each pose turned about a random axis by up to ``degrees`` (a handheld capture's aim)."""
+    from scipy.spatial.transform import Rotation
+
+    turns = Rotation.from_rotvec(np.random.default_rng(seed).normal(size=(len(poses), 3)) * np.radians(degrees) / 2)
+    out = np.array(poses, dtype=np.float64)
+    out[:, :3, :3] = turns.as_matrix() @ out[:, :3, :3]
+    return out
+
+
+def _grid(centre, right, up, columns=5, rows=4, spacing=0.5):
+    """Camera positions [rows * columns, 3] on a grid across ``right`` and ``up`` around ``centre``."""
+    u, v = np.meshgrid((np.arange(columns) - (columns - 1) / 2) * spacing, (np.arange(rows) - (rows - 1) / 2) * spacing)
+    return np.asarray(centre) + u.reshape(-1, 1) * np.asarray(right) + v.reshape(-1, 1) * np.asarray(up)
+
+
+def _transformed(poses, rotation, shift):
+    """The rig moved rigidly: ``x -> rotation @ x + shift``."""
+    out = np.array(poses, dtype=np.float64)
+    out[:, :3, :3] = rotation @ out[:, :3, :3]
+    out[:, :3, 3] = out[:, :3, 3] @ rotation.T + shift
+    return out
+
+
+def _rig(name):
+    """``(poses [N, 4, 4], subject [3], the rig's up [3], near, far, expected path)``."""
+    from scipy.spatial.transform import Rotation
+
+    subject = np.array([0.3, 0.0, 1.0])
+    if name == "forward-facing, aimed at the subject":
+        poses = np.stack([camera.look_at(p, subject) for p in _grid([0, -6, 1.2], [1, 0, 0], [0, 0, 1])])
+        return _jittered(poses, 1.0, 0), subject, Z, 2.0, 10.0, "spiral"
+    if name == "forward-facing, parallel axes (LLFF)":
+        # Axes that do not meet: the subject is what lies ahead of the cameras, between near and far.
+        poses = np.stack([camera.look_at(p, p + [0, 1, 0]) for p in _grid([0, -6, 1], [1, 0, 0], [0, 0, 1])])
+        return _jittered(poses, 0.5, 1), np.array([0.0, 0.0, 1.0]), Z, 3.0, 12.0, "spiral"
+    if name == "forward-facing, parallel axes, normalized by the poses stage":
+        # The held-out phone capture: normalize_poses centres such a capture on the cameras' mean position.
+        poses = np.stack([camera.look_at(p, p + [0, 1, 0]) for p in _grid([0, -6, 1], [1, 0, 0], [0, 0, 1])])
+        normalized, transform = camera.normalize_poses(_jittered(poses, 0.5, 2))
+        rotation, centre = np.asarray(transform["rotation"]), transform["center"]
+        moved = transform["scale"] * rotation @ (np.array([0.0, 0.0, 1.0]) - centre)
+        return (normalized, moved, np.asarray(transform["rotation"]) @ Z, 3.0 * transform["scale"],
+                12.0 * transform["scale"], "spiral")
+    if name == "360° around a point off the origin":
+        poses = camera.hemisphere_poses(40, 3.0, seed=0)
+        poses[:, :3, 3] += [1.0, -2.0, 0.5]
+        return poses, np.array([1.0, -2.0, 0.5]), Z, 1.0, 6.0, "orbit"
+    if name == "top-down ring":
+        positions = np.stack([camera.spherical_position(a, 80.0, 4.0) for a in np.arange(0, 360, 15)]) + [1, 2, 0]
+        return np.stack([camera.look_at(p, [1, 2, 0]) for p in positions]), np.array([1.0, 2.0, 0.0]), Z, 2.0, 6.0, \
+            "orbit"
+    if name == "top-down grid (a drone looking straight down)":
+        positions = _grid([0, 0, 5], [1, 0, 0], [0, 1, 0])
+        poses = np.stack([camera.look_at(p, p - [0, 0, 1], world_up=[0, 1, 0]) for p in positions])
+        return _jittered(poses, 0.5, 3), np.array([0.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), 2.0, 8.0, "spiral"
+    if name == "360° on a tilted axis":
+        turn = Rotation.from_euler("xz", [35, 20], degrees=True).as_matrix()
+        return (_transformed(camera.hemisphere_poses(40, 3.0, seed=1), turn, [0.5, 0.5, 0.0]),
+                np.array([0.5, 0.5, 0.0]), turn @ Z, 1.0, 6.0, "orbit")
+    if name == "forward-facing, rolled and looking down":
+        poses = np.stack([camera.look_at(p, subject) for p in _grid([0, -6, 1.2], [1, 0, 0], [0, 0, 1])])
+        turn = Rotation.from_euler("yx", [25, -30], degrees=True).as_matrix()  # roll, then pitch down
+        return _jittered(_transformed(poses, turn, [0, 0, 0]), 1.0, 4), turn @ subject, turn @ Z, 2.0, 10.0, "spiral"
+    raise KeyError(name)
+
+
+RIGS = ["forward-facing, aimed at the subject", "forward-facing, parallel axes (LLFF)",
+        "forward-facing, parallel axes, normalized by the poses stage", "360° around a point off the origin",
+        "top-down ring", "top-down grid (a drone looking straight down)", "360° on a tilted axis",
+        "forward-facing, rolled and looking down"]
+
+
+def _pixels(poses, point):
+    """``(col, row, depth)`` [F] of ``point`` seen through each pose with ``LENS``."""
+    local = np.einsum("fji,fj->fi", poses[:, :3, :3], point - poses[:, :3, 3])  # R^T (point - centre)
+    depth = -local[:, 2]
+    return LENS[2] + LENS[0] * local[:, 0] / depth, LENS[3] - LENS[1] * local[:, 1] / depth, depth
+
+
+@pytest.mark.parametrize("name", RIGS)
+def test_the_video_keeps_the_subject_in_the_middle_third_without_rolling(name):
+    poses, subject, rig_up, near, far, expected = _rig(name)
+    path, why = camera_path(render_config(num_frames=40), poses, near, far)
+    assert why.startswith("a 360° orbit" if expected == "orbit" else "a spiral"), why
+    path = path.astype(np.float64)
+    if expected == "spiral":  # forward-facing: the video stays among the cameras
+        spread = np.linalg.norm(poses[:, :3, 3] - poses[:, :3, 3].mean(0), axis=-1).max()
+        assert np.linalg.norm(path[:, :3, 3] - poses[:, :3, 3].mean(0), axis=-1).max() <= 1.01 * spread
+    looked_at = camera.looked_at_point(poses)
+    # The rigs whose axes meet: that point is the subject (the least-squares point the test speaks of).
+    if looked_at is not None:
+        np.testing.assert_allclose(looked_at, subject, atol=0.2)
+    cols, rows, depth = _pixels(path, subject)
+    assert np.all(depth > 0), "the subject is behind the camera"
+    assert np.all((cols > WIDTH / 3) & (cols < 2 * WIDTH / 3)), f"columns {cols.min():.1f}..{cols.max():.1f}"
+    assert np.all((rows > HEIGHT / 3) & (rows < 2 * HEIGHT / 3)), f"rows {rows.min():.1f}..{rows.max():.1f}"
+    # No roll: each frame's up is the rig's up seen in that frame (projected across its viewing direction). The
+    # rig's up is known here; the cameras' mean up is not it for cameras all around (those of one side of a
+    # hemisphere rig lean their ups one way), so the path may not use it either.
+    forward = -path[:, :3, 2]
+    projected = rig_up - np.sum(rig_up * forward, axis=-1, keepdims=True) * forward
+    projected /= np.linalg.norm(projected, axis=-1, keepdims=True)
+    roll = np.degrees(np.arccos(np.clip(np.sum(projected * path[:, :3, 1], axis=-1), -1, 1)))
+    assert roll.max() < 3.0, f"a frame rolls {roll.max():.1f}°"
+
+
+def test_an_orbit_keeps_the_cameras_height_and_distance():
+    poses, subject, up, near, far, _ = _rig("360° on a tilted axis")
+    path, _ = camera_path(render_config(num_frames=40), poses, near, far)
+    heights = lambda p: (p[:, :3, 3] - subject) @ up  # noqa: E731
+    distances = lambda p: np.linalg.norm(p[:, :3, 3] - subject, axis=-1)  # noqa: E731
+    np.testing.assert_allclose(distances(path), np.median(distances(poses)), rtol=1e-3)
+    np.testing.assert_allclose(heights(path), np.median(heights(poses)), rtol=0.1)
 
 
 @pytest.mark.parametrize("width, height, expected", [(None, None, (30, 40)), (80, None, (60, 80)),
@@ -68,3 +198,31 @@ def test_a_bad_camera_path_is_refused_naming_the_file(tmp_path, content, message
     with pytest.raises(DataError, match=message) as error:
         read_camera_path(tmp_path / "bad.json")
     assert "bad.json" in str(error.value)
+
+
+def _plane_renderer(point, normal):
+    """A stand-in for the model's renderer: an opaque plane through ``point`` across ``normal``."""
+    def render(origins, directions):
+        t = np.sum((point - origins) * normal, axis=-1) / np.sum(directions * normal, axis=-1)
+        hit = t > 0
+        return {"depth": np.where(hit, t, 0.0), "acc": hit.astype(np.float32)}
+    return render
+
+
+def test_a_forward_facing_video_looks_as_far_as_the_scene_is_ahead():
+    """The held-out phone capture: parallel axes, centred on the cameras by the poses stage, near/far derived
+    from camera distances (near about 0). The scene's depth, rendered, puts the subject in the frame."""
+    from nerf_pipeline.stages.render import depth_ahead
+
+    poses, subject, _, _, _, _ = _rig("forward-facing, parallel axes, normalized by the poses stage")
+    near, far = camera.bounds_from_cameras(poses)
+    forward = camera.mean_forward(poses)
+    depth = depth_ahead(_plane_renderer(subject, forward), poses, LENS, HEIGHT, WIDTH)
+    assert depth == pytest.approx(np.dot(subject - poses[:, :3, 3].mean(0), forward), rel=0.02)
+    path, why = camera_path(render_config(num_frames=40), poses, near, far, depth)
+    assert "looking at the scene" in why
+    cols, rows, ahead = _pixels(path.astype(np.float64), subject)
+    assert np.all(ahead > 0) and np.all((cols > WIDTH / 3) & (cols < 2 * WIDTH / 3))
+    assert np.all((rows > HEIGHT / 3) & (rows < 2 * HEIGHT / 3))
+    # Nothing opaque ahead (the plane is behind the cameras): no depth, and the path falls back to near/far.
+    assert depth_ahead(_plane_renderer(poses[:, :3, 3].mean(0) - forward, forward), poses, LENS, HEIGHT, WIDTH) is None
