@@ -86,3 +86,31 @@ def test_malformed_transforms_through_the_stage(tmp_path):
     result = stage("download", "--out-scene", "out/scene", cwd=tmp_path)
     assert_user_error(result, "transforms.json: image", "frame_002.png not found")
     assert not (tmp_path / "out" / "scene").exists()
+
+
+def test_the_rays_stage_downscales_depth_without_half_depths_at_silhouettes(tmp_path):
+    """Ground-truth depth is 0 where a pixel sees no surface: a downscaled block holds the mean depth of
+    its pixels that see one (or 0 when most see none), never a value between the object and the camera."""
+    from conftest import run_data_stages
+
+    from nerf_pipeline.scenes import ray_files
+    from nerf_pipeline.scenes.scene import Scene
+
+    params = tiny_params()
+    params["data"]["downscale"] = 4
+    run_data_stages(tmp_path, params)
+    scene = Scene.open(tmp_path / "scene")
+    train = ray_files.load(tmp_path / "rays", "train")
+    split = json.loads((tmp_path / "split.json").read_text())
+    silhouettes = 0
+    for k, view in enumerate(split["train"]):
+        blocks = np.asarray(scene.depth[view]).reshape(6, 4, 6, 4).transpose(0, 2, 1, 3).reshape(6, 6, 16)
+        small = np.asarray(train.depth[k])
+        surface = blocks > 0
+        silhouettes += int(((surface.sum(-1) > 0) & (surface.sum(-1) < 16)).sum())
+        low = np.where(surface, blocks, np.inf).min(-1)
+        high = np.where(surface, blocks, -np.inf).max(-1)
+        has = small > 0
+        assert np.all((small[has] >= low[has] - 1e-5) & (small[has] <= high[has] + 1e-5))
+        np.testing.assert_array_equal(has, surface.sum(-1) >= 8)
+    assert silhouettes > 0  # the views do cut through the object's outline

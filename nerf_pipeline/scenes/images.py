@@ -49,6 +49,25 @@ def downscale_image(image: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
 
 
+def downscale_depth(depth: np.ndarray, factor: int) -> np.ndarray:
+    """``[H // factor, W // factor]`` float32 of a depth map ``[H, W]`` in which 0 means "no surface".
+
+    Each block's depth is the mean over its pixels that have a surface, and 0 where more than half of
+    them have none: a plain mean would count "no surface" as depth 0 and give the blocks on a
+    silhouette a depth between the object and the camera, where nothing is.
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    if factor == 1:
+        return depth.astype(np.float32)
+    h, w = depth.shape[0] // factor * factor, depth.shape[1] // factor * factor
+    blocks = depth[:h, :w].reshape(h // factor, factor, w // factor, factor)
+    surface = blocks > 0
+    count = surface.sum(axis=(1, 3))
+    total = np.where(surface, blocks, 0.0).sum(axis=(1, 3))
+    mean = total / np.maximum(count, 1)
+    return np.where(2 * count >= factor * factor, mean, 0.0).astype(np.float32)
+
+
 def undistort(image: np.ndarray, fx, fy, cx, cy, k1, k2, p1, p2) -> np.ndarray:
     """Resample an image taken through OpenCV's radial-tangential distortion into a pinhole image.
 

@@ -4,7 +4,9 @@ Reads ``in_scene`` (images at the source's resolution), ``in_cameras`` (the pose
 cameras) and ``in_split``. Writes ``out_rays``, a folder with one sub-folder per part (train, val,
 and test when the split has one; layout in ``scenes/ray_files.py``): each view undistorted (when
 its camera has lens distortion) and area-downscaled by ``data.downscale``, as uint8 colours, and
-its pinhole camera. Views are processed one at a time, so memory does not grow with the scene.
+its pinhole camera. Ground-truth depth (the built-in scene's) is downscaled over the pixels that
+see a surface only, 0 where most of a block sees none (``images.downscale_depth``). Views are
+processed one at a time, so memory does not grow with the scene.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from nerf_pipeline.runtime import atomic
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
-from nerf_pipeline.scenes.images import downscale_image, prepare_view
+from nerf_pipeline.scenes.images import downscale_depth, prepare_view
 from nerf_pipeline.scenes.scene import Cameras, Scene, read_npz
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def run(cfg: Config, *, in_scene, in_cameras, in_split, out_rays) -> None:
                 for done, view in enumerate(views, 1):
                     image, view_intrinsics = prepare_view(scene.images[view], cameras.intrinsics[view],
                                                           cameras.distortion[view], factor)
-                    depth = None if scene.depth is None else downscale_image(scene.depth[view][..., None], factor)[..., 0]
+                    depth = None if scene.depth is None else downscale_depth(scene.depth[view], factor)
                     writer.add(image, depth)
                     intrinsics.append(view_intrinsics)
                     progress(done)
