@@ -10,6 +10,9 @@ MLflow logs and DVC tracks is what ran. The parts of a model are tagged unions: 
 Errors are ``ConfigError``s that name the key's path (``presets.hashgrid.sampler.num_samples``),
 say what was expected and, for an unknown key, suggest the closest valid one (``epoch`` →
 ``epochs``). This module imports neither TensorFlow nor Keras, so light stages stay light.
+
+Saved models keep their field's and sampler's configs; ``saved_part`` reads those with today's
+classes, so a model loads after its config class gains a key (``Section.implied_by_older_models``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML, YAMLError
@@ -45,6 +48,12 @@ class Section(BaseModel):
     (``1.5`` is not a whole number, ``"3"`` not a number; a whole number is a valid float)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # The keys this class gained after models were first saved, each with the value that does what models
+    # saved before it did: a saved model's config lacking one loads with that value (``saved_part``).
+    # Declare one in the class whenever you add a key to a field or sampler config, e.g.
+    # ``{"appearance_dim": 0}  # added after 0.1.0 (b89c5c3)``; params.yaml must still give every key.
+    implied_by_older_models: ClassVar[dict[str, Any]] = {}
 
 
 # ----------------------------------------------------------------------------- data
@@ -88,7 +97,9 @@ class SyntheticConfig(Section):
 
 class SplitConfig(Section):
     val_fraction: Fraction
-    order: Literal["shuffled", "last"]  # last: the Keras example's (the last views validate)
+    # last: the Keras example's (the last views validate); every_8th: views 0, 8, 16, ... validate (the
+    # LLFF / mip-NeRF 360 convention, so figures compare with published ones; val_fraction is not used)
+    order: Literal["shuffled", "last", "every_8th"]
     seed: int
 
 
@@ -451,3 +462,24 @@ def load(path=DEFAULT_PARAMS) -> Config:
         raise ConfigError(f"'{path}' is not valid YAML{at}: {problem}.") from None
     return from_dict(data, str(path))
 
+
+# ----------------------------------------------------------------------------- saved models
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def saved_part(cls: type[SectionT], stored: dict) -> SectionT:
+    """A model part's config as a saved model stored it (its layer's ``get_config``), read by today's ``cls``.
+
+    Saved models, checkpoints and logged models outlive the config classes: a key ``cls`` gained since
+    takes its ``implied_by_older_models`` value, a key it no longer has is dropped, the rest is validated
+    as strictly as params.yaml. Raises ``ValueError`` naming a key the saved config lacks that has no
+    implied value (Keras, loading a model, wraps it in a ``TypeError``).
+    """
+    lacking = [key for key in cls.model_fields if key not in stored and key not in cls.implied_by_older_models]
+    if lacking:
+        raise ValueError(f"the saved {cls.__name__} has no '{lacking[0]}' and {cls.__name__}.implied_by_older_models "
+                         "gives no value for models saved before that key")
+    kept = {key: value for key, value in stored.items() if key in cls.model_fields}
+    return cls.model_validate({**cls.implied_by_older_models, **kept})

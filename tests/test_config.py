@@ -1,6 +1,7 @@
 """params.yaml → one typed config: every key checked, unknown and inapplicable keys refused by path."""
 
 import copy
+from typing import Annotated, ClassVar
 
 import pydantic
 import pytest
@@ -190,3 +191,35 @@ def test_a_yaml_error_names_the_file_and_line_in_one_line(tmp_path, text, messag
     assert str(error.value).startswith(f"'{path}' ") and message in str(error.value)
     assert "\n" not in str(error.value)
 
+
+class GrownGridConfig(config.HashGridFieldConfig):
+    """HashGridFieldConfig after gaining a key, as a later version may: older models imply 0."""
+
+    implied_by_older_models: ClassVar[dict] = {"appearance_dim": 0}
+    appearance_dim: Annotated[int, pydantic.Field(ge=0)]
+
+
+SAVED_GRID = {"type": "hashgrid", "num_levels": 2, "features_per_level": 2, "log2_table_size": 10,
+              "base_resolution": 4, "max_resolution": 16, "width": 8}
+
+
+def test_a_saved_part_config_takes_the_value_older_models_imply_for_a_new_key():
+    part = config.saved_part(GrownGridConfig, SAVED_GRID)
+    assert part.appearance_dim == 0 and part.num_levels == 2
+    assert config.saved_part(GrownGridConfig, {**SAVED_GRID, "appearance_dim": 8}).appearance_dim == 8
+    assert config.saved_part(config.HashGridFieldConfig, SAVED_GRID) == config.HashGridFieldConfig(**SAVED_GRID)
+
+
+def test_a_saved_part_config_drops_removed_keys_and_refuses_what_it_cannot_fill():
+    assert config.saved_part(config.HashGridFieldConfig, {**SAVED_GRID, "removed_key": 3}).width == 8
+    lacking = {key: value for key, value in SAVED_GRID.items() if key != "width"}
+    with pytest.raises(ValueError, match="the saved HashGridFieldConfig has no 'width' and "
+                                         "HashGridFieldConfig.implied_by_older_models gives no value"):
+        config.saved_part(config.HashGridFieldConfig, lacking)
+    with pytest.raises(pydantic.ValidationError, match="log2_table_size"):  # still as strict as params.yaml
+        config.saved_part(config.HashGridFieldConfig, {**SAVED_GRID, "log2_table_size": 2.5})
+
+
+def test_params_yaml_gives_every_key_even_one_older_models_imply():
+    with pytest.raises(pydantic.ValidationError, match="appearance_dim"):
+        GrownGridConfig(**SAVED_GRID)

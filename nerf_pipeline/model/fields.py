@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from nerf_pipeline.config import HashGridFieldConfig, MLPFieldConfig
+from nerf_pipeline.config import HashGridFieldConfig, MLPFieldConfig, saved_part
 from nerf_pipeline.model.encodings import HashEncoding, positional_encoding, spherical_harmonics, truncated_exp
 
 PACKAGE = "nerf_pipeline"
@@ -40,7 +40,7 @@ class MLPField(keras.layers.Layer):
 
     def __init__(self, config: dict, extent: float, **kwargs):
         super().__init__(**kwargs)
-        self.field_config = MLPFieldConfig(**config)
+        self.field_config = saved_part(MLPFieldConfig, config)  # a saved model's, maybe of an older version
         self.extent = float(extent)
         c = self.field_config
         input_dim = 3 + 6 * c.num_frequencies
@@ -84,7 +84,7 @@ class HashGridField(keras.layers.Layer):
 
     def __init__(self, config: dict, extent: float, **kwargs):
         super().__init__(**kwargs)
-        self.field_config = HashGridFieldConfig(**config)
+        self.field_config = saved_part(HashGridFieldConfig, config)  # a saved model's, maybe of an older version
         self.extent = float(extent)
         c = self.field_config
         self.encoding = HashEncoding(c.num_levels, c.features_per_level, c.log2_table_size, c.base_resolution,

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nerf_pipeline.config import OccupancySamplerConfig, UniformSamplerConfig
+from nerf_pipeline.config import OccupancySamplerConfig, UniformSamplerConfig, saved_part
 from nerf_pipeline.model.occupancy import OccupancyGrid, UpdateOccupancyGrid
 from nerf_pipeline.model.space import ray_box_intersection
 
@@ -40,7 +40,7 @@ class UniformSampler(keras.layers.Layer):
 
     def __init__(self, config: dict, **kwargs):
         super().__init__(**kwargs)
-        self.sampler_config = UniformSamplerConfig(**config)
+        self.sampler_config = saved_part(UniformSamplerConfig, config)  # a saved model's, maybe of an older version
         self.built = True
 
     def sample(self, ray_origins, ray_directions, near, far, space, training, seed_generator):
@@ -82,7 +82,7 @@ class OccupancySampler(keras.layers.Layer):
 
     def __init__(self, config: dict, **kwargs):
         super().__init__(**kwargs)
-        self.sampler_config = c = OccupancySamplerConfig(**config)
+        self.sampler_config = c = saved_part(OccupancySamplerConfig, config)  # maybe of an older version
         self.grid = OccupancyGrid(c.grid_resolution, c.alpha_threshold, c.decay, name="grid")
         self.built = True
 
