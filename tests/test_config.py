@@ -85,7 +85,7 @@ def changed(change: dict) -> dict:
     ({"epochs": True}, "'epochs' must be a whole number; got True"),
     ({"split": {"val_fraction": 1.0}}, "'split.val_fraction' must be < 1"),
     ({"split": {"val_fraction": 0}}, "'split.val_fraction' must be > 0"),
-    ({"split": {"order": "random"}}, "'split.order' must be one of 'shuffled', 'last'; got 'random'"),
+    ({"split": {"order": "random"}}, "'split.order' must be one of 'shuffled', 'last', 'every_8th'; got 'random'"),
     ({"data": {"near": 6.0, "far": 2.0}}, "'data.near' must be below data.far"),
     ({"preset": "hashgird"}, "'preset' must name an entry of 'presets' (hashgrid, keras_example); got 'hashgird'. "
                              "Did you mean 'hashgrid'?"),

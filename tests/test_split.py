@@ -6,7 +6,7 @@ from conftest import tiny_params
 
 from nerf_pipeline import config
 from nerf_pipeline.runtime import atomic
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.runtime.errors import ConfigError, DataError
 from nerf_pipeline.scenes.scene import Cameras
 from nerf_pipeline.stages import split
 from nerf_pipeline.stages.split import split_views
@@ -23,6 +23,32 @@ def test_shuffled_split_is_deterministic_and_disjoint():
     assert (train, val) != split_views(100, 0.2, "shuffled", seed=2)
     assert len(train) == 80 and len(val) == 20 and not set(train) & set(val)
     assert sorted(train + val) == list(range(100))
+
+
+def test_every_8th_holds_out_views_0_8_16_as_llff_and_mip_nerf_360_do():
+    train, val = split_views(20, 0.2, "every_8th", seed=0)
+    assert val == [0, 8, 16] and train == [v for v in range(20) if v not in (0, 8, 16)]
+    assert split_views(20, 0.5, "every_8th", seed=3) == (train, val)  # val_fraction and seed are not used
+    # The views' own indices, so a view left out (not registered) does not shift the others.
+    assert split_views([1, 2, 3, 5, 8, 9, 13, 16], 0.2, "every_8th", seed=0)[1] == [8, 16]
+
+
+def test_every_8th_refuses_views_it_cannot_split():
+    with pytest.raises(DataError, match="every_8th .* none to validate on"):
+        split_views([1, 2, 3, 4], 0.2, "every_8th", seed=0)
+    with pytest.raises(DataError, match="none to train on"):
+        split_views([0, 8], 0.2, "every_8th", seed=0)
+
+
+def test_every_8th_through_the_stage_and_params(tmp_path):
+    params = tiny_params()
+    params["split"]["order"] = "every_8th"
+    cfg = config.from_dict(params)
+    result = split.run(cfg, in_cameras=cameras_file(tmp_path / "cameras.npz", 17), out_split=tmp_path / "split.json")
+    assert result["val"] == [0, 8, 16] and json.loads((tmp_path / "split.json").read_text())["val"] == [0, 8, 16]
+    params["split"]["order"] = "every_eighth"
+    with pytest.raises(ConfigError, match="every_8th"):  # the message lists the orders there are
+        config.from_dict(params)
 
 
 @pytest.mark.parametrize("num_views, fraction", [(1, 0.2), (3, 0.9), (2, 0.6)])

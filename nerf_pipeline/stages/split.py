@@ -8,7 +8,10 @@ indices sorted within each part, views that structure from motion left out in no
 A source with its own split (NeRF-synthetic's ``transforms_{train,val,test}.json``) keeps it;
 without a val part, its train views are split as below. Otherwise, with ``split.order: last``
 the first ``int(n * (1 - val_fraction))`` views train and the rest validate, as in the Keras
-example; with ``shuffled`` the views are permuted by a generator seeded with ``split.seed`` first.
+example; with ``shuffled`` the views are permuted by a generator seeded with ``split.seed`` first;
+with ``every_8th`` views 0, 8, 16, ... (their indices in the scene) validate and the rest train, the
+held-out views of LLFF and mip-NeRF 360, so figures compare with published ones (``val_fraction`` is
+not used).
 """
 
 from __future__ import annotations
@@ -24,11 +27,21 @@ from nerf_pipeline.scenes.scene import Cameras, read_npz
 
 log = logging.getLogger(__name__)
 
+HOLD_OUT_EVERY = 8  # split.order every_8th: LLFF's llffhold, mip-NeRF 360's test views
+
 
 def split_views(views, val_fraction: float, order: str, seed: int) -> tuple[list[int], list[int]]:
     """``(train, val)`` of ``views`` (indices, or a count for ``range(count)``). Raises ``DataError``
     if either part would be empty."""
     views = np.arange(views) if isinstance(views, (int, np.integer)) else np.asarray(views)
+    if order == "every_8th":
+        held_out = views % HOLD_OUT_EVERY == 0
+        if held_out.all() or not held_out.any():
+            raise DataError(f"split.order every_8th holds out views 0, {HOLD_OUT_EVERY}, {2 * HOLD_OUT_EVERY}, ...; "
+                            f"of the scene's views {views.tolist()[:10]}{' ...' if len(views) > 10 else ''} that "
+                            f"leaves {'none to train on' if held_out.all() else 'none to validate on'}. "
+                            "Use split.order shuffled or last.")
+        return sorted(int(v) for v in views[~held_out]), sorted(int(v) for v in views[held_out])
     num_train = int(len(views) * (1.0 - val_fraction))
     if num_train < 1 or num_train >= len(views):
         raise DataError(f"the scene has {len(views)} views: too few for split.val_fraction = {val_fraction}, "
@@ -49,10 +62,11 @@ def run(cfg: Config, *, in_cameras, out_split) -> dict:
         how = "the scene's own split; split.* params are not used"
     elif own.get("train"):
         train, val = split_views(sorted(own["train"]), s.val_fraction, s.order, s.seed)
-        how = f"the scene's own train views, {s.val_fraction:.0%} of them for val ({s.order})"
+        how = (f"the scene's own train views, every {HOLD_OUT_EVERY}th for val" if s.order == "every_8th" else
+               f"the scene's own train views, {s.val_fraction:.0%} of them for val ({s.order})")
     else:
         train, val = split_views(sorted(posed), s.val_fraction, s.order, s.seed)
-        how = s.order
+        how = "views 0, 8, 16, ... for val (every_8th)" if s.order == "every_8th" else s.order
     split = {"train": train, "val": val, "num_views": cameras.num_views}
     if own.get("test"):
         split["test"] = sorted(own["test"])
