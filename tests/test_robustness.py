@@ -129,11 +129,17 @@ def test_bad_params_are_refused_before_any_work(tmp_path, changes, messages):
     assert outs(tmp_path) == []
 
 
+def test_too_few_views_are_refused_at_download(tmp_path):
+    result = download(tmp_path, arrays=good_arrays(n=2))
+    assert_user_error(result, "input.npz: 2 views, but a scene needs at least 3, 2 to train on and 1 to validate on")
+    assert outs(tmp_path) == []
+
+
 def test_too_few_views_for_the_split(tmp_path):
-    assert download(tmp_path, arrays=good_arrays(n=1)).returncode == 0
+    assert download(tmp_path, arrays=good_arrays(n=3), split={"val_fraction": 0.9}).returncode == 0
     assert stage("poses", "--in-scene", "out/scene", "--out-cameras", "out/cameras.npz", cwd=tmp_path).returncode == 0
     result = stage("split", "--in-cameras", "out/cameras.npz", "--out-split", "out/split.json", cwd=tmp_path)
-    assert_user_error(result, "the scene has 1 views: too few for split.val_fraction = 0.2")
+    assert_user_error(result, "the scene has 3 views: too few for split.val_fraction = 0.9")
     assert "out/split.json" not in outs(tmp_path)
 
 
