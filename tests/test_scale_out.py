@@ -63,7 +63,10 @@ def test_queued_sweep_runs_two_at_once_into_one_store(reproduced, tmp_path):
 
 
 @pytest.mark.slow
-def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work(reproduced, tmp_path):
+def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work_and_re_render(reproduced, tmp_path):
+    """A teammate's clone pulls everything and is up to date; a render-only experiment there reruns only render,
+    into a run of the clone's own store (the training run is in the first project's) that names the run and the
+    commit that trained the model."""
     path = reproduced
     remote = tmp_path / "remote"
     run(DVC + ["remote", "add", "-d", "shared", str(remote)], path)
@@ -76,6 +79,27 @@ def test_shared_dvc_remote_lets_a_fresh_clone_skip_the_work(reproduced, tmp_path
     assert (clone / "models" / "trained" / "model.keras").is_file() and (clone / "render" / "orbit.mp4").is_file()
     result = run(DVC + ["repro"], clone)
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
+
+    for key, value in (("user.email", "teammate@example.invalid"), ("user.name", "teammate")):
+        run(["git", "config", key, value], clone)  # `dvc exp run` commits the experiment
+    # A frame count no other test renders (DVC's run cache would restore it without running render)
+    result = run(DVC + ["exp", "run", "-S", "render.num_frames=8", "-n", "clone-eight"], clone)
+    output = result.stdout + result.stderr
+    for name in ("download", "poses", "split", "rays", "train", "evaluate", "export"):
+        assert f"Stage '{name}' didn't change, skipping" in output, name
+    assert "Running stage 'render'" in output
+    trained = json.loads((clone / "models/trained/run.json").read_text())["run_id"]
+    client, first_runs = mlflow_runs(path)
+    (training,) = [r for r in first_runs if r.info.run_id == trained]
+    _, runs = mlflow_runs(clone)
+    (reusing,) = runs  # the clone's store holds only the render's run
+    assert reusing.info.run_name == "clone-eight" and reusing.info.status == "FINISHED"
+    assert reusing.data.tags["model.run"] == trained
+    assert reusing.data.tags["model.git.commit"] == training.data.tags["git.commit"]
+    run(["git", "cat-file", "-e", reusing.data.tags["model.git.commit"]], clone)  # a commit the clone has
+    assert trained in reusing.data.tags["mlflow.note.content"]
+    assert reusing.data.params["render.num_frames"] == "8" and "time/render_fps" in reusing.data.metrics
+    assert "render/orbit.mp4" in {a.path for a in mlflow_runs(clone)[0].list_artifacts(reusing.info.run_id, "render")}
 
 
 @pytest.mark.slow

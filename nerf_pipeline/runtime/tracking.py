@@ -2,11 +2,18 @@
 
 ``train`` starts the run (named after the DVC experiment, or ``<branch>@<commit>`` for a plain
 ``dvc repro``; tagged with the git commit and a fingerprint of the params the run uses) and records
-its id in a small JSON out; ``evaluate`` and ``render`` log into the same run when their params are
-those it was started with. When only evaluation or rendering params changed (``dvc exp run -S
-render.width=400``), train does not rerun, and they log into a run of their own for those params,
-tagged ``model.run`` with the run whose model they reuse (created by the first of them, found again
-by its tags by the next), so no experiment overwrites another's artifacts.
+its id, the commit and the store in a small JSON out; ``evaluate``, ``export`` and ``render`` log
+into the same run when their params are those it was started with. When only evaluation or
+rendering params changed (``dvc exp run -S render.width=400``), train does not rerun, and they log
+into a run of their own for those params, tagged ``model.run`` with the run whose model they reuse
+(created by the first of them, found again by its tags by the next), so no experiment overwrites
+another's artifacts. The same holds when train's run is not in this store at all (a teammate's
+clone that pulled the model with ``dvc pull``): the run of their own then says which run, in which
+store and at which commit, trained the model.
+
+A later stage logs into a run it did not start through ``MlflowClient`` and never ends it: its
+failure (a bad camera path, a Ctrl-C) is not the training run's, which keeps its status. Only a run
+a stage starts ends with that stage (FINISHED, FAILED, or KILLED on Ctrl-C or SIGTERM).
 
 Metric names carry a section (``train/loss``, ``val/psnr``, ``eval/ssim``, ``time/epoch_s``), which
 the MLflow UI groups. The store is ``MLFLOW_TRACKING_URI`` when set, else
@@ -24,6 +31,8 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
+import time
 import types
 import warnings
 from pathlib import Path
@@ -92,7 +101,8 @@ def _system_metrics() -> bool:
 def connect(cfg: Config):
     """Point MLflow at the store and the experiment; fail early and clearly if the store is unreachable.
 
-    Returns the ``mlflow`` module, configured.
+    Returns the ``mlflow`` module, configured. Safe when several stages connect to a new store at
+    once (``dvc queue start -j 2``): see ``_store_initialisation`` and ``_experiment_id``.
     """
     import mlflow
 
@@ -103,19 +113,55 @@ def connect(cfg: Config):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     mlflow.set_tracking_uri(uri)
     try:
-        client = mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-        if experiment is None:
-            artifact_location = None
-            if uri.startswith("sqlite:"):
-                # Absolute, so that runs made from a temporary copy store artifacts in the project.
-                artifact_location = (project_root() / "mlruns").as_uri()
-            client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location)
+        with _store_initialisation(uri):
+            _experiment_id(mlflow.MlflowClient(), cfg.mlflow.experiment, uri)
         mlflow.set_experiment(cfg.mlflow.experiment)
     except Exception as e:  # MLflow raises many types for an unreachable or broken store
         raise UserError(f"cannot use the MLflow tracking store {uri}: {type(e).__name__}: {e}. "
                         "Check MLFLOW_TRACKING_URI (unset it to use the local sqlite store).") from None
     return mlflow
+
+
+@contextlib.contextmanager
+def _store_initialisation(uri: str):
+    """Hold a lock on a sqlite store while it is first opened: MLflow creates the tables of a new sqlite store
+    when a process first opens it, without a lock, so two processes opening a new store at once can both
+    create them ("duplicate column name: step"). A server creates its tables once, when it starts."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (MLflow's own locks are POSIX-only too)
+        yield
+        return
+    lock_path = Path(tempfile.gettempdir()) / f"nerf-pipeline-mlflow-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    """The id of the experiment ``name``, created if the store has none. Between a look-up that finds nothing
+    and the creation another process may create it: its "already exists" then means look it up again."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        # Absolute, so that runs made from a temporary copy store artifacts in the project.
+        artifact_location = (project_root() / "mlruns").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.get_experiment_by_name(name).experiment_id
 
 
 @contextlib.contextmanager
@@ -166,8 +212,11 @@ def _end_if_running(mlflow, run_id: str, status: str) -> None:
 
 
 def write_run_file(path, run) -> None:
+    """``run.json``: the training run's id and name, the store it is in and the git commit it trained from
+    (``null`` outside git), so that a clone whose store lacks the run can still say where its model comes from."""
     atomic.write_json(path, {"run_id": run.info.run_id, "run_name": run.info.run_name,
-                             "experiment_id": run.info.experiment_id})
+                             "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri(),
+                             "git_commit": _git_commit()})
 
 
 def _dvc_md5(path) -> str | None:
@@ -203,55 +252,100 @@ def log_dataset(mlflow, rays_folder) -> None:
     mlflow.log_input(MetaDataset(source=source, name=Path(rays_folder).name, digest=digest), context="training")
 
 
-def read_run_file(run_file) -> str:
+def read_run_file(run_file) -> dict:
+    """``run.json`` as written by ``write_run_file``; ``tracking_uri`` and ``git_commit`` are ``None`` in one
+    written before they were recorded."""
     try:
-        return json.loads(Path(run_file).read_text())["run_id"]
+        record = json.loads(Path(run_file).read_text())
+        if not isinstance(record["run_id"], str):
+            raise TypeError("run_id is not a string")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{run_file}: not an MLflow run file written by the train stage ({e}).") from None
+    return {"run_id": record["run_id"], "run_name": record.get("run_name"),
+            "tracking_uri": record.get("tracking_uri"), "git_commit": record.get("git_commit")}
+
+
+class RunLog:
+    """What a stage logs into one MLflow run, through ``MlflowClient``: it neither starts nor ends the run, so
+    the stage's failure does not change the run's status."""
+
+    def __init__(self, client, run):
+        self.client, self.run_id, self.run_name = client, run.info.run_id, run.info.run_name
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, 0 if step is None else step)
+                                                    for key, value in metrics.items()])
+
+    def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
 
 @contextlib.contextmanager
 def pipeline_run(cfg: Config, run_file):
-    """The run that ``evaluate`` and ``render`` log into; yields the ``mlflow`` module with it active.
+    """The run that ``evaluate``, ``export`` and ``render`` log into; yields a ``RunLog`` of it.
 
-    Train's run (``run_file``) when it was started with the params this stage runs with; else the
-    run of these params and this name (``run_name``) that reuses train's model, found by its tags or
-    created (tagged ``model.run``, with these params logged).
+    Train's run (``run_file``) when it is in this store and was started with the params this stage runs
+    with; else the run of these params and this name (``run_name``) that reuses train's model, found by its
+    tags or created (tagged ``model.run`` and ``model.git.commit``, with these params logged and a note).
+    Only a run created here ends with this stage; the others keep their status whatever happens here.
     """
     trained = read_run_file(run_file)
+    trained_id = trained["run_id"]
     mlflow = connect(cfg)
     client = mlflow.MlflowClient()
     try:
-        parent = client.get_run(trained)
-    except Exception:
-        raise UserError(f"{run_file}: MLflow run {trained} is not in the store {tracking_uri()}; "
-                        "was the store moved or MLFLOW_TRACKING_URI changed? Run 'dvc repro -f train' "
-                        "to start a new run.") from None
+        parent = client.get_run(trained_id)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # not "no such run"
+            raise UserError(f"cannot use the MLflow tracking store {tracking_uri()}: {e}") from None
+        parent = None  # a clone's own store, or a moved one: the run is elsewhere
+    if parent is not None and not trained["git_commit"]:  # a run.json from before it recorded the commit
+        trained["git_commit"] = parent.data.tags.get("git.commit")
     fingerprint = params_fingerprint(cfg)
-    if parent.data.tags.get("params.fingerprint") == fingerprint:
-        with mlflow.start_run(run_id=trained, log_system_metrics=_system_metrics()):
-            yield mlflow
+    if parent is not None and parent.data.tags.get("params.fingerprint") == fingerprint:
+        yield RunLog(client, parent)
         return
     # The run that an earlier stage of this same `dvc exp run` (or `dvc repro`) started: same model, same
-    # params and same name. Another experiment with the same params is a run of its own.
+    # params and same name. Another experiment with the same params is a run of its own, and so is a retry
+    # after a failed stage (a FAILED or KILLED run is left as the record of that failure).
+    experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
     name = run_name().replace("'", "\\'")
-    found = client.search_runs([parent.info.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                               filter_string=f"tags.`model.run` = '{trained}' and "
+    found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                               filter_string=f"tags.`model.run` = '{trained_id}' and "
                                              f"tags.`params.fingerprint` = '{fingerprint}' and "
-                                             f"attributes.run_name = '{name}'")
+                                             f"attributes.run_name = '{name}' and attributes.status = 'FINISHED'")
     if found:
-        with mlflow.start_run(run_id=found[0].info.run_id, log_system_metrics=_system_metrics()):
-            yield mlflow
+        yield RunLog(client, found[0])
         return
-    run = mlflow.start_run(run_name=run_name(), tags={**_tags(cfg), "model.run": trained},
-                           log_system_metrics=_system_metrics())
+    tags = {**_tags(cfg), "model.run": trained_id}
+    if trained["git_commit"]:
+        tags["model.git.commit"] = trained["git_commit"]
+    run = mlflow.start_run(run_name=run_name(), tags=tags, log_system_metrics=_system_metrics())
     with _ending(mlflow):
         _log_params(mlflow, cfg)
-        mlflow.set_tag("mlflow.note.content", f"Reuses the model trained in run {trained} ({parent.info.run_name}); "
-                                              "only evaluation or rendering params differ.")
-        log.info("MLflow run %s (%s): these params reuse the model of run %s", run.info.run_id, run.info.run_name,
-                 trained)
-        yield mlflow
+        mlflow.set_tag("mlflow.note.content", _reuse_note(trained, parent, tracking_uri()))
+        if parent is None:
+            log.info("MLflow run %s (%s) in %s: reuses the model trained in run %s at commit %s, which is not in "
+                     "this store", run.info.run_id, run.info.run_name, tracking_uri(), trained_id,
+                     trained["git_commit"] or "(unknown)")
+        else:
+            log.info("MLflow run %s (%s): these params reuse the model of run %s", run.info.run_id,
+                     run.info.run_name, trained_id)
+        yield RunLog(client, run)
+
+
+def _reuse_note(trained: dict, parent, uri: str) -> str:
+    """The run's description in the MLflow UI: whose model it reuses and why it is a run of its own."""
+    commit = f"git commit {trained['git_commit']}" if trained["git_commit"] else "an unrecorded git commit"
+    if parent is not None:
+        return (f"Reuses the model trained in run {trained['run_id']} ({parent.info.run_name}) at {commit}; only "
+                "evaluation or rendering params differ.")
+    where = f"the store {trained['tracking_uri']}" if trained["tracking_uri"] else "another store"
+    return (f"Reuses the model trained in run {trained['run_id']} ({trained['run_name']}) of {where}, at "
+            f"{commit}; that run is not in this store ({uri}): the model came with `dvc pull` or a copy.")
 
 
 class _NoTracking:

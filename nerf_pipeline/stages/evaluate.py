@@ -63,7 +63,7 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
     rows, shown, render_s = [], [], 0.0
-    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as mlflow:
+    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as run:
         with Progress(len(views), f"evaluating {part.part} views", "views") as progress:
             for done, view in enumerate(views, 1):
                 start = time.perf_counter()
@@ -90,9 +90,9 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
         media.write_png(out_grid, np.concatenate(grid, axis=0))
         atomic.write_text(out_per_view, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
         atomic.write_json(out_metrics, metrics)
-        mlflow.log_metrics({**{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)},
-                            "eval/psnr_min": float(table["psnr"].min()), "time/eval_render_s": render_s})
-        mlflow.log_artifact(str(out_grid), artifact_path="eval")
+        run.log_metrics({**{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)},
+                         "eval/psnr_min": float(table["psnr"].min()), "time/eval_render_s": render_s})
+        run.log_artifact(str(out_grid), artifact_path="eval")
     log.info("%s PSNR %.2f dB, SSIM %.4f over %d views of %dx%d (rendered in %.1f s)", part.part, metrics["psnr"],
              metrics["ssim"], metrics["num_views"], part.width, part.height, render_s)
     return metrics

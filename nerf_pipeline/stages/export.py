@@ -141,7 +141,7 @@ def run(cfg: Config, *, in_model, in_rays, out_mesh, out_mesh_glb, out_points, o
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
     points, point_colours = point_cloud(renderer, train, e.num_points, e.min_opacity, cfg.seed)
     cloud = trimesh.PointCloud(points, colors=np.round(point_colours * 255).astype(np.uint8))
-    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as mlflow:
+    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as run:
         _write(out_mesh, mesh, "ply")
         _write(out_mesh_glb, trimesh.Scene(mesh), "glb")
         _write(out_points, cloud, "ply")
@@ -149,10 +149,10 @@ def run(cfg: Config, *, in_model, in_rays, out_mesh, out_mesh_glb, out_points, o
         metrics = {"mesh_vertices": len(vertices), "mesh_faces": len(faces), "points": len(points),
                    "export_s": export_s}
         atomic.write_json(out_metrics, metrics)
-        mlflow.log_metrics({"export/mesh_vertices": len(vertices), "export/mesh_faces": len(faces),
-                            "export/points": len(points), "time/export_s": export_s})
+        run.log_metrics({"export/mesh_vertices": len(vertices), "export/mesh_faces": len(faces),
+                         "export/points": len(points), "time/export_s": export_s})
         for path in (out_mesh, out_mesh_glb, out_points):
-            mlflow.log_artifact(str(path), artifact_path="export")
+            run.log_artifact(str(path), artifact_path="export")
     log.info("wrote a mesh of %d vertices and %d faces (%s, %s) and %d points (%s) in %.1f s", len(vertices),
              len(faces), out_mesh, out_mesh_glb, len(points), out_points, export_s)
     return metrics
