@@ -1,10 +1,10 @@
-"""Progress of long loops: a tqdm bar on a terminal; otherwise (CI, DVC queues) a log line every tenth of the
-way, at most one every ``MIN_REPORT_S`` seconds, and none for a loop that ends sooner."""
+"""Progress of long loops: a log line every tenth of the way, at most one every ``MIN_REPORT_S`` seconds, and
+none for a loop that ends sooner. Lines, not a bar: a stage's stderr is the quiet console's pipe
+(``runtime/console.py``), a DVC queue's log or CI's, where a bar's carriage returns would pile up."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 log = logging.getLogger("nerf_pipeline.progress")
@@ -17,23 +17,14 @@ class Progress:
 
     def __init__(self, total: int, description: str, unit: str = "it"):
         self.total, self.description, self.unit = max(int(total), 1), description, unit
-        self._bar, self._next_report, self._start, self._last = None, 0.1, 0.0, 0.0
+        self._next_report, self._start, self._last = 0.1, 0.0, 0.0
 
     def __enter__(self):
         self._start = self._last = time.perf_counter()
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.total, desc=self.description, unit=self.unit, leave=False)
         return self
 
     def __call__(self, done: int, total: int | None = None, **postfix) -> None:
         """``done`` of ``total`` so far; ``postfix`` (e.g. ``loss=0.01``) is shown beside the count."""
-        if self._bar is not None:
-            if postfix:
-                self._bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=False)
-            self._bar.update(done - self._bar.n)
-            return
         fraction, now = done / self.total, time.perf_counter()
         if (fraction >= self._next_report or done == self.total) and now - self._last >= MIN_REPORT_S:
             self._last, elapsed = now, now - self._start
@@ -45,8 +36,6 @@ class Progress:
                 self._next_report += 0.1
 
     def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.close()
         return False
 
 

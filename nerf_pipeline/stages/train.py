@@ -17,7 +17,7 @@ with deterministic samples (``callbacks.TrainingRecord``), so ``val_psnr`` is th
 PSNR and memory stays bounded at any resolution. The scene's space is contracted when
 ``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded. MLflow gets the params the
 run uses, the curves, a progress image per epoch, the rays as the run's dataset and the model as a
-Logged Model (``runtime/logged_model.py``).
+Logged Model (``logged_model.py``).
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nerf_pipeline import logged_model
 from nerf_pipeline.config import Config
 from nerf_pipeline.model.nerf import MODEL_FILE, PROGRESS_FILE, RUN_FILE, build_nerf, compile_for_training
 from nerf_pipeline.model.renderer import ChunkedRenderer
-from nerf_pipeline.runtime import atomic, interrupts, logged_model, tracking
-from nerf_pipeline.runtime.fit_progress import FitProgress
+from nerf_pipeline.runtime import atomic, interrupts, tracking
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.training import checkpoint, datasets, distribute
 from nerf_pipeline.training.callbacks import (HISTORY_COLUMNS, STEP_COLUMNS, StopOnNonFiniteLoss, StopWhenInterrupted,
                                               TrainingRecord, table_csv)
+from nerf_pipeline.training.fit_progress import FitProgress
 
 log = logging.getLogger(__name__)
 
