@@ -110,3 +110,19 @@ def write_llff_capture(folder: Path, num_views=8, height=20, width=28, focal=30.
     hwf = np.tile([float(height), float(width), focal], (num_views, 1))
     llff.write_poses_bounds(folder / "poses_bounds.npy", poses, hwf, bounds)
     return {"poses": poses, "hwf": hwf, "bounds": bounds, "rgb": rgb, "depth": depth, "names": names}
+
+
+def object_masks(depth: np.ndarray) -> np.ndarray:
+    """``[N, H, W]`` bool: the pixels that see the built-in scene's surface (as a turntable capture's masks
+    keep the object)."""
+    return np.asarray(depth) > 0
+
+
+def write_masks(folder: Path, names: list[str], masks: np.ndarray, extension: str = ".png") -> list[Path]:
+    """``folder/masks/<stem><extension>``, one grey mask per image name (255 where ``masks [N, H, W]`` keeps);
+    their paths."""
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    paths = [folder / "masks" / f"{Path(name).stem}{extension}" for name in names]
+    for path, mask in zip(paths, masks):
+        iio.imwrite(path, np.where(mask, 255, 0).astype(np.uint8))
+    return paths

@@ -11,7 +11,8 @@
   per frame where a frame overrides them), ``aabb_scale``, and frames of ``file_path`` (with
   extension; PNG or JPG, any subfolder) and ``transform_matrix``.
 
-Both use OpenGL camera-to-world matrices, as ``camera.py`` does. Alpha is composited on
+A frame's ``mask_path`` (nerfstudio's) names its mask (``masks.py``). Both use OpenGL
+camera-to-world matrices, as ``camera.py`` does. Alpha is composited on
 ``data.background``; ``data.max_views`` keeps that many train/val views, evenly spread. Distortion
 is recorded, not applied (the rays stage undistorts); poses are re-centred and scaled by the poses
 stage. A scene whose ``aabb_scale`` is above 1 reaches beyond the cameras' focus: it is unbounded.
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes import masks
 from nerf_pipeline.scenes.images import read_image
 from nerf_pipeline.scenes.scene import Cameras, Views, evenly_spread, read_json
 
@@ -140,8 +142,9 @@ def _views(frames: list, metas: list, folder: Path, sources: list, indices: list
                             f"{first.shape[1]}x{first.shape[0]}; all views must share one size (one camera).")
         return image
 
+    mask = masks.frame_masks(folder, frames, sources, paths, first.shape[0], first.shape[1])
     return Views(count=len(paths), height=first.shape[0], width=first.shape[1], read=read, cameras=cameras,
-                 source=str(folder))
+                 source=str(folder), mask=mask)
 
 
 def read_blender(folder: Path, background: float, max_views) -> Views:

@@ -10,6 +10,8 @@ file                        shape, dtype             meaning
 ==========================  =======================  ==============================================
 ``<part>/images.npy``       [V, H, W, 3] uint8       colours, undistorted and downscaled (memory-mapped)
 ``<part>/depth.npy``        [V, H, W] float32        optional ground-truth depth (0: no surface)
+``<part>/masks.npy``        [V, H, W] uint8          optional masks (``masks.py``): 1 kept, 0 never trained
+                                                     on nor scored
 ``<part>/cameras.npz``      poses [V, 4, 4] float32  camera-to-world, OpenGL convention
                             intrinsics [V, 4] f32    pinhole fx, fy, cx, cy in pixels of these images
                             view_ids [V] int32       the views' indices in the scene
@@ -32,11 +34,12 @@ from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes.scene import ImageStack, open_npy, read_npy, read_npz
 
 PARTS = ("train", "val", "test")
-IMAGES, DEPTH, CAMERAS = "images.npy", "depth.npy", "cameras.npz"
+IMAGES, DEPTH, CAMERAS, MASKS = "images.npy", "depth.npy", "cameras.npz", "masks.npy"
 
 
 class RayPart(ImageStack):
-    """One part of a rays folder; ``images`` and ``depth`` are read-only memory maps."""
+    """One part of a rays folder; ``images``, ``depth`` and ``masks`` are read-only memory maps (``depth``
+    and ``masks`` None where the scene has none)."""
 
     def __init__(self, folder, part: str):
         self.folder, self.part = Path(folder) / part, part
@@ -45,6 +48,10 @@ class RayPart(ImageStack):
             raise DataError(f"{self.folder / IMAGES}: expected uint8 [V, H, W, 3]; got {self.images.dtype} "
                             f"{self.images.shape}. Run the rays stage again.")
         self.depth = read_npy(self.folder / DEPTH) if (self.folder / DEPTH).exists() else None
+        self.masks = read_npy(self.folder / MASKS) if (self.folder / MASKS).exists() else None
+        if self.masks is not None and (self.masks.shape != self.images.shape[:3] or self.masks.dtype != np.uint8):
+            raise DataError(f"{self.folder / MASKS}: expected uint8 {self.images.shape[:3]}; got {self.masks.dtype} "
+                            f"{self.masks.shape}. Run the rays stage again.")
         cameras = read_npz(self.folder / CAMERAS, ("poses", "intrinsics", "view_ids", "near", "far"))
         self.poses = cameras["poses"].astype(np.float32)
         self.intrinsics = cameras["intrinsics"].astype(np.float32)
@@ -63,6 +70,10 @@ class RayPart(ImageStack):
         """Colours of view ``index``, ``[H, W, 3]`` float32 in [0, 1]."""
         return np.asarray(self.images[index], dtype=np.float32) / 255.0
 
+    def view_mask(self, index: int) -> np.ndarray | None:
+        """The kept pixels of view ``index``, ``[H, W]`` bool; None if the part has no masks."""
+        return None if self.masks is None else np.asarray(self.masks[index]) != 0
+
 
 def parts(folder) -> list[str]:
     """The parts a rays folder holds (train and val always; test when the scene has one)."""
@@ -79,18 +90,23 @@ def load(folder, part: str) -> RayPart:
 class PartWriter:
     """Write one part into ``folder/<part>`` view by view (``add``), then its cameras (``finish``)."""
 
-    def __init__(self, folder, part: str, num_views: int, height: int, width: int, with_depth: bool):
+    def __init__(self, folder, part: str, num_views: int, height: int, width: int, with_depth: bool,
+                 with_masks: bool = False):
         self.folder = Path(folder) / part
         self.folder.mkdir(parents=True)
         self.shape = (num_views, height, width)
         self._files = {IMAGES: open_npy(self.folder / IMAGES, np.uint8, (*self.shape, 3))}
         if with_depth:
             self._files[DEPTH] = open_npy(self.folder / DEPTH, np.float32, self.shape)
+        if with_masks:
+            self._files[MASKS] = open_npy(self.folder / MASKS, np.uint8, self.shape)
 
-    def add(self, image: np.ndarray, depth: np.ndarray | None = None) -> None:
+    def add(self, image: np.ndarray, depth: np.ndarray | None = None, mask: np.ndarray | None = None) -> None:
         self._files[IMAGES].write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
         if DEPTH in self._files:
             self._files[DEPTH].write(np.ascontiguousarray(depth, dtype=np.float32).tobytes())
+        if MASKS in self._files:
+            self._files[MASKS].write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
 
     def finish(self, poses, intrinsics, view_ids, near: float, far: float, unbounded: bool) -> None:
         for f in self._files.values():

@@ -10,6 +10,8 @@ images.npy      [N, H, W, 3] uint8         RGB (alpha already composited on data
                                            read by memory map, never whole
 depth.npy       [N, H, W] float32          optional (the built-in scene): distance along the
                                            pixel-centre ray to the first surface, 0 for none
+masks.npy       [N, H, W] uint8            optional (captures with masks, ``masks.py``): 1 where
+                                           the pixel is kept, 0 where it is never trained on
 cameras.npz     see ``Cameras``            names, intrinsics, distortion, poses if known, …
 ==============  =========================  ==================================================
 
@@ -43,7 +45,7 @@ from nerf_pipeline.runtime.errors import DataError
 
 ROTATION_TOLERANCE = 1e-3
 MIN_VIEWS = 3  # every source: at least 2 views to train on and 1 to validate on
-IMAGES, DEPTH, CAMERAS = "images.npy", "depth.npy", "cameras.npz"
+IMAGES, DEPTH, CAMERAS, MASKS = "images.npy", "depth.npy", "cameras.npz", "masks.npy"
 PARTS = ("train", "val", "test")
 
 
@@ -241,10 +243,13 @@ def open_npy(path, dtype, shape):
 
 
 class Scene(ImageStack):
-    """An opened scene folder: ``images`` and ``depth`` are read-only memory maps, ``cameras`` a ``Cameras``."""
+    """An opened scene folder: ``images``, ``depth`` and ``masks`` are read-only memory maps (``depth`` and
+    ``masks`` None when the scene has none), ``cameras`` a ``Cameras``."""
 
-    def __init__(self, folder, images: np.ndarray, depth: Optional[np.ndarray], cameras: Cameras):
+    def __init__(self, folder, images: np.ndarray, depth: Optional[np.ndarray], cameras: Cameras,
+                 masks: Optional[np.ndarray] = None):
         self.folder, self.images, self.depth, self.cameras = Path(folder), images, depth, cameras
+        self.masks = masks
 
     @classmethod
     def open(cls, folder) -> "Scene":
@@ -257,11 +262,15 @@ class Scene(ImageStack):
         depth = read_npy(folder / DEPTH) if (folder / DEPTH).exists() else None
         if depth is not None and depth.shape != images.shape[:3]:
             raise DataError(f"{folder / DEPTH}: must have shape {images.shape[:3]}; got {depth.shape}.")
+        masks = read_npy(folder / MASKS) if (folder / MASKS).exists() else None
+        if masks is not None and (masks.shape != images.shape[:3] or masks.dtype != np.uint8):
+            raise DataError(f"{folder / MASKS}: must be uint8 of shape {images.shape[:3]}; got {masks.dtype} "
+                            f"{masks.shape}. Run the download stage again.")
         cameras = Cameras.from_arrays(read_npz(folder / CAMERAS, ("names", "intrinsics", "distortion")),
                                       str(folder / CAMERAS))
         if cameras.num_views != images.shape[0]:
             raise DataError(f"{folder}: {images.shape[0]} images but {cameras.num_views} cameras.")
-        return cls(folder, images, depth, cameras)
+        return cls(folder, images, depth, cameras, masks)
 
 
 def to_uint8_image(image, source: str) -> np.ndarray:
@@ -293,10 +302,11 @@ class SceneWriter:
     Nothing appears at ``folder`` unless ``finish`` ran and the block ended without an error.
     """
 
-    def __init__(self, folder, num_views: int, height: int, width: int, source: str, with_depth: bool = False):
+    def __init__(self, folder, num_views: int, height: int, width: int, source: str, with_depth: bool = False,
+                 with_masks: bool = False):
         self.folder, self.source = Path(folder), source
         self.shape = (num_views, height, width)
-        self.with_depth = with_depth
+        self.with_depth, self.with_masks = with_depth, with_masks
         self._count, self._finished = 0, False
 
     def __enter__(self) -> "SceneWriter":
@@ -305,9 +315,12 @@ class SceneWriter:
         self._files = {IMAGES: open_npy(self._tmp / IMAGES, np.uint8, (*self.shape, 3))}
         if self.with_depth:
             self._files[DEPTH] = open_npy(self._tmp / DEPTH, np.float32, self.shape)
+        if self.with_masks:
+            self._files[MASKS] = open_npy(self._tmp / MASKS, np.uint8, self.shape)
         return self
 
-    def add(self, image, depth=None) -> None:
+    def add(self, image, depth=None, mask=None) -> None:
+        """One view: ``image`` [H, W, 3], and its ``depth`` [H, W] / ``mask`` [H, W] uint8 if the writer has them."""
         image = to_uint8_image(image, self.source)
         if image.shape[:2] != self.shape[1:]:
             raise DataError(f"{self.source}: view {self._count} is {image.shape[1]}x{image.shape[0]} but the first "
@@ -315,6 +328,8 @@ class SceneWriter:
         self._files[IMAGES].write(np.ascontiguousarray(image).tobytes())
         if self.with_depth:
             self._files[DEPTH].write(np.ascontiguousarray(depth, dtype=np.float32).tobytes())
+        if self.with_masks:
+            self._files[MASKS].write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
         self._count += 1
 
     def finish(self, cameras: Cameras) -> None:
@@ -338,8 +353,9 @@ class Views:
     """A source's views before they are written: how to read each one, and what is known of their cameras.
 
     ``read(i)`` gives view ``i`` as ``[height, width, 3]`` uint8 or float in [0, 1] (and
-    ``depth(i)``, if there is depth, ``[height, width]`` float32); readers read one view at a
-    time, so a source of any size streams into its scene folder.
+    ``depth(i)``, if there is depth, ``[height, width]`` float32; ``mask(i)``, if there are masks,
+    ``[height, width]`` uint8, 1 kept, ``masks.py``); readers read one view at a time, so a source of
+    any size streams into its scene folder.
     """
 
     count: int
@@ -349,15 +365,16 @@ class Views:
     cameras: Cameras
     source: str
     depth: Optional[Callable[[int], np.ndarray]] = None
+    mask: Optional[Callable[[int], np.ndarray]] = None
 
 
 def write_views(views: Views, folder, progress=None) -> None:
     """Write ``views`` as the scene folder ``folder`` (atomically); ``progress(done, total)`` after each view."""
     with SceneWriter(folder, views.count, views.height, views.width, views.source,
-                     with_depth=views.depth is not None) as writer:
+                     with_depth=views.depth is not None, with_masks=views.mask is not None) as writer:
         for i in range(views.count):
-            writer.add(views.read(i), None if views.depth is None else views.depth(i))
+            writer.add(views.read(i), None if views.depth is None else views.depth(i),
+                       None if views.mask is None else views.mask(i))
             if progress is not None:
                 progress(i + 1, views.count)
         writer.finish(views.cameras)
-

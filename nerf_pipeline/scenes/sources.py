@@ -36,7 +36,7 @@ import numpy as np
 
 from nerf_pipeline.config import Config
 from nerf_pipeline.runtime.errors import DataError
-from nerf_pipeline.scenes import colmap, folders, frames, llff, synthetic
+from nerf_pipeline.scenes import colmap, folders, frames, llff, masks, synthetic
 from nerf_pipeline.scenes.scene import MIN_VIEWS, Cameras, Views, evenly_spread, read_npz, scalar
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def read_colmap(folder: Path, model_folder: Path, max_views) -> Views:
     log.info("COLMAP capture %s: %d images (of %d in the model), %d points", folder, len(images),
              len(model.images), len(model.points))
     return Views(count=len(images), height=height, width=width, read=_photo_reader(paths, (height, width)),
-                 cameras=cameras, source=str(model_folder))
+                 cameras=cameras, source=str(model_folder), mask=masks.folder_masks(folder, paths, height, width))
 
 
 def read_llff(folder: Path, max_views) -> Views:
@@ -182,7 +182,7 @@ def read_llff(folder: Path, max_views) -> Views:
                       normalize=True)
     log.info("LLFF capture %s: %d images, depth bounds %.3g to %.3g", folder, len(paths), cameras.near, cameras.far)
     return Views(count=len(paths), height=height, width=width, read=_photo_reader(paths, (height, width)),
-                 cameras=cameras, source=str(folder))
+                 cameras=cameras, source=str(folder), mask=masks.folder_masks(folder, paths, height, width))
 
 
 def _photo_reader(paths: list[Path], size: tuple[int, int]):
@@ -217,7 +217,8 @@ def read_photos(folder: Path, max_views) -> Views:
     height, width = frames.check_one_camera(sizes, folder)
     log.info("photos in %s: %d of %dx%d, no poses (the poses stage computes them)", folder, len(paths), width, height)
     return Views(count=len(paths), height=height, width=width, read=_photo_reader(paths, (height, width)),
-                 cameras=_unposed([p.name for p in paths], height, width, sequence=False), source=str(folder))
+                 cameras=_unposed([p.name for p in paths], height, width, sequence=False), source=str(folder),
+                 mask=masks.folder_masks(folder, paths, height, width))
 
 
 def read_video(path: Path, max_frames: int, drop_blurriest: float) -> Views:
@@ -296,4 +297,3 @@ def _read_source(cfg: Config, scratch: Path) -> Views:
         return read_photos(path, data.max_views)
     raise DataError(f"params.yaml: 'data.source' is '{data.source}', which is neither 'synthetic', 'tiny_nerf', "
                     "an .npz file, a video, a transforms .json nor a folder.")
-

@@ -8,7 +8,9 @@ spread. Views are rendered one at a time. Writes:
 * ``out_metrics``: ``eval.json`` (DVC metrics: quality and how it was measured, no timings) —
   ``psnr`` and ``ssim`` (means over the views, ``tf.image``), ``depth_mae`` (mean absolute depth
   error over pixels whose ground truth hits a surface, when the scene has depth), ``split``,
-  ``num_views``, ``width``, ``height`` (the worst view's PSNR goes to MLflow, ``eval/psnr_min``);
+  ``num_views``, ``width``, ``height`` (the worst view's PSNR goes to MLflow, ``eval/psnr_min``), and
+  ``masked: true`` where the views have masks: PSNR and SSIM are then those of the kept pixels only
+  (``image_metrics``);
 * ``out_per_view``: CSV, one row per view (``view_id, psnr, ssim[, depth_mae]``);
 * ``out_grid``: PNG, one row per shown view: ground truth | prediction | depth (inferno).
 """
@@ -35,11 +37,30 @@ from nerf_pipeline.scenes.scene import evenly_spread
 log = logging.getLogger(__name__)
 
 
-def image_metrics(predicted: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image PSNR and SSIM (max value 1) of ``[V, H, W, 3]`` float images; each ``[V]``."""
+def image_metrics(predicted: np.ndarray, target: np.ndarray, kept: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image PSNR and SSIM (max value 1) of ``[V, H, W, 3]`` float images; each ``[V]``.
+
+    With ``kept`` ([V, H, W] bool, the masks), both are of the kept pixels only: PSNR from their mean
+    squared error; SSIM the mean of ``tf.image.ssim``'s map over the windows centred on kept pixels,
+    after the prediction's left-out pixels are set to the target's (so what the mask leaves out adds no
+    error to windows at its edge). A mask that keeps every pixel gives the unmasked figures.
+    """
     predicted = tf.clip_by_value(tf.constant(predicted), 0.0, 1.0)
     target = tf.constant(target)
-    return tf.image.psnr(predicted, target, max_val=1.0).numpy(), tf.image.ssim(predicted, target, max_val=1.0).numpy()
+    if kept is None:
+        psnr, ssim = tf.image.psnr(predicted, target, max_val=1.0), tf.image.ssim(predicted, target, max_val=1.0)
+        return psnr.numpy(), ssim.numpy()
+    kept = np.asarray(kept, dtype=bool)
+    predicted = tf.where(kept[..., None], predicted, target)
+    squared = np.square(predicted.numpy() - target.numpy()).mean(axis=-1)
+    mse = np.where(kept, squared, 0.0).sum(axis=(1, 2)) / np.maximum(kept.sum(axis=(1, 2)), 1)
+    psnr = -10.0 * np.log10(np.maximum(mse, 1e-10))  # (a perfect kept region is capped at 100 dB)
+    ssim_map = tf.image.ssim(predicted, target, max_val=1.0, return_index_map=True).numpy()  # [V, H - 10, W - 10]
+    crop_h, crop_w = (kept.shape[1] - ssim_map.shape[1]) // 2, (kept.shape[2] - ssim_map.shape[2]) // 2
+    centres = kept[:, crop_h:crop_h + ssim_map.shape[1], crop_w:crop_w + ssim_map.shape[2]]
+    ssim = np.where(centres, ssim_map, 0.0).sum(axis=(1, 2)) / np.maximum(centres.sum(axis=(1, 2)), 1)
+    return psnr.astype(np.float32), ssim.astype(np.float32)
 
 
 def depth_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -70,7 +91,8 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
                 out = renderer(*part.view_rays(int(view)))
                 render_s += time.perf_counter() - start
                 target = part.view_rgb(int(view))
-                psnr, ssim = image_metrics(out["rgb"][None], target[None])
+                kept = part.view_mask(int(view))
+                psnr, ssim = image_metrics(out["rgb"][None], target[None], None if kept is None else kept[None])
                 row = {"view_id": int(part.view_ids[view]), "psnr": float(psnr[0]), "ssim": float(ssim[0])}
                 if part.depth is not None:
                     row["depth_mae"] = float(depth_errors(out["depth"][None], np.asarray(part.depth[view])[None])[0])
@@ -81,6 +103,8 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
         table = pd.DataFrame(rows)
         metrics = {"psnr": float(table["psnr"].mean()), "ssim": float(table["ssim"].mean()), "split": part.part,
                    "num_views": len(rows), "width": part.width, "height": part.height}
+        if part.masks is not None:
+            metrics["masked"] = True  # PSNR and SSIM of the pixels the masks keep
         if "depth_mae" in table:
             metrics["depth_mae"] = float(table["depth_mae"].mean())
         depth = np.stack([out["depth"] for _, out in shown])
@@ -93,6 +117,7 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
         run.log_metrics({**{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)},
                          "eval/psnr_min": float(table["psnr"].min()), "time/eval_render_s": render_s})
         run.log_artifact(str(out_grid), artifact_path="eval")
-    log.info("%s PSNR %.2f dB, SSIM %.4f over %d views of %dx%d (rendered in %.1f s)", part.part, metrics["psnr"],
-             metrics["ssim"], metrics["num_views"], part.width, part.height, render_s)
+    log.info("%s PSNR %.2f dB, SSIM %.4f over %d views of %dx%d%s (rendered in %.1f s)", part.part, metrics["psnr"],
+             metrics["ssim"], metrics["num_views"], part.width, part.height,
+             ", on the pixels the masks keep" if part.masks is not None else "", render_s)
     return metrics

@@ -5,8 +5,10 @@ cameras) and ``in_split``. Writes ``out_rays``, a folder with one sub-folder per
 and test when the split has one; layout in ``scenes/ray_files.py``): each view undistorted (when
 its camera has lens distortion) and area-downscaled by ``data.downscale``, as uint8 colours, and
 its pinhole camera. Ground-truth depth (the built-in scene's) is downscaled over the pixels that
-see a surface only, 0 where most of a block sees none (``images.downscale_depth``). Views are
-processed one at a time, so memory does not grow with the scene.
+see a surface only, 0 where most of a block sees none (``images.downscale_depth``). A scene's masks
+follow their views' undistortion and downscaling, a pixel kept only if all of its colour came from
+kept pixels (``masks.prepare_mask``). Views are processed one at a time, so memory does not grow
+with the scene.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.scenes.images import downscale_depth, prepare_view
+from nerf_pipeline.scenes.masks import prepare_mask
 from nerf_pipeline.scenes.scene import Cameras, Scene, read_npz
 
 log = logging.getLogger(__name__)
@@ -60,14 +63,17 @@ def run(cfg: Config, *, in_scene, in_cameras, in_split, out_rays) -> None:
                         "the downscaled views would be empty.")
     with atomic.atomic_dir(out_rays) as tmp:
         for part, views in split.items():
-            writer = ray_files.PartWriter(tmp, part, len(views), height, width, scene.depth is not None)
+            writer = ray_files.PartWriter(tmp, part, len(views), height, width, scene.depth is not None,
+                                          scene.masks is not None)
             intrinsics = []
             with Progress(len(views), f"{part} views", "views") as progress:
                 for done, view in enumerate(views, 1):
                     image, view_intrinsics = prepare_view(scene.images[view], cameras.intrinsics[view],
                                                           cameras.distortion[view], factor)
                     depth = None if scene.depth is None else downscale_depth(scene.depth[view], factor)
-                    writer.add(image, depth)
+                    mask = None if scene.masks is None else prepare_mask(
+                        scene.masks[view], cameras.intrinsics[view], cameras.distortion[view], factor)
+                    writer.add(image, depth, mask)
                     intrinsics.append(view_intrinsics)
                     progress(done)
             writer.finish(cameras.poses[views], intrinsics, views, cameras.near, cameras.far, cameras.unbounded)

@@ -4,6 +4,11 @@ Batches are ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])`` float3
 are made in TensorFlow from the cameras of the views its pixels belong to (``pixel_rays``), and
 its colours are read from the part's memory-mapped uint8 images, so no stage holds a float copy
 of every ray: memory stays at the size of the images (3 bytes per pixel), whatever the scene.
+
+Where the part has masks, masked-out pixels are never drawn (``_KeptPixels``): a drawn pixel that
+the mask leaves out is drawn again (from all pixels in ``rays`` mode, from its own view in
+``images`` mode) until it is kept, so batches keep their size and rays stay uniform over the
+kept pixels, with no index of them held in memory.
 """
 
 from __future__ import annotations
@@ -40,6 +45,52 @@ def _pixel_grid(height: int, width: int):
     return tf.constant(rows.ravel()), tf.constant(cols.ravel())
 
 
+def _mix(values: np.ndarray) -> np.ndarray:
+    """The next pseudo-random uint64 of each value (splitmix64's finaliser): a redraw that depends only
+    on what was drawn, so batches stay reproducible and resumable."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+class _KeptPixels:
+    """Flat pixel indices [R] int64 with every masked-out one redrawn until the mask keeps it (inside
+    ``tf.numpy_function``): over all pixels of the part (``same_view`` False), or within the drawn
+    pixel's view (True; each view must keep a pixel)."""
+
+    MAX_REDRAWS = 1_000_000  # far beyond what any mask that keeps a pixel needs
+
+    def __init__(self, part: RayPart, same_view: bool):
+        self.kept = part.masks.reshape(-1)  # a view of the memory map, no copy
+        self.pixels_per_view = part.height * part.width
+        self.same_view = same_view
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64).copy()
+        draws = index.astype(np.uint64)
+        for _ in range(self.MAX_REDRAWS):
+            masked = np.flatnonzero(self.kept[index] == 0)
+            if not len(masked):
+                return index
+            draws[masked] = _mix(draws[masked])
+            if self.same_view:
+                view = index[masked] // self.pixels_per_view
+                index[masked] = view * self.pixels_per_view + (draws[masked] % np.uint64(self.pixels_per_view)).astype(
+                    np.int64)
+            else:
+                index[masked] = (draws[masked] % np.uint64(len(self.kept))).astype(np.int64)
+        raise RuntimeError("_KeptPixels: a mask that keeps no pixel reached the dataset")  # train_dataset refuses those
+
+
+def kept_views(part: RayPart) -> np.ndarray:
+    """The views of ``part`` with at least one kept pixel (all of them where it has no masks), [V'] int."""
+    if part.masks is None:
+        return np.arange(part.num_views)
+    return np.array([v for v in range(part.num_views) if np.any(part.masks[v])], dtype=np.int64)
+
+
 class _Pixels:
     """Reads the colours of flat pixel indices from a part's memory-mapped images (inside ``tf.numpy_function``)."""
 
@@ -60,6 +111,16 @@ def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed:
     height, width = part.height, part.width
     poses, intrinsics = tf.constant(part.poses), tf.constant(part.intrinsics)
     pixels = _Pixels(part)
+    views_kept = kept_views(part)
+    if not len(views_kept):
+        raise DataError(f"{part.folder}: the masks leave out every pixel of every {part.part} view; nothing to train "
+                        "on. Check the capture's masks (nonzero = keep).")
+    kept = None if part.masks is None else _KeptPixels(part, same_view=not isinstance(batch, RayBatchConfig))
+
+    def only_kept(index):
+        if kept is None:
+            return index
+        return tf.reshape(tf.numpy_function(kept, [index], tf.int64, stateful=False), [-1])
 
     def colours(index):
         rgb = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
@@ -68,7 +129,7 @@ def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed:
     if isinstance(batch, RayBatchConfig):
         num_rays = part.num_views * height * width
         indices = tf.data.Dataset.random(seed=seed).batch(batch.size * batch.candidate_factor, drop_remainder=True)
-        indices = indices.skip(skip_batches).map(lambda r: r % num_rays)
+        indices = indices.skip(skip_batches).map(lambda r: only_kept(r % num_rays))
 
         def rays_of(index):
             views, pixel = index // (height * width), index % (height * width)
@@ -76,15 +137,18 @@ def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed:
 
         return indices.map(rays_of, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    views = tf.data.Dataset.range(part.num_views).shuffle(part.num_views, seed=seed, reshuffle_each_iteration=True)
+    # Views whose masks keep no pixel are left out; the others' masked pixels are redrawn within the view.
+    views = tf.data.Dataset.from_tensor_slices(views_kept).shuffle(len(views_kept), seed=seed,
+                                                                     reshuffle_each_iteration=True)
     views = views.repeat().batch(batch.size, drop_remainder=True).skip(skip_batches)
     rows, cols = _pixel_grid(height, width)
 
     def whole_views(view_batch):
         count = tf.shape(view_batch)[0]
         view_ids = tf.repeat(view_batch, height * width)
-        index = view_ids * height * width + tf.tile(rows * width + cols, [count])
-        return pixel_rays(poses, intrinsics, view_ids, tf.tile(rows, [count]), tf.tile(cols, [count])), colours(index)
+        index = only_kept(view_ids * height * width + tf.tile(rows * width + cols, [count]))
+        pixel = index % (height * width)
+        return pixel_rays(poses, intrinsics, index // (height * width), pixel // width, pixel % width), colours(index)
 
     return views.map(whole_views, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

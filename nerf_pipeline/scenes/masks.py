@@ -1,0 +1,106 @@
+"""Masks: which pixels of each view show the scene (kept) and which do not (never trained on, not scored).
+
+Where a capture has them:
+
+* an instant-ngp / nerfstudio ``transforms.json`` (or split files): a frame's ``mask_path``, relative
+  to the file's folder, as nerfstudio writes it;
+* a COLMAP, LLFF or photo-folder capture: a ``masks/`` folder beside ``images/`` (in the capture's
+  folder), one file per image named by the image's stem (``frame_001.png`` for ``frame_001.jpg``;
+  COLMAP's own ``frame_001.jpg.png`` too), any image extension.
+
+A mask is an image of its view's size; a pixel is kept where it is nonzero (in any colour channel;
+an alpha channel is ignored). Once a capture has masks, every view needs one: a missing mask, or
+one of another size than its image, is refused naming the file.
+
+Masks travel as uint8 ``[H, W]``, 1 keep, 0 not: in the scene folder (``masks.npy``, at the
+source's resolution) and in the rays folder (``<part>/masks.npy``), where ``prepare_mask`` makes
+them follow their view's undistortion and downscaling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.images import downscale_image, undistort
+
+MASKS_FOLDER = "masks"
+MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MaskReader = Callable[[int], np.ndarray]
+
+
+def read_mask(path: Path, height: int, width: int, image) -> np.ndarray:
+    """The mask file ``path`` of ``image`` (a ``height`` x ``width`` view) as uint8 ``[H, W]``, 1 where kept."""
+    import imageio.v3 as iio
+
+    if not path.is_file():
+        raise DataError(f"{path}: the mask of {image} is not there.")
+    try:
+        mask = np.asarray(iio.imread(path, index=0))
+    except Exception as e:  # imageio raises many types for unreadable files
+        raise DataError(f"{path}: cannot read this mask of {image} ({e}); it may be truncated or corrupt.") from None
+    if mask.ndim == 3 and mask.shape[-1] in (2, 4):
+        mask = mask[..., :-1]  # grey + alpha or RGBA: the alpha is not the mask
+    if mask.ndim not in (2, 3):
+        raise DataError(f"{path}: a mask must be a grey or colour image; got shape {mask.shape}.")
+    if mask.shape[:2] != (height, width):
+        raise DataError(f"{path}: this mask is {mask.shape[1]}x{mask.shape[0]} but its image {image} is "
+                        f"{width}x{height}; a mask must have its image's size.")
+    keep = mask != 0 if mask.ndim == 2 else np.any(mask != 0, axis=-1)
+    return keep.astype(np.uint8)
+
+
+def reader(paths: list[Path], images: list, height: int, width: int) -> MaskReader:
+    """``read(i)``: the mask of view ``i`` (``paths[i]``, the mask of ``images[i]``), uint8 ``[H, W]``."""
+    return lambda i: read_mask(paths[i], height, width, images[i])
+
+
+def folder_masks(capture: Path, images: list[Path], height: int, width: int) -> Optional[MaskReader]:
+    """The masks of a COLMAP, LLFF or photo-folder capture (``capture/masks/``), None if it has none.
+    Raises ``DataError`` naming the masks folder and the image whose mask it lacks."""
+    folder = Path(capture) / MASKS_FOLDER
+    if not folder.is_dir():
+        return None
+    by_stem = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in MASK_EXTENSIONS:
+            by_stem.setdefault(path.stem, path)
+    paths = []
+    for image in images:
+        found = by_stem.get(image.stem) or by_stem.get(image.name)
+        if found is None:
+            raise DataError(f"{folder}: has no mask for the image {image.name} (expected {image.stem}.png or another "
+                            f"image file named {image.stem}); once a capture has a masks/ folder every image needs "
+                            "its mask.")
+        paths.append(found)
+    return reader(paths, images, height, width)
+
+
+def frame_masks(folder: Path, frames: list[dict], sources: list[str], images: list[Path], height: int,
+                width: int) -> Optional[MaskReader]:
+    """The masks that transforms frames name (``mask_path``, relative to ``folder``), None if no frame names
+    one. Raises ``DataError`` naming the file and frame when some frames name a mask and others do not."""
+    named = [isinstance(frame.get("mask_path"), str) for frame in frames]
+    if not any(named):
+        return None
+    if not all(named):
+        i = named.index(False)
+        raise DataError(f"{sources[i]}: the frame of {images[i].name} has no 'mask_path', but other frames have "
+                        "one; every frame needs its mask once one has.")
+    return reader([folder / frame["mask_path"] for frame in frames], images, height, width)
+
+
+def prepare_mask(mask: np.ndarray, intrinsics, distortion, downscale: int) -> np.ndarray:
+    """A scene view's mask as the rays stage prepares its image (``images.prepare_view``): undistorted the
+    same way, then downscaled by the same blocks. A pixel is kept only if all that went into its colour
+    was kept (every source pixel of its block, both sides of its bilinear sample), so no kept pixel's
+    colour holds any of what the mask leaves out. Returns uint8 ``[H // downscale, W // downscale]``."""
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    kept = np.asarray(mask, dtype=np.float32)[..., None]
+    if np.any(np.asarray(distortion) != 0):
+        kept = undistort(kept, fx, fy, cx, cy, *(float(v) for v in distortion))
+    kept = downscale_image(kept, downscale)[..., 0]
+    return (kept >= 1.0 - 1e-6).astype(np.uint8)
