@@ -167,3 +167,29 @@ def test_a_saved_model_loads_after_its_part_config_gains_a_key(monkeypatch, pres
     # (Keras wraps what a layer's constructor raises in a TypeError, which load_model lets through today)
     with pytest.raises((DataError, TypeError), match=f"the saved Grown{name} has no 'appearance_dim' and"):
         load_model(SAVED_BY_B89C5C3 / preset)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_a_train_step_around_the_fused_op_equals_one_in_tensorflows_ops(tiny_scene, jit_compile):
+    """The native path (XLA parts around the op, the op's own gradient) against the whole step in TensorFlow's ops:
+    the same loss and, with plain SGD so that every difference shows, the same weights after the step."""
+    scene, origins, directions = tiny_scene
+    rows = np.random.default_rng(0).choice(origins.reshape(-1, 3).shape[0], 1024, replace=False)
+    batch = [tf.constant(a.reshape(-1, 3)[rows]) for a in (origins, directions, scene["images"][..., :3])]
+    results = []
+    for native in (False, True):
+        keras.utils.set_random_seed(0)
+        model = tiny_model()
+        if not native:
+            model.field.encoding.native_op = None
+        elif not model.uses_native_op:
+            pytest.skip("the native hash-grid op is not available here")
+        model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=model.plan_xla(jit_compile))
+        assert model.jit_compile == (jit_compile and not native)
+        dataset = tf.data.Dataset.from_tensors(((batch[0], batch[1]), batch[2]))
+        history = model.fit(dataset, epochs=1, verbose=0)
+        results.append((history.history["loss"][0], [v.numpy() for v in model.trainable_variables]))
+    (loss, weights), (native_loss, native_weights) = results
+    assert native_loss == pytest.approx(loss, rel=1e-5)
+    for want, got in zip(weights, native_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

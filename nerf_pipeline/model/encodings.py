@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nerf_pipeline.native import build as native_build
+
 PACKAGE = "nerf_pipeline"
 
 
@@ -116,13 +118,35 @@ class HashEncoding(keras.layers.Layer):
         self.corner_offsets = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], dtype=np.int32)
         self.table = self.add_weight(shape=(int(sum(sizes)), features_per_level),
                                      initializer=keras.initializers.RandomUniform(-1e-4, 1e-4), name="hash_table")
+        self.native_op = native_hash_grid()
         self.built = True
 
     @property
     def output_dim(self) -> int:
         return self.num_levels * self.features_per_level
 
+    @property
+    def uses_native_op(self) -> bool:
+        """Whether ``call`` runs the fused C++ op (``native_hash_grid``) rather than TensorFlow's ops."""
+        return self.native_op is not None
+
+    def _op_attrs(self) -> dict:
+        return {"resolutions": self.resolutions, "offsets": [int(o) for o in self.level_offsets],
+                "hashed": [int(h) for h in self.level_hashed], "log2_table_size": self.log2_table_size,
+                "extent": self.extent}
+
     def call(self, points):
+        if self.native_op is not None:
+            return self.native_op.nerf_hash_grid_encode(points, self.table, **self._op_attrs())
+        return self.reference_call(points)
+
+    def table_gradient(self, points, encoded_gradient):
+        """The fused op's gradient for the table, ``[T, F]``, given the loss's gradient for its output ``[N, L * F]``."""
+        return self.native_op.nerf_hash_grid_table_grad(points, encoded_gradient, table_rows=int(self.table.shape[0]),
+                                                         **self._op_attrs())
+
+    def reference_call(self, points):
+        """The encoding in TensorFlow's ops: what runs on a GPU, under XLA, and what the fused op is tested against."""
         x01 = tf.clip_by_value((points + self.extent) / (2.0 * self.extent), 0.0, 1.0)
         resolutions = tf.constant(self.resolutions, tf.float32)  # [L]
         scaled = x01[:, None, :] * resolutions[None, :, None]  # [N, L, 3]
@@ -155,3 +179,23 @@ class HashEncoding(keras.layers.Layer):
         return {**super().get_config(), "num_levels": self.num_levels, "features_per_level": self.features_per_level,
                 "log2_table_size": self.log2_table_size, "base_resolution": self.base_resolution,
                 "max_resolution": self.max_resolution, "extent": self.extent}
+
+
+def native_hash_grid():
+    """The fused hash-grid op library (``native/hash_grid.cc``), or ``None``: on a GPU (where TensorFlow's ops
+    under XLA serve well), or when it cannot be built here (``native.build`` says why, once)."""
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    return native_build.load("hash_grid")
+
+
+@tf.RegisterGradient("NerfHashGridEncode")
+def _native_hash_grid_gradient(op, grad):
+    """Gradients of the fused encoding: the table's (split over levels) and the points' (split over points; its
+    op is pruned from the graph when nothing upstream of the points trains)."""
+    library = native_build.load("hash_grid")
+    attrs = {name: op.get_attr(name) for name in ("resolutions", "offsets", "hashed", "log2_table_size", "extent")}
+    points, table = op.inputs
+    table_grad = library.nerf_hash_grid_table_grad(points, grad, table_rows=int(table.shape[0]), **attrs)
+    points_grad = library.nerf_hash_grid_points_grad(points, table, grad, **attrs)
+    return points_grad, table_grad

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from nerf_pipeline.config import HashGridFieldConfig, MLPFieldConfig, saved_part
+from nerf_pipeline.model import xla
 from nerf_pipeline.model.encodings import HashEncoding, positional_encoding, spherical_harmonics, truncated_exp
 
 PACKAGE = "nerf_pipeline"
@@ -96,19 +97,35 @@ class HashGridField(keras.layers.Layer):
         self.color_out = _dense(3, c.width, "color_out")
         self.built = True
 
-    def _density_and_geometry(self, points):
-        h = self.density_out(self.density_hidden(self.encoding(points)))
+    # The field in two halves, so that the fused hash-grid op (which XLA cannot compile) runs between
+    # XLA-compiled parts: ``encode`` (the hash grid) and ``decode`` (the MLPs).
+
+    @property
+    def uses_native_op(self) -> bool:
+        return self.encoding.uses_native_op
+
+    def encode(self, points):
+        """``points [N, 3]`` → the hash grid's features ``[N, num_levels * features_per_level]``."""
+        return self.encoding(points)
+
+    def decode_density(self, encoded):
+        """Features ``[N, E]`` → ``(sigma [N], geometry [N, 15])``."""
+        h = self.density_out(self.density_hidden(encoded))
         return truncated_exp(h[:, 0]), h[:, 1:]
 
-    def density(self, points):
-        return self._density_and_geometry(points)[0]
-
-    def call(self, points, directions):
-        sigma, geometry = self._density_and_geometry(points)
+    def decode(self, encoded, directions):
+        """Features ``[N, E]`` and unit ``directions [N, 3]`` → ``(rgb [N, 3], sigma [N])``."""
+        sigma, geometry = self.decode_density(encoded)
         x = tf.concat([geometry, spherical_harmonics(directions)], axis=-1)
         for layer in self.color_hidden:
             x = layer(x)
         return tf.sigmoid(self.color_out(x)), sigma
+
+    def density(self, points):
+        return xla.part(self, "decode_density", self.decode_density)(self.encode(points))[0]
+
+    def call(self, points, directions):
+        return xla.part(self, "decode", self.decode)(self.encode(points), directions)
 
     def get_config(self):
         return {**super().get_config(), "config": self.field_config.model_dump(), "extent": self.extent}

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from nerf_pipeline.config import OptimizerConfig, PresetConfig, RayBatchConfig
-from nerf_pipeline.model import rendering
+from nerf_pipeline.model import rendering, xla
 from nerf_pipeline.model.fields import make_field
 from nerf_pipeline.model.sampling import make_sampler
 from nerf_pipeline.model.space import make_space
@@ -53,7 +53,22 @@ class NeRF(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.psnr_tracker = keras.metrics.Mean(name="psnr")
+        self.xla_parts = False
         self.built = True
+
+    # -- compiling --------------------------------------------------------------------------
+
+    @property
+    def uses_native_op(self) -> bool:
+        """Whether the field runs a native op (the fused hash grid), which XLA cannot compile."""
+        return bool(getattr(self.field, "uses_native_op", False))
+
+    def plan_xla(self, jit_compile: bool) -> bool:
+        """Where XLA compiles, for callers that asked for ``jit_compile``: returns whether to compile whole
+        steps (the train step, a render pass). With a native op, no: XLA then compiles the parts around it
+        (``xla.part``), and the train step runs the op between them (``_train_step_around_native_op``)."""
+        self.xla_parts = self.field.xla_parts = bool(jit_compile and self.uses_native_op)
+        return bool(jit_compile and not self.uses_native_op)
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -71,10 +86,15 @@ class NeRF(keras.Model):
     def field_along_rays(self, ray_origins, ray_directions, t_vals):
         """The field at depths ``t_vals [R, K]`` along flat rays: ``rgb [R, K, 3]``, ``sigma [R, K]``."""
         num_rays, num_samples = tf.shape(t_vals)[0], tf.shape(t_vals)[1]
+        points, directions = xla.part(self, "sample_points", self.sample_points)(ray_origins, ray_directions, t_vals)
+        rgb, sigma = self.field(points, directions)
+        return tf.reshape(rgb, [num_rays, num_samples, 3]), tf.reshape(sigma, [num_rays, num_samples])
+
+    def sample_points(self, ray_origins, ray_directions, t_vals):
+        """The field's inputs at depths ``t_vals [R, K]``: warped ``points [R * K, 3]``, ``directions [R * K, 3]``."""
         points = ray_origins[:, None, :] + ray_directions[:, None, :] * t_vals[..., None]  # [R, K, 3]
         directions = tf.broadcast_to(ray_directions[:, None, :], tf.shape(points))
-        rgb, sigma = self.field(self.space.warp(tf.reshape(points, [-1, 3])), tf.reshape(directions, [-1, 3]))
-        return tf.reshape(rgb, [num_rays, num_samples, 3]), tf.reshape(sigma, [num_rays, num_samples])
+        return self.space.warp(tf.reshape(points, [-1, 3])), tf.reshape(directions, [-1, 3])
 
     def rays_hit(self, ray_origins, ray_directions):
         """``[R]`` bool: whether each ray can meet matter; renderers skip the others (they are background)."""
@@ -113,6 +133,8 @@ class NeRF(keras.Model):
         return tf.gather(ray_origins, keep), tf.gather(ray_directions, keep), tf.gather(target_rgb, keep)
 
     def train_step(self, data):
+        if self.uses_native_op:
+            return self._train_step_around_native_op(data)
         (ray_origins, ray_directions), target_rgb = data
         ray_origins, ray_directions, target_rgb = self._rays_to_train_on(ray_origins, ray_directions, target_rgb)
         with tf.GradientTape() as tape:
@@ -123,6 +145,46 @@ class NeRF(keras.Model):
         gradients = tape.gradient(replica_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._update_metrics(loss)
+
+    def _train_step_around_native_op(self, data):
+        """``train_step`` with the fused hash grid: the same loss and gradients, computed in three parts so that
+        XLA compiles all but the op. (1) rays, samples and warped points; the op's forward; (2) the MLPs,
+        compositing, the loss, and its gradients for the MLPs' weights and for the op's output; the op's
+        backward for the table (the points' gradient is not asked: nothing upstream of them trains)."""
+        (ray_origins, ray_directions), target_rgb = data
+        points, directions, t_vals, deltas, target_rgb = xla.part(self, "prepare", self._prepare_training)(
+            ray_origins, ray_directions, target_rgb)
+        encoding = self.field.encoding
+        encoded = encoding(points)
+        loss, decoder_gradients, encoded_gradient = xla.part(self, "decode_loss", self._decode_loss_and_gradients)(
+            encoded, directions, t_vals, deltas, target_rgb)
+        gradient_of = {id(v): g for v, g in zip(self._decoder_variables(), decoder_gradients)}
+        gradient_of[id(encoding.table)] = encoding.table_gradient(points, encoded_gradient)
+        self.optimizer.apply([gradient_of[id(v)] for v in self.trainable_variables], self.trainable_variables)
+        return self._update_metrics(loss)
+
+    def _prepare_training(self, ray_origins, ray_directions, target_rgb):
+        ray_origins, ray_directions, target_rgb = self._rays_to_train_on(ray_origins, ray_directions, target_rgb)
+        t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training=True)
+        points, directions = self.sample_points(ray_origins, ray_directions, t_vals)
+        return points, directions, t_vals, deltas, target_rgb
+
+    def _decoder_variables(self) -> list:
+        """The trainable variables but the hash table: the MLPs'."""
+        return [v for v in self.trainable_variables if v is not self.field.encoding.table]
+
+    def _decode_loss_and_gradients(self, encoded, directions, t_vals, deltas, target_rgb):
+        decoder_variables = self._decoder_variables()
+        with tf.GradientTape() as tape:
+            tape.watch(encoded)
+            rgb, sigma = self.field.decode(encoded, directions)
+            shape = tf.shape(t_vals)
+            rgb = rendering.composite(tf.reshape(rgb, [shape[0], shape[1], 3]), tf.reshape(sigma, shape), t_vals,
+                                      deltas, self.background)["rgb"]
+            loss = tf.reduce_mean(tf.square(rgb - target_rgb))
+            replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(replica_loss, [encoded, *decoder_variables])
+        return loss, gradients[1:], gradients[0]
 
     def test_step(self, data):
         (ray_origins, ray_directions), target_rgb = data
@@ -187,7 +249,7 @@ def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: i
     (a budgeted run, such as the benchmark's, stretches it with ``set_total_steps``)."""
     schedule = ExponentialToFinal(optimizer.learning_rate, optimizer.final_learning_rate, total_steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=optimizer.beta_1, beta_2=optimizer.beta_2,
-                                                  epsilon=optimizer.epsilon), jit_compile=jit_compile)
+                                                  epsilon=optimizer.epsilon), jit_compile=model.plan_xla(jit_compile))
     # Build the optimizer's slots now, in the caller's strategy scope, rather than inside fit().
     model.optimizer.build(model.trainable_variables)
     return schedule

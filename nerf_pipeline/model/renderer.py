@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from nerf_pipeline.model import rendering
+from nerf_pipeline.model import rendering, xla
 from nerf_pipeline.runtime import interrupts
 
 SMALLEST_CHUNK = 1024
@@ -26,6 +26,12 @@ def chunk_size(num_rays: int, chunk_rays: int) -> int:
     if num_rays >= chunk_rays:
         return chunk_rays
     return min(chunk_rays, max(SMALLEST_CHUNK, 1 << max(num_rays - 1, 0).bit_length()))
+
+
+def composite_on_black(rgb, sigma, t_vals, deltas):
+    """``rendering.composite`` on black: ``rgb [R, 3]``, ``acc [R]``, ``sum(weights * t_vals) [R]``."""
+    out = rendering.composite(rgb, sigma, t_vals, deltas)
+    return out["rgb"], out["acc"], out["depth"] * out["acc"]
 
 
 class ChunkedRenderer:
@@ -55,11 +61,12 @@ class ChunkedRenderer:
             """The light that samples ``[R, K]`` add to their rays when all of it reaches the first: ``rgb [R, 3]``
             (on black), ``acc [R]`` and ``sum(weights * t_vals) [R]``."""
             rgb, sigma = model.field_along_rays(ray_origins, ray_directions, t_vals)
-            out = rendering.composite(rgb, sigma, t_vals, deltas)
-            return out["rgb"], out["acc"], out["depth"] * out["acc"]
+            return xla.part(model, "composite_on_black", composite_on_black)(rgb, sigma, t_vals, deltas)
 
+        # With a native op in the field, XLA compiles the parts of a pass around it, not the whole pass.
+        whole_pass_jit = model.plan_xla(jit_compile)
         self.sample_chunk = tf.function(lambda o, d: model.sample_rays(o, d, training=False), jit_compile=jit_compile)
-        self.composite_chunk = tf.function(composite_pass, jit_compile=jit_compile)
+        self.composite_chunk = tf.function(composite_pass, jit_compile=whole_pass_jit)
         self.hit_chunk = tf.function(model.rays_hit, jit_compile=jit_compile)
 
     def _in_chunks(self, function, *arrays) -> list[np.ndarray]:

@@ -55,7 +55,7 @@ def density_grid(model: NeRF, resolution: int, chunk: int, jit_compile: bool = T
     indexed [x, y, z], grid_points [n] float32`` (the coordinates along each axis)). Points are made
     a chunk at a time: at 512³ all of them would take 1.6 GB."""
     grid_points = np.linspace(-model.space.bound, model.space.bound, resolution, dtype=np.float32)
-    density = tf.function(lambda p: model.field.density(model.space.warp(p)), jit_compile=jit_compile)
+    density = tf.function(lambda p: model.field.density(model.space.warp(p)), jit_compile=model.plan_xla(jit_compile))
     total = resolution ** 3
     sigma = np.empty(total, np.float32)
     with Progress(math.ceil(total / chunk), "sampling density", "chunks") as progress:
@@ -91,7 +91,8 @@ def vertex_colours(model: NeRF, vertices: np.ndarray, direction: np.ndarray, chu
                    jit_compile: bool = True) -> np.ndarray:
     """The radiance field's colour at each vertex ``[V, 3]`` seen along ``direction [3]``: ``[V, 3]`` float32."""
     directions = tf.broadcast_to(tf.constant(direction), [chunk, 3])
-    colour = tf.function(lambda p: model.field(model.space.warp(p), directions)[0], jit_compile=jit_compile)
+    colour = tf.function(lambda p: model.field(model.space.warp(p), directions)[0],
+                         jit_compile=model.plan_xla(jit_compile))
     pieces = [_padded_call(colour, vertices[start:start + chunk], chunk) for start in range(0, len(vertices), chunk)]
     return np.concatenate(pieces) if pieces else np.zeros((0, 3), np.float32)
 

@@ -1,0 +1,395 @@
+// The multiresolution hash encoding (instant-ngp) as fused TensorFlow CPU kernels.
+//
+// Same arithmetic as nerf_pipeline/model/encodings.py's TensorFlow ops (the reference these kernels are
+// tested against): a point p in [-extent, extent]^3 is mapped to x = clip((p + extent) / (2 extent), 0, 1);
+// on level l of resolution R_l its cell is c = min(floor(x R_l), R_l - 1), its fraction f = x R_l - c; the
+// cell's 8 vertices index the level's part of the table densely (x + s (y + s z), s = R_l + 1) or, when the
+// level does not fit, by instant-ngp's spatial hash; the encoding is the trilinear blend of their features.
+//
+// Why a kernel: XLA's CPU scatter (the backward's adds) runs on one thread, and the TensorFlow ops gather
+// the 8 corners of all levels interleaved, so no level's table stays in cache. Here:
+//   * the forward runs level by level over blocks of points, so one level's table (at most 2^log2 rows)
+//     stays in cache while a thread works on it;
+//   * the table's gradient is split over levels: each level owns a disjoint range of table rows, so the
+//     threads never write the same row and need no atomics; the adds are in point order, as a sequential
+//     loop would do them;
+//   * the points' gradient (needed only when something upstream trains, e.g. camera refinement) is split
+//     over points, all levels summed per point. When nobody asks for it, its op is pruned from the graph.
+//
+// Ops (float32):
+//   NerfHashGridEncode(points [N, 3], table [T, F]) -> encoded [N, L * F]
+//   NerfHashGridTableGrad(points [N, 3], grad [N, L * F]) -> table_grad [T, F]   (T from attr table_rows)
+//   NerfHashGridPointsGrad(points [N, 3], table [T, F], grad [N, L * F]) -> points_grad [N, 3]
+// Attrs: resolutions, offsets, hashed (per level), log2_table_size, extent.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace nerf_pipeline {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+using ShapeContext = ::tensorflow::shape_inference::InferenceContext;
+
+constexpr uint32_t kPrime1 = 2654435761u;
+constexpr uint32_t kPrime2 = 805459861u;
+// Points per block of work: a block of one level is a few microseconds, enough to amortise scheduling.
+constexpr int64_t kBlock = 2048;
+
+struct Levels {
+  std::vector<int> resolution;
+  std::vector<int> offset;
+  std::vector<bool> hashed;
+  uint32_t hash_mask = 0;
+  float extent = 1.0f;
+
+  int count() const { return static_cast<int>(resolution.size()); }
+
+  Status Read(OpKernelConstruction* c) {
+    std::vector<int> hashed_int;
+    int log2_table_size = 0;
+    TF_RETURN_IF_ERROR(c->GetAttr("resolutions", &resolution));
+    TF_RETURN_IF_ERROR(c->GetAttr("offsets", &offset));
+    TF_RETURN_IF_ERROR(c->GetAttr("hashed", &hashed_int));
+    TF_RETURN_IF_ERROR(c->GetAttr("log2_table_size", &log2_table_size));
+    TF_RETURN_IF_ERROR(c->GetAttr("extent", &extent));
+    if (resolution.size() != offset.size() || resolution.size() != hashed_int.size() || resolution.empty()) {
+      return InvalidArgument("resolutions, offsets and hashed must have one entry per level");
+    }
+    if (log2_table_size < 1 || log2_table_size > 30) return InvalidArgument("log2_table_size must be in [1, 30]");
+    for (int r : resolution) {
+      if (r < 1) return InvalidArgument("every resolution must be at least 1");
+    }
+    hashed.assign(hashed_int.begin(), hashed_int.end());
+    hash_mask = (1u << log2_table_size) - 1u;
+    return Status();
+  }
+};
+
+// One point on one level: the 8 corner rows of the table and their trilinear weights, plus what the
+// points' gradient needs (the fractions and whether the point lay inside the box on each axis).
+struct Corners {
+  int64_t row[8];
+  float weight[8];
+  float frac[3];
+};
+
+inline void LocatePoint(const float* p, float extent, float* x01, bool* inside) {
+  const float two_extent = 2.0f * extent;
+  for (int a = 0; a < 3; ++a) {
+    const float x = (p[a] + extent) / two_extent;  // division, as the reference computes it
+    inside[a] = x >= 0.0f && x <= 1.0f;             // clip passes its gradient on the closed interval
+    x01[a] = std::min(std::max(x, 0.0f), 1.0f);
+  }
+}
+
+inline void Corners8(const float* x01, const Levels& levels, int level, Corners* out) {
+  const float res = static_cast<float>(levels.resolution[level]);
+  uint32_t cell[3];
+  for (int a = 0; a < 3; ++a) {
+    const float scaled = x01[a] * res;
+    const float c = std::min(std::floor(scaled), res - 1.0f);
+    out->frac[a] = scaled - c;
+    cell[a] = static_cast<uint32_t>(static_cast<int32_t>(c));
+  }
+  const int64_t base = levels.offset[level];
+  const bool hashed = levels.hashed[level];
+  const uint32_t side = static_cast<uint32_t>(levels.resolution[level] + 1);
+  const float* f = out->frac;
+  for (int corner = 0; corner < 8; ++corner) {
+    // Corner bits (x, y, z) = (corner >> 2, corner >> 1, corner) & 1, as the reference orders them.
+    const uint32_t bx = (corner >> 2) & 1, by = (corner >> 1) & 1, bz = corner & 1;
+    const uint32_t vx = cell[0] + bx, vy = cell[1] + by, vz = cell[2] + bz;
+    uint32_t index;
+    if (hashed) {
+      index = (vx ^ (vy * kPrime1) ^ (vz * kPrime2)) & levels.hash_mask;
+    } else {
+      index = vx + side * (vy + side * vz);
+    }
+    out->row[corner] = base + static_cast<int64_t>(index);
+    const float wx = bx ? f[0] : 1.0f - f[0];
+    const float wy = by ? f[1] : 1.0f - f[1];
+    const float wz = bz ? f[2] : 1.0f - f[2];
+    out->weight[corner] = (wx * wy) * wz;
+  }
+}
+
+template <int F>
+void EncodeBlock(const float* points, const float* table, float* encoded, const Levels& levels, int features,
+                 int level, int64_t begin, int64_t end) {
+  const int nf = F > 0 ? F : features;
+  const int64_t row_width = static_cast<int64_t>(levels.count()) * nf;
+  Corners corners;
+  float x01[3];
+  bool inside[3];
+  for (int64_t n = begin; n < end; ++n) {
+    LocatePoint(points + 3 * n, levels.extent, x01, inside);
+    Corners8(x01, levels, level, &corners);
+    float* out = encoded + n * row_width + static_cast<int64_t>(level) * nf;
+    for (int k = 0; k < nf; ++k) out[k] = 0.0f;
+    for (int corner = 0; corner < 8; ++corner) {
+      const float* row = table + corners.row[corner] * nf;
+      const float w = corners.weight[corner];
+      for (int k = 0; k < nf; ++k) out[k] += w * row[k];
+    }
+  }
+}
+
+template <int F>
+void TableGradLevel(const float* points, const float* grad, float* table_grad, const Levels& levels, int features,
+                    int level, int64_t num_points) {
+  const int nf = F > 0 ? F : features;
+  const int64_t row_width = static_cast<int64_t>(levels.count()) * nf;
+  Corners corners;
+  float x01[3];
+  bool inside[3];
+  for (int64_t n = 0; n < num_points; ++n) {
+    const float* g = grad + n * row_width + static_cast<int64_t>(level) * nf;
+    bool any = false;
+    for (int k = 0; k < nf; ++k) any |= g[k] != 0.0f;
+    if (!any) continue;  // rays whose samples do not matter (padding, masked) add nothing
+    LocatePoint(points + 3 * n, levels.extent, x01, inside);
+    Corners8(x01, levels, level, &corners);
+    for (int corner = 0; corner < 8; ++corner) {
+      float* row = table_grad + corners.row[corner] * nf;
+      const float w = corners.weight[corner];
+      for (int k = 0; k < nf; ++k) row[k] += w * g[k];
+    }
+  }
+}
+
+void PointsGradBlock(const float* points, const float* table, const float* grad, float* points_grad,
+                     const Levels& levels, int nf, int64_t begin, int64_t end) {
+  const int64_t row_width = static_cast<int64_t>(levels.count()) * nf;
+  Corners corners;
+  float x01[3];
+  bool inside[3];
+  for (int64_t n = begin; n < end; ++n) {
+    LocatePoint(points + 3 * n, levels.extent, x01, inside);
+    float d_x01[3] = {0.0f, 0.0f, 0.0f};
+    for (int level = 0; level < levels.count(); ++level) {
+      Corners8(x01, levels, level, &corners);
+      const float* g = grad + n * row_width + static_cast<int64_t>(level) * nf;
+      const float* f = corners.frac;
+      float d_frac[3] = {0.0f, 0.0f, 0.0f};
+      for (int corner = 0; corner < 8; ++corner) {
+        const float* row = table + corners.row[corner] * nf;
+        float dot = 0.0f;  // d loss / d weight of this corner
+        for (int k = 0; k < nf; ++k) dot += g[k] * row[k];
+        const int bx = (corner >> 2) & 1, by = (corner >> 1) & 1, bz = corner & 1;
+        const float wx = bx ? f[0] : 1.0f - f[0];
+        const float wy = by ? f[1] : 1.0f - f[1];
+        const float wz = bz ? f[2] : 1.0f - f[2];
+        d_frac[0] += dot * (bx ? 1.0f : -1.0f) * wy * wz;
+        d_frac[1] += dot * (by ? 1.0f : -1.0f) * wx * wz;
+        d_frac[2] += dot * (bz ? 1.0f : -1.0f) * wx * wy;
+      }
+      const float res = static_cast<float>(levels.resolution[level]);
+      for (int a = 0; a < 3; ++a) d_x01[a] += d_frac[a] * res;
+    }
+    const float two_extent = 2.0f * levels.extent;
+    for (int a = 0; a < 3; ++a) points_grad[3 * n + a] = inside[a] ? d_x01[a] / two_extent : 0.0f;
+  }
+}
+
+Status CheckPoints(const Tensor& points) {
+  if (points.dims() != 2 || points.dim_size(1) != 3) {
+    return InvalidArgument("points must be [N, 3], got ", points.shape().DebugString());
+  }
+  return Status();
+}
+
+// Runs work(level, begin, end) over every (level, block of points), on the CPU's intra-op threads.
+template <typename Work>
+void ForLevelBlocks(OpKernelContext* context, int num_levels, int64_t num_points, Work work) {
+  const int64_t blocks = (num_points + kBlock - 1) / kBlock;
+  auto* workers = context->device()->tensorflow_cpu_worker_threads();
+  // Level-major: consecutive units share a level, so each thread keeps one level's table hot.
+  ::tensorflow::Shard(workers->num_threads, workers->workers, num_levels * blocks, kBlock * 200,
+                      [&](int64_t first, int64_t last) {
+                        for (int64_t unit = first; unit < last; ++unit) {
+                          const int level = static_cast<int>(unit / blocks);
+                          const int64_t begin = (unit % blocks) * kBlock;
+                          work(level, begin, std::min(begin + kBlock, num_points));
+                        }
+                      });
+}
+
+class EncodeOp : public OpKernel {
+ public:
+  explicit EncodeOp(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, levels_.Read(c)); }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& points = context->input(0);
+    const Tensor& table = context->input(1);
+    OP_REQUIRES_OK(context, CheckPoints(points));
+    OP_REQUIRES(context, table.dims() == 2, InvalidArgument("table must be [T, F]"));
+    const int64_t n = points.dim_size(0);
+    const int nf = static_cast<int>(table.dim_size(1));
+    const int L = levels_.count();
+    Tensor* encoded = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({n, static_cast<int64_t>(L) * nf}), &encoded));
+    if (n == 0) return;
+    const float* p = points.flat<float>().data();
+    const float* t = table.flat<float>().data();
+    float* out = encoded->flat<float>().data();
+    ForLevelBlocks(context, L, n, [&](int level, int64_t begin, int64_t end) {
+      switch (nf) {
+        case 1: EncodeBlock<1>(p, t, out, levels_, nf, level, begin, end); break;
+        case 2: EncodeBlock<2>(p, t, out, levels_, nf, level, begin, end); break;
+        case 4: EncodeBlock<4>(p, t, out, levels_, nf, level, begin, end); break;
+        case 8: EncodeBlock<8>(p, t, out, levels_, nf, level, begin, end); break;
+        default: EncodeBlock<0>(p, t, out, levels_, nf, level, begin, end);
+      }
+    });
+  }
+
+ private:
+  Levels levels_;
+};
+
+class TableGradOp : public OpKernel {
+ public:
+  explicit TableGradOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, levels_.Read(c));
+    OP_REQUIRES_OK(c, c->GetAttr("table_rows", &table_rows_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& points = context->input(0);
+    const Tensor& grad = context->input(1);
+    OP_REQUIRES_OK(context, CheckPoints(points));
+    const int L = levels_.count();
+    OP_REQUIRES(context, grad.dims() == 2 && grad.dim_size(0) == points.dim_size(0) && grad.dim_size(1) % L == 0,
+                InvalidArgument("grad must be [N, num_levels * F]"));
+    const int64_t n = points.dim_size(0);
+    const int nf = static_cast<int>(grad.dim_size(1) / L);
+    Tensor* table_grad = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({table_rows_, nf}), &table_grad));
+    const float* p = points.flat<float>().data();
+    const float* g = grad.flat<float>().data();
+    float* out = table_grad->flat<float>().data();
+    // Level l owns rows [offset_l, offset_{l+1}): one task per level, so no two threads add to one row.
+    std::vector<int64_t> level_end(L);
+    for (int l = 0; l < L; ++l) level_end[l] = l + 1 < L ? levels_.offset[l + 1] : table_rows_;
+    auto* workers = context->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(workers->num_threads, workers->workers, L, std::max<int64_t>(n, 1) * 1000,
+                        [&](int64_t first, int64_t last) {
+                          for (int64_t level = first; level < last; ++level) {
+                            const int64_t begin = levels_.offset[level];
+                            std::memset(out + begin * nf, 0, sizeof(float) * (level_end[level] - begin) * nf);
+                            switch (nf) {
+                              case 1: TableGradLevel<1>(p, g, out, levels_, nf, level, n); break;
+                              case 2: TableGradLevel<2>(p, g, out, levels_, nf, level, n); break;
+                              case 4: TableGradLevel<4>(p, g, out, levels_, nf, level, n); break;
+                              case 8: TableGradLevel<8>(p, g, out, levels_, nf, level, n); break;
+                              default: TableGradLevel<0>(p, g, out, levels_, nf, level, n);
+                            }
+                          }
+                        });
+  }
+
+ private:
+  Levels levels_;
+  int64_t table_rows_ = 0;
+};
+
+class PointsGradOp : public OpKernel {
+ public:
+  explicit PointsGradOp(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, levels_.Read(c)); }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& points = context->input(0);
+    const Tensor& table = context->input(1);
+    const Tensor& grad = context->input(2);
+    OP_REQUIRES_OK(context, CheckPoints(points));
+    const int L = levels_.count();
+    const int nf = static_cast<int>(table.dim_size(1));
+    OP_REQUIRES(context, grad.dims() == 2 && grad.dim_size(0) == points.dim_size(0) && grad.dim_size(1) == L * nf,
+                InvalidArgument("grad must be [N, num_levels * F]"));
+    const int64_t n = points.dim_size(0);
+    Tensor* points_grad = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, points.shape(), &points_grad));
+    const float* p = points.flat<float>().data();
+    const float* t = table.flat<float>().data();
+    const float* g = grad.flat<float>().data();
+    float* out = points_grad->flat<float>().data();
+    auto* workers = context->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(workers->num_threads, workers->workers, n, 400 * L,
+                        [&](int64_t begin, int64_t end) { PointsGradBlock(p, t, g, out, levels_, nf, begin, end); });
+  }
+
+ private:
+  Levels levels_;
+};
+
+#define NERF_HASH_GRID_ATTRS                \
+  Attr("resolutions: list(int) >= 1")       \
+      .Attr("offsets: list(int) >= 1")      \
+      .Attr("hashed: list(int) >= 1")       \
+      .Attr("log2_table_size: int")         \
+      .Attr("extent: float")
+
+REGISTER_OP("NerfHashGridEncode")
+    .Input("points: float")
+    .Input("table: float")
+    .Output("encoded: float")
+    .NERF_HASH_GRID_ATTRS
+    .SetShapeFn([](ShapeContext* c) {
+      std::vector<int> resolutions;
+      TF_RETURN_IF_ERROR(c->GetAttr("resolutions", &resolutions));
+      auto width = c->Dim(c->input(1), 1);
+      ::tensorflow::shape_inference::DimensionHandle out_width;
+      TF_RETURN_IF_ERROR(c->Multiply(width, static_cast<int64_t>(resolutions.size()), &out_width));
+      c->set_output(0, c->Matrix(c->Dim(c->input(0), 0), out_width));
+      return Status();
+    });
+
+REGISTER_OP("NerfHashGridTableGrad")
+    .Input("points: float")
+    .Input("grad: float")
+    .Output("table_grad: float")
+    .NERF_HASH_GRID_ATTRS
+    .Attr("table_rows: int")
+    .SetShapeFn([](ShapeContext* c) {
+      std::vector<int> resolutions;
+      int64_t rows = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("resolutions", &resolutions));
+      TF_RETURN_IF_ERROR(c->GetAttr("table_rows", &rows));
+      ::tensorflow::shape_inference::DimensionHandle width;
+      TF_RETURN_IF_ERROR(c->Divide(c->Dim(c->input(1), 1), static_cast<int64_t>(resolutions.size()), true, &width));
+      c->set_output(0, c->Matrix(rows, width));
+      return Status();
+    });
+
+REGISTER_OP("NerfHashGridPointsGrad")
+    .Input("points: float")
+    .Input("table: float")
+    .Input("grad: float")
+    .Output("points_grad: float")
+    .NERF_HASH_GRID_ATTRS
+    .SetShapeFn([](ShapeContext* c) {
+      c->set_output(0, c->input(0));
+      return Status();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("NerfHashGridEncode").Device(::tensorflow::DEVICE_CPU), EncodeOp);
+REGISTER_KERNEL_BUILDER(Name("NerfHashGridTableGrad").Device(::tensorflow::DEVICE_CPU), TableGradOp);
+REGISTER_KERNEL_BUILDER(Name("NerfHashGridPointsGrad").Device(::tensorflow::DEVICE_CPU), PointsGradOp);
+
+}  // namespace
+}  // namespace nerf_pipeline
