@@ -265,5 +265,9 @@ def load_model(path) -> NeRF:
         path = Path(path) / MODEL_FILE
     try:
         return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:
+        # Keras wraps what a layer's constructor raises (e.g. saved_part's ValueError) in TypeErrors that repeat
+        # the whole model config; the innermost exception of the chain is the one that says what is wrong.
+        while (e.__cause__ or e.__context__) is not None:
+            e = e.__cause__ or e.__context__
         raise DataError(f"{path}: cannot load the trained model ({e}); run the train stage again.") from None
