@@ -89,6 +89,30 @@ def test_too_few_registered_photos_stop_the_stage_naming_them(tmp_path, arc):
     assert not grey & set(parts["train"] + parts["val"])
 
 
+def test_fewer_than_three_registered_views_stop_the_stage_under_min_registered(tmp_path, monkeypatch):
+    """2 of 3 photos pass poses.min_registered 0.5 but leave one view to train on: refused, naming the left-out one.
+    (Structure from motion itself is faked here: which views it registers is the input under test.)"""
+    write_photos(tmp_path / "photos", arc_poses(3))
+    params = tiny_params()
+    params["data"]["source"] = str(tmp_path / "photos")
+    params["poses"]["min_registered"] = 0.5
+
+    def registers_two_of_three(image_paths, *args, **kwargs):
+        return sfm.Reconstruction(names=[path.name for path in image_paths[:2]],
+                                  camera_to_world=np.tile(np.eye(4), (2, 1, 1)),
+                                  intrinsics=np.array([FOCAL, FOCAL, WIDTH / 2, HEIGHT / 2]), distortion=np.zeros(4),
+                                  points=np.zeros((0, 3)), point_colors=np.zeros((0, 3), np.uint8),
+                                  unregistered=[image_paths[2].name])
+
+    monkeypatch.setattr(sfm, "reconstruct", registers_two_of_three)
+    with pytest.raises(DataError) as error:
+        pose(tmp_path, params)
+    assert str(error.value).startswith(
+        "structure from motion registered only 2 of 3 images, but a scene needs at least 3 posed views, 2 to train "
+        "on and 1 to validate on. Not registered: photo_002.jpg. To try: take photos with more overlap")
+    assert not (tmp_path / "cameras.npz").exists()
+
+
 def test_the_stage_order_has_poses_between_download_and_split():
     assert [name for name, _ in DATA_STAGES] == ["download", "poses", "split", "rays"]
     assert write_params  # (the helpers the other stage tests use)

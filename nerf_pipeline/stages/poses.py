@@ -8,7 +8,7 @@ camera-to-world pose ``[N, 4, 4]`` float32, ``registered [N]`` bool, the samplin
 * A source without poses (photos, a video) goes through structure from motion (``scenes/sfm.py``,
   pycolmap): SIFT features, ``poses.matcher`` matching, incremental mapping, one shared OPENCV camera
   (its distortion is undone by the rays stage). Views that do not register are listed and left out;
-  fewer than ``poses.min_registered`` of them stops the stage.
+  fewer than ``poses.min_registered`` of them, or fewer than ``MIN_VIEWS`` (3), stops the stage.
 * A source with poses passes through, at no cost beyond reading its cameras.
 
 Captures (and the JSON layouts) are then re-centred on the point the cameras look at, turned z-up
@@ -30,7 +30,7 @@ from nerf_pipeline.config import Config
 from nerf_pipeline.runtime import atomic
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.runtime.progress import Progress
-from nerf_pipeline.scenes.scene import Cameras, Scene
+from nerf_pipeline.scenes.scene import MIN_VIEWS, Cameras, Scene
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,16 @@ def structure_from_motion(cfg: Config, scene: Scene, work_dir: Path) -> Cameras:
         poses[index[name]] = c2w
     fraction = registered.mean()
     left_out = [cameras.names[i] for i in np.flatnonzero(~registered)]
+    not_registered = f"Not registered: {', '.join(left_out[:8])}{', …' if len(left_out) > 8 else ''}"
     if fraction < cfg.poses.min_registered:
         raise DataError(f"structure from motion registered only {registered.sum()} of {scene.num_views} images "
                         f"({fraction:.0%}), fewer than poses.min_registered ({cfg.poses.min_registered:.0%}). "
-                        f"Not registered: {', '.join(left_out[:8])}{', …' if len(left_out) > 8 else ''}. "
-                        f"To try: {sfm.ADVICE}.")
+                        f"{not_registered}. To try: {sfm.ADVICE}.")
+    # download checked the views found; a fraction of them (poses.min_registered) can still leave too few posed
+    if registered.sum() < MIN_VIEWS:
+        raise DataError(f"structure from motion registered only {registered.sum()} of {scene.num_views} images, "
+                        f"but a scene needs at least {MIN_VIEWS} posed views, 2 to train on and 1 to validate on. "
+                        f"{not_registered}. To try: {sfm.ADVICE}.")
     log.info("registered %d of %d images%s; mean reprojection error %.2f px", registered.sum(), scene.num_views,
              f"; left out: {', '.join(left_out[:8])}{', …' if len(left_out) > 8 else ''}" if left_out else "",
              result.stats.get("mean_reprojection_error_px", float("nan")))
