@@ -55,9 +55,37 @@ KEPT = [
 ]
 
 
+# COLMAP's glog lines, as pycolmap 4.2.1 printed them here (its feature extraction left at -1 threads, and
+# pycolmap.logging.warning from Python): glog's date has the year, YYYYMMDD, where absl's is MMDD.
+COLMAP = [
+    (b"W20261201 23:02:36.578384 140651547220864 feature_extraction.cc:445] Your current options use the maximum "
+     b"number of threads on the machine to extract features. Extracting SIFT features on the CPU can consume a lot of "
+     b"RAM per thread for large images.", b"W", b"Your current options use the maximum number of threads"),
+    (b"I20261201 23:02:36.621429 140651119244992 feature_extraction.cc:270] Processed file [1/2]", b"I",
+     b"Processed file [1/2]"),
+    (b"W20261201 23:02:18.912224 140670886968192 <string>:<module>:4] a test warning from pycolmap", b"W",
+     b"a test warning from pycolmap"),
+]
+
+
 @pytest.mark.parametrize("line", NATIVE)
 def test_native_log_lines_are_noise(line):
     assert console.is_noise(line)
+
+
+@pytest.mark.parametrize("line, level, message", COLMAP)
+def test_colmap_glog_lines_are_native_lines_and_kept(line, level, message):
+    native = console.native_message(line)
+    assert native is not None and native[0] == level and native[1].startswith(message)
+    assert not console.is_noise(line)  # none of them is known noise
+
+
+def test_a_known_line_with_glog_s_date_is_noise():
+    """The filter reads glog's date as absl's: a known line is dropped with either, an unknown one kept."""
+    line = (b"W20261201 23:02:36.578384 140651547220864 dataset.cc:997] Input of GeneratorDatasetOp::Dataset will not "
+            b"be optimized")
+    assert console.is_noise(line)
+    assert not console.is_noise(line.replace(b"GeneratorDatasetOp", b"SomethingElseOp"))
 
 
 @pytest.mark.parametrize("line", KEPT)

@@ -20,8 +20,11 @@ import sys
 import threading
 
 VERBOSE_ENV = "NERF_PIPELINE_VERBOSE"
-# absl's prefix: level letter, MMDD, time, thread id, file:line], then the message
-NATIVE_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] (.*)$")
+# The native log prefix: level letter, date, time, thread id, source location], then the message. The date is
+# absl's MMDD (TensorFlow) or glog's YYYYMMDD (COLMAP through pycolmap: "W20261201 23:02:18.912224 1406708869
+# feature_extraction.cc:258] ..."); the location is file:line, or glog's file:function:line for a message logged
+# from Python ("<string>:<module>:4").
+NATIVE_LINE = re.compile(rb"^([IWEF])(?:\d{8}|\d{4}) \d\d:\d\d:\d+\.\d+\s+\d+ [^\s\]]+:\d+\] (.*)$")
 # (level, the start of the message) of each native line known to be noise on a CPU-only machine
 NATIVE_NOISE = (
     (b"I", re.compile(rb"oneDNN custom operations are on\. You may see slightly different numerical results")),
@@ -44,11 +47,17 @@ OTHER_NOISE = (
 _state: dict = {}
 
 
+def native_message(line: bytes) -> tuple[bytes, bytes] | None:
+    """``(level, message)`` of a native (absl or glog) log line without its newline; None for any other line."""
+    match = NATIVE_LINE.match(line)
+    return None if match is None else (match[1], match[2])
+
+
 def is_noise(line: bytes) -> bool:
     """Whether a line of stderr (without its newline) is one of the known native start-up lines."""
-    match = NATIVE_LINE.match(line)
-    if match:
-        level, message = match.groups()
+    native = native_message(line)
+    if native:
+        level, message = native
         return any(level == known and pattern.match(message) for known, pattern in NATIVE_NOISE)
     return any(pattern.match(line) for pattern in OTHER_NOISE)
 
