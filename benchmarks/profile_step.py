@@ -29,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from nerf_pipeline.model.encodings import spherical_harmonics  # noqa: E402
+from nerf_pipeline.model import xla  # noqa: E402
 from nerf_pipeline.model.fields import HashGridField  # noqa: E402
 from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
 from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
@@ -97,7 +97,9 @@ def profile(cfg, name, preset, part, warmup_steps: int):
     timed("input pipeline (next batch)", lambda: next(batches), repeats=20)
 
     jit = preset.jit_compile
-    step = tf.function(model.train_step, jit_compile=jit)
+    # With the fused hash-grid op XLA compiles the parts around it, not whole functions (NeRF.plan_xla).
+    whole = model.plan_xla(jit)
+    step = tf.function(model.train_step, jit_compile=whole)
     timed("train step (all of it)", step, ((ray_origins, ray_directions), target))
 
     sample = tf.function(lambda o, d: model.sampler.sample(o, d, model.near, model.far, model.space, True,
@@ -108,46 +110,50 @@ def profile(cfg, name, preset, part, warmup_steps: int):
     points = model.space.warp(tf.reshape(ray_origins[:, None] + ray_directions[:, None] * t_vals[..., None], [-1, 3]))
     directions = tf.reshape(tf.broadcast_to(ray_directions[:, None], [ray_origins.shape[0], num_samples, 3]), [-1, 3])
     field = model.field
-    timed("field forward", tf.function(lambda p, d: field(p, d), jit_compile=jit), points, directions)
+    timed("field forward", tf.function(lambda p, d: field(p, d), jit_compile=whole), points, directions)
+
+    def mlp_fb(f, d):
+        with tf.GradientTape() as tape:
+            tape.watch(f)
+            rgb, sigma = field.decode(f, d)
+            loss = tf.reduce_sum(rgb) + tf.reduce_sum(sigma)
+        return tape.gradient(loss, [f, *mlp_vars])
 
     def forward_backward(p, d):
+        if model.uses_native_op:  # as the train step runs it: the op, the MLPs' part (XLA), the op's gradient
+            features = encoding(p)
+            feature_gradient, *mlp_gradients = xla.part(model, "profile_mlp_fb", mlp_fb)(features, d)
+            return [encoding.table_gradient(p, feature_gradient), *mlp_gradients]
         with tf.GradientTape() as tape:
             rgb, sigma = field(p, d)
             loss = tf.reduce_sum(rgb) + tf.reduce_sum(sigma)
         return [tf.convert_to_tensor(g) for g in tape.gradient(loss, field.trainable_variables)]
 
-    timed("field forward + backward", tf.function(forward_backward, jit_compile=jit), points, directions)
-
     if isinstance(field, HashGridField):
         encoding = field.encoding
+        mlp_vars = [v for v in field.trainable_variables if v is not encoding.table]
+        timed("field forward + backward", tf.function(forward_backward, jit_compile=whole), points, directions)
 
         def encoding_fb(p):
+            if model.uses_native_op:
+                return encoding(p), encoding.table_gradient(p, tf.ones([tf.shape(p)[0], encoding.output_dim]))
             with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(tf.square(encoding(p)))
-            return tf.convert_to_tensor(tape.gradient(loss, encoding.table))
+                encoded = encoding(p)
+                loss = tf.reduce_sum(encoded)
+            return encoded, tf.convert_to_tensor(tape.gradient(loss, encoding.table))
 
-        timed("  hash encoding forward + backward", tf.function(encoding_fb, jit_compile=jit), points)
+        timed(f"  hash encoding forward + backward ({'fused op' if model.uses_native_op else 'TF ops'})",
+              tf.function(encoding_fb, jit_compile=whole), points)
         features = encoding(points)
-        mlp_vars = [v for v in field.trainable_variables if v is not encoding.table]
-
-        def mlp_fb(f, d):
-            with tf.GradientTape() as tape:
-                h = field.density_out(field.density_hidden(f))
-                x = tf.concat([h[:, 1:], spherical_harmonics(d)], -1)
-                for layer in field.color_hidden:
-                    x = layer(x)
-                loss = tf.reduce_sum(field.color_out(x)) + tf.reduce_sum(h[:, 0])
-            return tape.gradient(loss, mlp_vars)
-
         timed("  MLPs forward + backward", tf.function(mlp_fb, jit_compile=jit), features, directions)
 
     gradients = [tf.zeros_like(v) for v in model.trainable_variables]
     timed("optimizer update", tf.function(lambda: model.optimizer.apply(gradients, model.trainable_variables),
-                                          jit_compile=jit))
+                                          jit_compile=whole))
     if occupancy:
         grid = model.sampler.grid
-        update = tf.function(lambda: grid.update(field.density, model.space.extent, model.seed_generator),
-                             jit_compile=jit)
+        update = tf.function(lambda: grid.update(field.density, model.space, model.seed_generator),
+                             jit_compile=whole)
         timed(f"occupancy grid update (every {preset.sampler.update_every} steps)", update)
     print(f"parameters: {sum(int(np.prod(v.shape)) for v in model.trainable_variables):,}")
     return model
@@ -180,11 +186,12 @@ def profile_render(model, part, chunk_rays: int, jit: bool) -> None:
           chunk_d, t_vals, deltas)
     points = model.space.warp(tf.reshape(chunk_o[:, None] + chunk_d[:, None] * t_vals[..., None], [-1, 3]))
     dirs = tf.reshape(tf.broadcast_to(chunk_d[:, None], [len(chunk), num_samples, 3]), [-1, 3])
-    timed("    of which the field", tf.function(lambda p, d: model.field(p, d), jit_compile=jit), points, dirs)
+    whole = model.plan_xla(jit)
+    timed("    of which the field", tf.function(lambda p, d: model.field(p, d), jit_compile=whole), points, dirs)
     field = model.field
     if isinstance(field, HashGridField):
-        timed("      hash encoding", tf.function(field.encoding, jit_compile=jit), points)
-        timed("      hash encoding + density MLP", tf.function(field.density, jit_compile=jit), points)
+        timed("      hash encoding", tf.function(field.encoding, jit_compile=whole), points)
+        timed("      hash encoding + density MLP", tf.function(field.density, jit_compile=whole), points)
 
 
 if __name__ == "__main__":
