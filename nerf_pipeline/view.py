@@ -133,122 +133,76 @@ class ModelSource:
         return True
 
 
-class Viewer:
-    def __init__(self, project: Path, host: str = "127.0.0.1", port: int = 8080, run_id: str | None = None,
-                 chunk_rays: int = 16384):
-        import viser
+# -- the scene: the views' cameras, the box, the sparse points ------------------------------------------------
 
+VIEW_COLOURS = {"train": (40, 90, 220), "val": (230, 120, 20), "test": (120, 120, 120)}
+
+
+def draw_scene(scene, project: Path, bound: float) -> None:
+    """Into viser's ``scene`` (a server's): the frustums of ``project``'s rays' views with their images, the box of
+    half-size ``bound`` and the sparse points of ``data/cameras.npz``, where the project has them."""
+    _draw_view_cameras(scene, project / "data" / "rays")
+    _draw_box(scene, bound)
+    _draw_sparse_points(scene, project / "data" / "cameras.npz")
+
+
+def _draw_view_cameras(scene, rays: Path) -> None:
+    from nerf_pipeline.scenes import ray_files
+
+    for part in ray_files.parts(rays) if rays.is_dir() else []:
+        views = ray_files.load(rays, part)
+        for i in range(views.num_views):
+            thumbnail = np.asarray(views.images[i])[:: max(1, views.height // 64), :: max(1, views.width // 64)]
+            fov = 2 * np.arctan(0.5 * views.height / views.intrinsics[i, 1])
+            wxyz, position = viser_pose(views.poses[i])
+            scene.add_camera_frustum(f"/cameras/{part}/{i}", fov=float(fov), aspect=views.width / views.height,
+                                     scale=0.25, color=VIEW_COLOURS[part], image=thumbnail, wxyz=wxyz,
+                                     position=position)
+
+
+def _draw_box(scene, bound: float) -> None:
+    corners = np.array([[x, y, z] for x in (-bound, bound) for y in (-bound, bound) for z in (-bound, bound)])
+    edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]  # differ in one axis
+    scene.add_line_segments("/bounds", corners[np.array(edges)], colors=(160, 160, 160), thickness=2,
+                            thickness_units="screen")
+
+
+def _draw_sparse_points(scene, cameras: Path) -> None:
+    if not cameras.is_file():
+        return
+    with np.load(cameras) as data:
+        if "points" in data.files and len(data["points"]):
+            colors = data["point_colors"] if "point_colors" in data.files else (200, 200, 200)
+            scene.add_point_cloud("/sparse_points", data["points"], colors, point_size=0.02)
+
+
+# -- the render loop: the model from each browser tab's camera ------------------------------------------------
+
+
+class LiveRender:
+    """The model rendered from each browser tab's camera (a coarse image as soon as the camera moves, the full one
+    once it stops), its panel (status, output, resolution), and the model reloaded when ``source`` changes."""
+
+    def __init__(self, server, source: ModelSource, chunk_rays: int):
         from nerf_pipeline.model.renderer import ChunkedRenderer
 
-        self.project = Path(project)
-        self.source = ModelSource(self.project, run_id)
-        if not self.source.refresh():
-            raise SystemExit(f"error: no trained model in {self.project / 'models'} (run `dvc repro`, or at least "
-                             "the train stage) and no --run given.")
-        self._renderer_class, self.chunk_rays = ChunkedRenderer, chunk_rays
-        self.renderer = ChunkedRenderer(self.source.model, chunk_rays)
-        logging.getLogger("viser").setLevel(logging.WARNING)
-        with contextlib.redirect_stdout(io.StringIO()):  # viser prints a banner of its own; main() says the URL
-            self.server = viser.ViserServer(host=host, port=port, verbose=False)
-        self.server.scene.set_up_direction("+z")
-        self.keyframes: list[dict] = []
+        self.server, self.source, self.chunk_rays = server, source, chunk_rays
+        self._renderer_class = ChunkedRenderer
+        self.renderer = ChunkedRenderer(source.model, chunk_rays)
+        self.last_render: dict | None = None  # width, height, seconds and stage of the newest image shown
         self._clients: dict[int, dict] = {}  # per browser tab: its render state
         self._lock = threading.Lock()
-        self._add_scene()
-        self._add_gui()
-        self.server.on_client_connect(self._serve_client)
-        threading.Thread(target=self._watch_model, daemon=True, name="watch-model").start()
-
-    # -- the scene --------------------------------------------------------------------------
-
-    def _add_scene(self) -> None:
-        from nerf_pipeline.scenes import ray_files
-
-        rays = self.project / "data" / "rays"
-        for part in ray_files.parts(rays) if rays.is_dir() else []:
-            views = ray_files.load(rays, part)
-            colour = {"train": (40, 90, 220), "val": (230, 120, 20), "test": (120, 120, 120)}[part]
-            for i in range(views.num_views):
-                thumbnail = np.asarray(views.images[i])[:: max(1, views.height // 64), :: max(1, views.width // 64)]
-                fov = 2 * np.arctan(0.5 * views.height / views.intrinsics[i, 1])
-                wxyz, position = viser_pose(views.poses[i])
-                self.server.scene.add_camera_frustum(f"/cameras/{part}/{i}", fov=float(fov),
-                                                     aspect=views.width / views.height, scale=0.25, color=colour,
-                                                     image=thumbnail, wxyz=wxyz, position=position)
-        bound = self.source.model.space.bound
-        corners = np.array([[x, y, z] for x in (-bound, bound) for y in (-bound, bound) for z in (-bound, bound)])
-        edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
-        self.server.scene.add_line_segments("/bounds", corners[np.array(edges)], colors=(160, 160, 160),
-                                            thickness=2, thickness_units="screen")
-        cameras = self.project / "data" / "cameras.npz"
-        if cameras.is_file():
-            with np.load(cameras) as data:
-                if "points" in data.files and len(data["points"]):
-                    colors = data["point_colors"] if "point_colors" in data.files else (200, 200, 200)
-                    self.server.scene.add_point_cloud("/sparse_points", data["points"], colors, point_size=0.02)
-
-    # -- the panel ----------------------------------------------------------------------------
-
-    def _add_gui(self) -> None:
-        gui = self.server.gui
-        self.status = gui.add_markdown(f"Model: {self.source.label}")
+        gui = server.gui
+        self.status = gui.add_markdown(f"Model: {source.label}")
         self.output = gui.add_dropdown("Output", ("RGB", "Depth", "Opacity"), initial_value="RGB")
         self.resolution = gui.add_slider("Resolution", min=64, max=1024, step=16, initial_value=320)
-        self.output.on_update(lambda _: self._rerender_all())
-        self.resolution.on_update(lambda _: self._rerender_all())
-        with gui.add_folder("Camera path"):
-            self.path_info = gui.add_markdown("No keyframes.")
-            gui.add_button("Add keyframe").on_click(self._add_keyframe)
-            gui.add_button("Clear keyframes").on_click(self._clear_keyframes)
-            self.seconds = gui.add_number("Seconds", 4.0, min=0.5, max=600.0, step=0.5)
-            self.fps = gui.add_number("FPS", 24, min=1, max=120, step=1)
-            self.path_width = gui.add_number("Width", 640, min=16, max=4096, step=16)
-            self.path_height = gui.add_number("Height", 480, min=16, max=4096, step=16)
-            self.path_name = gui.add_text("File", "camera_paths/camera_path.json")
-            gui.add_button("Preview").on_click(self._preview)
-            gui.add_button("Save").on_click(self._save_path)
+        self.output.on_update(lambda _: self.rerender_all())
+        self.resolution.on_update(lambda _: self.rerender_all())
 
-    def _add_keyframe(self, event) -> None:
-        camera = event.client.camera
-        self.keyframes.append({"c2w": pipeline_pose(camera.wxyz, camera.position), "fov": float(camera.fov)})
-        self.path_info.content = f"{len(self.keyframes)} keyframe(s)."
-
-    def _clear_keyframes(self, _) -> None:
-        self.keyframes = []
-        self.path_info.content = "No keyframes."
-
-    def path_poses(self) -> np.ndarray:
-        return interpolate_path(self.keyframes, max(1, round(self.seconds.value * self.fps.value)))
-
-    def _preview(self, event) -> None:
-        if not self.keyframes:
-            return
-        for pose in self.path_poses():
-            wxyz, position = viser_pose(pose)
-            with event.client.atomic():
-                event.client.camera.wxyz, event.client.camera.position = wxyz, position
-            time.sleep(1.0 / self.fps.value)
-
-    def save_path(self, name: str | None = None) -> Path:
-        """Write the keyframes' interpolated path as a ``camera_path.json``; its path."""
-        from nerf_pipeline.scenes.camera_paths import write_camera_path
-
-        target = self.project / (name or self.path_name.value)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fov = float(np.degrees(np.mean([k["fov"] for k in self.keyframes])))
-        keyframes = [{"camera_to_world": np.asarray(k["c2w"]).reshape(-1).tolist(), "fov": float(np.degrees(k["fov"]))}
-                     for k in self.keyframes]
-        write_camera_path(target, self.path_poses(), fov, int(self.path_width.value), int(self.path_height.value),
-                          float(self.fps.value), keyframes=keyframes)
-        return target
-
-    def _save_path(self, event) -> None:
-        if self.keyframes:
-            target = self.save_path()
-            self.path_info.content = f"Saved {target.relative_to(self.project)}: render it with " \
-                                     f"`dvc exp run -S render.camera_path={target.relative_to(self.project)}`."
-
-    # -- rendering ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve every browser tab that connects, and watch for a newer model."""
+        self.server.on_client_connect(self._serve_client)
+        threading.Thread(target=self._watch_model, daemon=True, name="watch-model").start()
 
     def render(self, c2w: np.ndarray, fov: float, aspect: float, long_side: int) -> tuple[np.ndarray, float]:
         """The image [H, W, 3] uint8 of the current output for a camera, and the seconds it took."""
@@ -268,34 +222,33 @@ class Viewer:
         return media.to_uint8(out["rgb"]), seconds
 
     def _serve_client(self, client) -> None:
-        """Per browser tab: a coarse image as soon as the camera moves, the full one once it stops."""
         state = {"moved": time.perf_counter(), "coarse": False, "full": False}
         client.camera.on_update(lambda _: state.update(moved=time.perf_counter(), coarse=False, full=False))
         self._clients[client.client_id] = state
+        threading.Thread(target=self._render_loop, args=(client, state), daemon=True,
+                         name=f"render-{client.client_id}").start()
 
-        def loop() -> None:
-            while client.camera.update_timestamp == 0.0:  # the browser has not sent its camera yet
-                time.sleep(0.05)
-            while client.client_id in self.server.get_clients():
-                idle = time.perf_counter() - state["moved"]
-                stage = None if state["full"] else ("full" if idle >= IDLE_S else None if state["coarse"] else "coarse")
-                if stage is None:
-                    time.sleep(0.03)
-                    continue
-                camera = client.camera
-                long_side = PREVIEW_LONG_SIDE if stage == "coarse" else int(self.resolution.value)
-                image, seconds = self.render(pipeline_pose(camera.wxyz, camera.position), camera.fov,
-                                             camera.aspect, long_side)
-                client.scene.set_background_image(image, format="jpeg")
-                state[stage] = True
-                height, width = image.shape[:2]
-                self.status.content = (f"Model: {self.source.label}  \n{self.output.value} {width}x{height} in "
-                                       f"{seconds * 1000:.0f} ms ({'coarse, moving' if stage == 'coarse' else 'full'})")
-                self.last_render = {"width": width, "height": height, "seconds": seconds, "stage": stage}
+    def _render_loop(self, client, state: dict) -> None:
+        while client.camera.update_timestamp == 0.0:  # the browser has not sent its camera yet
+            time.sleep(0.05)
+        while client.client_id in self.server.get_clients():
+            idle = time.perf_counter() - state["moved"]
+            stage = None if state["full"] else ("full" if idle >= IDLE_S else None if state["coarse"] else "coarse")
+            if stage is None:
+                time.sleep(0.03)
+                continue
+            camera = client.camera
+            long_side = PREVIEW_LONG_SIDE if stage == "coarse" else int(self.resolution.value)
+            image, seconds = self.render(pipeline_pose(camera.wxyz, camera.position), camera.fov, camera.aspect,
+                                         long_side)
+            client.scene.set_background_image(image, format="jpeg")
+            state[stage] = True
+            height, width = image.shape[:2]
+            self.status.content = (f"Model: {self.source.label}  \n{self.output.value} {width}x{height} in "
+                                   f"{seconds * 1000:.0f} ms ({'coarse, moving' if stage == 'coarse' else 'full'})")
+            self.last_render = {"width": width, "height": height, "seconds": seconds, "stage": stage}
 
-        threading.Thread(target=loop, daemon=True, name=f"render-{client.client_id}").start()
-
-    def _rerender_all(self) -> None:
+    def rerender_all(self) -> None:
         for state in self._clients.values():
             state.update(full=False)
 
@@ -307,9 +260,95 @@ class Viewer:
                     with self._lock:
                         self.renderer = self._renderer_class(self.source.model, self.chunk_rays)
                     self.status.content = f"Model: {self.source.label} (reloaded)"
-                    self._rerender_all()
+                    self.rerender_all()
             except Exception as e:  # a checkpoint being written, a store hiccup: try again at the next tick
                 log.debug("model reload failed: %s", e)
+
+
+# -- the camera-path panel: keyframes to a camera_path.json for the render stage ------------------------------
+
+
+class CameraPathPanel:
+    """The *Camera path* folder of the panel: keyframes from a tab's camera, duration, fps and size, a preview,
+    and ``Save`` to a nerfstudio ``camera_path.json`` under ``project``."""
+
+    def __init__(self, gui, project: Path):
+        self.project = project
+        self.keyframes: list[dict] = []  # {"c2w": [4, 4] ours, "fov": vertical, radians}
+        with gui.add_folder("Camera path"):
+            self.info = gui.add_markdown("No keyframes.")
+            gui.add_button("Add keyframe").on_click(self.add_keyframe)
+            gui.add_button("Clear keyframes").on_click(self.clear_keyframes)
+            self.seconds = gui.add_number("Seconds", 4.0, min=0.5, max=600.0, step=0.5)
+            self.fps = gui.add_number("FPS", 24, min=1, max=120, step=1)
+            self.width = gui.add_number("Width", 640, min=16, max=4096, step=16)
+            self.height = gui.add_number("Height", 480, min=16, max=4096, step=16)
+            self.file = gui.add_text("File", "camera_paths/camera_path.json")
+            gui.add_button("Preview").on_click(self.preview)
+            gui.add_button("Save").on_click(self._save_clicked)
+
+    def add_keyframe(self, event) -> None:
+        camera = event.client.camera
+        self.keyframes.append({"c2w": pipeline_pose(camera.wxyz, camera.position), "fov": float(camera.fov)})
+        self.info.content = f"{len(self.keyframes)} keyframe(s)."
+
+    def clear_keyframes(self, _) -> None:
+        self.keyframes = []
+        self.info.content = "No keyframes."
+
+    def poses(self) -> np.ndarray:
+        """The path's poses [seconds x fps, 4, 4] through the keyframes."""
+        return interpolate_path(self.keyframes, max(1, round(self.seconds.value * self.fps.value)))
+
+    def preview(self, event) -> None:
+        if not self.keyframes:
+            return
+        for pose in self.poses():
+            wxyz, position = viser_pose(pose)
+            with event.client.atomic():
+                event.client.camera.wxyz, event.client.camera.position = wxyz, position
+            time.sleep(1.0 / self.fps.value)
+
+    def save(self, name: str | None = None) -> Path:
+        """Write the keyframes' interpolated path as a ``camera_path.json`` (``name``, else the panel's *File*,
+        relative to the project); its path."""
+        from nerf_pipeline.scenes.camera_paths import write_camera_path
+
+        target = self.project / (name or self.file.value)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fov = float(np.degrees(np.mean([k["fov"] for k in self.keyframes])))
+        keyframes = [{"camera_to_world": np.asarray(k["c2w"]).reshape(-1).tolist(), "fov": float(np.degrees(k["fov"]))}
+                     for k in self.keyframes]
+        write_camera_path(target, self.poses(), fov, int(self.width.value), int(self.height.value),
+                          float(self.fps.value), keyframes=keyframes)
+        return target
+
+    def _save_clicked(self, _) -> None:
+        if self.keyframes:
+            target = self.save().relative_to(self.project)
+            self.info.content = f"Saved {target}: render it with `dvc exp run -S render.camera_path={target}`."
+
+
+class Viewer:
+    """A project's viewer on ``host:port``: the drawn scene, the live render and the camera-path panel."""
+
+    def __init__(self, project: Path, host: str = "127.0.0.1", port: int = 8080, run_id: str | None = None,
+                 chunk_rays: int = 16384):
+        import viser
+
+        self.project = Path(project)
+        self.source = ModelSource(self.project, run_id)
+        if not self.source.refresh():
+            raise SystemExit(f"error: no trained model in {self.project / 'models'} (run `dvc repro`, or at least "
+                             "the train stage) and no --run given.")
+        logging.getLogger("viser").setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()):  # viser prints a banner of its own; main() says the URL
+            self.server = viser.ViserServer(host=host, port=port, verbose=False)
+        self.server.scene.set_up_direction("+z")
+        draw_scene(self.server.scene, self.project, self.source.model.space.bound)
+        self.live = LiveRender(self.server, self.source, chunk_rays)  # (its controls first in the panel)
+        self.camera_path = CameraPathPanel(self.server.gui, self.project)
+        self.live.start()
 
 
 def main(argv=None) -> None:

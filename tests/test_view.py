@@ -85,11 +85,11 @@ def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser
 
         def look_from(position) -> np.ndarray:
             """The browser's view (its canvas, left of the control panel) once the full render is shown."""
-            viewer.last_render = None
+            viewer.live.last_render = None
             wxyz, origin = viser_pose(camera.look_at(position))
             with client.atomic():
                 client.camera.wxyz, client.camera.position = wxyz, origin
-            wait_for(lambda: (viewer.last_render or {}).get("stage") == "full")
+            wait_for(lambda: (viewer.live.last_render or {}).get("stage") == "full")
             time.sleep(1.5)  # the image reaches the browser and is drawn
             png = browser.find_element("tag name", "canvas").screenshot_as_png
             image = tf.io.decode_png(png, channels=3).numpy().astype(np.float32)
@@ -98,17 +98,18 @@ def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser
         first = look_from([0.0, -4.0, 2.0])
         # The render (black behind the scene) replaced viser's white background, and it is not blank.
         assert np.median(first) < 60 and first.std() > 10
-        assert max(viewer.last_render["width"], viewer.last_render["height"]) == viewer.resolution.value  # full size
+        shown = viewer.live.last_render
+        assert max(shown["width"], shown["height"]) == viewer.live.resolution.value  # full size
         second = look_from([4.0, 0.0, 1.0])
         assert np.abs(second - first).mean() > 5  # the camera moved: so did the image
 
         # the camera-path editor: two keyframes, 1 s at 6 fps, saved where the render stage reads it
         for position in ([0.0, -4.0, 2.0], [4.0, 0.0, 2.0]):
             look_from(position)
-            viewer._add_keyframe(types.SimpleNamespace(client=client))
-        viewer.seconds.value, viewer.fps.value = 1.0, 6
-        viewer.path_width.value, viewer.path_height.value = 64, 48
-        saved = viewer.save_path("camera_paths/two_keys.json")
+            viewer.camera_path.add_keyframe(types.SimpleNamespace(client=client))
+        viewer.camera_path.seconds.value, viewer.camera_path.fps.value = 1.0, 6
+        viewer.camera_path.width.value, viewer.camera_path.height.value = 64, 48
+        saved = viewer.camera_path.save("camera_paths/two_keys.json")
         path = read_camera_path(saved)
         assert len(path.poses) == 6 and (path.width, path.height) == (64, 48)
         np.testing.assert_allclose(path.poses[0], camera.look_at([0.0, -4.0, 2.0]), atol=1e-4)
