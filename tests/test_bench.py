@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from captures import write_colmap_capture
 from conftest import REPO, tiny_params
 from scenes import write_blender
 
@@ -84,3 +85,70 @@ def test_bench_train_refuses_a_missing_scene_clearly(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "nowhere.npz: file not found" in result.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+def bench_captures(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_captures.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(tmp_path):
+    """A tiny COLMAP capture as beer/ (no Beer.mp4, no stitch/): each variant trains and gets held-out figures,
+    every 8th view held out, the variant's override reaches the model, the absent captures are skipped."""
+    write_colmap_capture(tmp_path / "data" / "beer", num_views=10)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    result = bench_captures(
+        "--data", "data", "--params", "params.yaml", "--budget-s", "3", "--eval-every-s", "2", "--curve-views", "1",
+        "--train-views", "2", "--set", "data.downscale=1", "--variant", "baseline",
+        "--variant", "box:scene.contraction=off,presets.hashgrid.batch.size=256", "--work", "work",
+        "--out", "results/captures.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "results" / "captures.json").read_text())
+
+    assert summary["variants"] == {"baseline": [], "box": ["scene.contraction=off", "presets.hashgrid.batch.size=256"]}
+    assert set(summary["skipped"]) == {"beer_video", "stitch"} and "data/beer/Beer.mp4 not found" in \
+        summary["skipped"]["beer_video"]
+    beer = summary["captures"]["beer_colmap"]
+    assert set(summary["captures"]) == {"beer_colmap"} and set(beer["variants"]) == {"baseline", "box"}
+    assert beer["prepare"]["views"] == beer["prepare"]["registered"] == 10
+    for name, variant in beer["variants"].items():
+        assert variant["split"] == {"train": 8, "val": 2} and variant["size"] == [20, 28]  # views 0 and 8 held out
+        final = variant["final"]
+        assert final["split"] == "val" and final["num_views"] == 2 and final["masked"] is False
+        assert 0 < final["psnr"] < 60 and 0 < final["ssim"] <= 1 and 0 < final["train_psnr"] < 60
+        assert final["wall_s"] >= 3 and final["steps"] == variant["curve"][-1]["step"] >= 1
+        assert all(0 < point["val_psnr"] < 60 for point in variant["curve"])
+    assert beer["variants"]["baseline"]["contracted"] is True and beer["variants"]["box"]["contracted"] is False
+    # the data stages ran once: the variants change no data, poses or split key
+    assert beer["variants"]["baseline"]["prepare_key"] == beer["variants"]["box"]["prepare_key"]
+    assert len(list((tmp_path / "work").iterdir())) == 1
+    # the printed table has a row per variant, the skipped captures named
+    table = [line for line in result.stdout.splitlines() if line.startswith("| beer_colmap")]
+    assert len(table) == 2 and "| box |" in table[1] and "skipped" in result.stdout
+
+
+def test_bench_captures_refuses_an_unknown_variant_key_before_training(tmp_path):
+    (tmp_path / "data" / "beer" / "sparse" / "0").mkdir(parents=True)
+    result = bench_captures("--data", "data", "--params", str(REPO / "params.yaml"), "--budget-s", "1",
+                            "--variant", "baseline", "--variant", "typo:scene.contractoin=off", "--out", "out.json",
+                            cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: scene.contractoin=off: " in result.stderr and "has no key 'scene.contractoin'" in result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_bench_captures_default_variants_use_only_keys_params_has():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_captures
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    variants = dict(bench_captures.default_variants(params))
+    assert variants["baseline"] == [] and set(variants) == {"baseline", *bench_captures.FEATURES}
+    del params["scene"]["contraction"]
+    assert "box" not in dict(bench_captures.default_variants(params))
+    # each default variant is valid params for every capture
+    for capture in bench_captures.CAPTURES:
+        for name, sets in bench_captures.default_variants(yaml.safe_load((REPO / "params.yaml").read_text())):
+            bench_captures.configured(yaml.safe_load((REPO / "params.yaml").read_text()), capture.source,
+                                      [*capture.sets, *sets], "params.yaml")

@@ -1,0 +1,344 @@
+"""Real captures, each trained for a wall-clock budget once per params variant: val PSNR/SSIM of each feature on and off.
+
+    python benchmarks/bench_captures.py --data ../shared/data --budget-s 240 \\
+        --out benchmarks/results/captures_2core_cpu.json
+    python benchmarks/bench_captures.py --data ../shared/data --budget-s 60 --capture beer_colmap \\
+        --variant baseline --variant box:scene.contraction=off --out captures.json
+
+The captures (issue 23), found under ``--data``; one that is absent is skipped and said to be:
+
+* ``beer_colmap``: ``beer/`` through its COLMAP model (``sparse/0``), 180×320 (``data.downscale: 4`` of
+  720×1280), every 8th view held out (``split.order: every_8th``, LLFF's and mip-NeRF 360's protocol);
+* ``beer_video``: ``beer/Beer.mp4``, its frames posed by structure from motion (the poses stage), 71 frames
+  taken (as many as ``beer/images`` holds), 180×320, every 8th held out;
+* ``stitch``: ``stitch/``, split files with instant-ngp intrinsics, 400×400 (downscale 2), scored on its own
+  test split.
+
+Each capture goes through the pipeline's data stages once (``bench_train.prepare_rays``: download, poses
+with structure from motion for the video, split, rays), again only for a variant that changes a ``data``,
+``poses``, ``split`` or ``synthetic`` key; ``--work`` keeps the rays between runs. A variant is a name and
+``KEY=VALUE`` overrides of params.yaml (dotted keys, YAML 1.2 values as DVC reads them), applied after the
+capture's own settings and ``--set``; the default list is ``baseline`` (params.yaml as it is) and one variant
+per feature in ``FEATURES`` whose keys params.yaml has, each flipping that feature against the default.
+
+Every variant trains as the train stage builds its model (a contracted space for these unbounded captures
+under ``scene.contraction: auto``) for ``--budget-s`` s of training time (XLA compilation included, evaluation
+excluded), with the learning rate decayed over the budget as ``bench_train`` does; the curve scores
+``--curve-views`` held-out views every ``--eval-every-s``; the final figures score every held-out view (PSNR
+and SSIM as the evaluate stage computes them, on the kept pixels where the capture has masks) and
+``--train-views`` training views (how far val lags train: overfitting). The JSON is rewritten after each
+variant, so an interrupted run keeps what it measured; a markdown table is printed at the end. Nothing here
+asserts a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from ruamel.yaml import YAML, YAMLError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_stages import set_key  # noqa: E402
+from bench_train import BudgetRecorder, eval_schedule, machine, mean_psnr, peak_rss_mb, prepare_rays  # noqa: E402
+
+from nerf_pipeline import config  # noqa: E402
+from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
+from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
+from nerf_pipeline.runtime import atomic  # noqa: E402
+from nerf_pipeline.runtime.errors import UserError  # noqa: E402
+from nerf_pipeline.scenes import ray_files  # noqa: E402
+from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
+from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
+from nerf_pipeline.stages.train import contracted  # noqa: E402
+from nerf_pipeline.training import datasets  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Capture:
+    name: str
+    source: str  # relative to --data
+    present: str  # the file or folder (relative to --data) whose absence skips the capture
+    sets: tuple[str, ...]  # its own params (resolution, split), before --set and the variant's
+    about: str
+
+
+CAPTURES = (
+    Capture("beer_colmap", "beer", "beer/sparse/0", ("data.downscale=4", "split.order=every_8th"),
+            "beer/ through its COLMAP model, 180x320, every 8th view held out"),
+    Capture("beer_video", "beer/Beer.mp4", "beer/Beer.mp4",
+            ("data.downscale=4", "split.order=every_8th", "data.max_frames=71"),
+            "beer/Beer.mp4, poses by structure from motion, 71 frames, 180x320, every 8th held out"),
+    Capture("stitch", "stitch", "stitch/transforms_train.json", ("data.downscale=2",),
+            "stitch/ split files (instant-ngp intrinsics), 400x400, its own test split"),
+)
+
+# Features of issue 23 and the overrides that flip each against params.yaml's default; a feature is in the
+# default variant list when params.yaml has every key it names (so the script runs before and after each lands).
+FEATURES = {
+    "box": ("scene.contraction=off",),  # contraction is on for captures by default (auto)
+    "no_candidates": ("presets.hashgrid.batch.candidate_factor=1",),  # rays through occupied space first: off
+}
+
+PREP_SECTIONS = ("data", "poses", "split", "synthetic")  # what the data stages read: a change re-prepares
+
+
+def read_yaml(text: str, what: str):
+    """``text`` read as YAML 1.2, as DVC reads params.yaml (``on``/``off`` stay strings, ``1e-2`` is a number)."""
+    try:
+        return YAML(typ="safe").load(io.StringIO(text))
+    except YAMLError as e:
+        raise UserError(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def has_key(params: dict, dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(params, dict) or key not in params:
+            return False
+        params = params[key]
+    return True
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` -> ``(name, ["KEY=VALUE", ...])``. (A value holding a comma
+    is not supported: no key of params.yaml needs one.)"""
+    name, _, overrides = text.partition(":")
+    sets = [item.strip() for item in overrides.split(",") if item.strip()]
+    if not name or any("=" not in item for item in sets):
+        raise UserError(f"--variant {text!r}: expected NAME or NAME:KEY=VALUE,KEY=VALUE, "
+                        "e.g. box:scene.contraction=off")
+    return name, sets
+
+
+def configured(params: dict, source: str, sets: list[str], params_path: str) -> config.Config:
+    """A copy of ``params`` reading ``source``, each ``KEY=VALUE`` applied, validated. An unknown key is refused
+    naming it."""
+    params = json.loads(json.dumps(params))
+    params["data"]["source"] = source  # (not through YAML: a path may hold ': ' or '#')
+    for item in sets:
+        key, _, value = item.partition("=")
+        if not has_key(params, key):
+            raise UserError(f"{item}: {params_path} has no key '{key}'")
+        set_key(params, key, read_yaml(value, f"the value of {key} in {item!r}"))
+    return config.from_dict(params, params_path)
+
+
+def default_variants(params: dict) -> list[tuple[str, list[str]]]:
+    return [("baseline", [])] + [(name, list(sets)) for name, sets in FEATURES.items()
+                                 if all(has_key(params, item.partition("=")[0]) for item in sets)]
+
+
+def prep_key(cfg: config.Config) -> str:
+    """What the data stages read from ``cfg``, hashed: variants that agree on it share the rays."""
+    sections = {name: getattr(cfg, name).model_dump(mode="json") for name in PREP_SECTIONS}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def prepared_rays(cfg: config.Config, capture: Capture, work: Path) -> tuple[Path, dict]:
+    """The rays folder of ``cfg``'s data under ``work`` (made by the data stages unless there from an earlier
+    run) and what preparing it measured."""
+    folder = work / f"{capture.name}-{prep_key(cfg)}"
+    done = folder / "prepared.json"
+    if done.is_file():
+        print(f"[{capture.name}] reusing the rays in {folder}", flush=True)
+        return folder / "rays", json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="stages-", dir=folder) as scratch:  # the full-size scene goes
+        rays = prepare_rays(cfg, Path(scratch))
+        with np.load(Path(scratch) / "cameras.npz") as cameras:
+            registered = cameras["registered"] if "registered" in cameras.files else None
+            views = int(len(cameras["poses"]))
+        if (folder / "rays").exists():  # left by a run that stopped before prepared.json
+            shutil.rmtree(folder / "rays")
+        rays.rename(folder / "rays")
+    prep = {"prepare_s": round(time.perf_counter() - start, 1), "views": views,
+            "registered": views if registered is None else int(np.count_nonzero(registered))}
+    atomic.write_json(done, prep)
+    return folder / "rays", prep
+
+
+class Horizon:
+    """Stretches the learning-rate schedule to the budget: at each curve point the steps left are estimated
+    from the speed since the point before (the first interval holds XLA compilation, so it starts long)."""
+
+    def __init__(self, schedule, budget_s: float):
+        self.schedule, self.budget_s = schedule, budget_s
+
+    def __call__(self, curve: list[dict]) -> None:
+        if len(curve) < 2:
+            return
+        (a, b), remaining_s = curve[-2:], self.budget_s - curve[-1]["wall_s"]
+        speed = (b["step"] - a["step"]) / max(b["wall_s"] - a["wall_s"], 1e-6)
+        self.schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
+
+
+def scores(renderer, part, views) -> tuple[float, float]:
+    """Mean PSNR and SSIM of ``views`` of ``part`` (the evaluate stage's metrics, masked where it has masks)."""
+    psnr, ssim = [], []
+    for view in views:
+        kept = part.view_mask(int(view))
+        p, s = image_metrics(renderer(*part.view_rays(int(view)))["rgb"][None], part.view_rgb(int(view))[None],
+                             None if kept is None else kept[None])
+        psnr.append(float(p[0]))
+        ssim.append(float(s[0]))
+    return float(np.mean(psnr)), float(np.mean(ssim))
+
+
+def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budget_s: float, every_s: float,
+                  curve_views: int, train_views: int) -> dict:
+    """Train ``cfg``'s preset for ``budget_s`` s of training time; its curve and final figures."""
+    preset = cfg.active
+    datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
+    keras.utils.set_random_seed(cfg.seed)
+    is_contracted = contracted(cfg, train_part.unbounded)  # as the train stage decides
+    model = build_nerf(preset, near=train_part.near, far=train_part.far, contracted=is_contracted,
+                       bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed)
+    schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
+    renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
+    psnr_key = f"{heldout_part.part}_psnr"
+    curve_subset = evenly_spread(heldout_part.num_views, curve_views)
+    recorder = BudgetRecorder(lambda: mean_psnr(renderer, heldout_part, curve_subset),
+                              eval_schedule(budget_s, every_s), budget_s, Horizon(schedule, budget_s),
+                              psnr_key=psnr_key)
+    print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space",
+          flush=True)
+    model.fit(datasets.train_dataset(train_part, preset.batch, cfg.seed), epochs=1, steps_per_epoch=10**9,
+              callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)
+    train_s = recorder.train_s()
+    start = time.perf_counter()
+    heldout_psnr, heldout_ssim = scores(renderer, heldout_part, range(heldout_part.num_views))
+    train_psnr, train_ssim = scores(renderer, train_part, evenly_spread(train_part.num_views, train_views))
+    final_eval_s = time.perf_counter() - start
+    print(f"  [{name}] {recorder.step} steps in {train_s:.0f} s: {heldout_part.part} PSNR {heldout_psnr:.2f} dB, "
+          f"SSIM {heldout_ssim:.3f}; train PSNR {train_psnr:.2f} dB (evaluated in {final_eval_s:.0f} s)", flush=True)
+    return {"curve": recorder.curve, "curve_views": [int(v) for v in curve_subset],
+            "contracted": is_contracted,
+            "final": {"split": heldout_part.part, "num_views": heldout_part.num_views,
+                      "psnr": round(heldout_psnr, 3), "ssim": round(heldout_ssim, 4),
+                      "masked": heldout_part.masks is not None,
+                      "train_psnr": round(train_psnr, 3), "train_ssim": round(train_ssim, 4),
+                      "train_views_scored": min(train_views, train_part.num_views),
+                      "wall_s": round(train_s, 2), "steps": recorder.step, "eval_s": round(final_eval_s, 1)},
+            "steps_per_s": round(recorder.step / train_s, 3), "eval_s_total": round(recorder.eval_s, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def markdown_table(summary: dict) -> str:
+    """One row per capture and variant: held-out PSNR/SSIM, the change against the capture's baseline."""
+    rows = ["| capture | size | train / held-out views | variant | held-out PSNR (dB) | SSIM | Δ PSNR vs baseline "
+            "| train PSNR (dB) | steps |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, capture in summary["captures"].items():
+        base = capture["variants"].get("baseline", {}).get("final", {}).get("psnr")
+        for variant, result in capture["variants"].items():
+            final = result["final"]
+            delta = "" if base is None or variant == "baseline" else f"{final['psnr'] - base:+.2f}"
+            views = f"{result['split']['train']} / {result['split'][final['split']]} ({final['split']})"
+            rows.append(f"| {name} | {result['size'][0]}×{result['size'][1]} | {views} | {variant} | "
+                        f"{final['psnr']:.2f} | {final['ssim']:.3f} | {delta} | {final['train_psnr']:.2f} | "
+                        f"{final['steps']} |")
+    for name, reason in summary["skipped"].items():
+        rows.append(f"| {name} | | | skipped: {reason} | | | | | |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--data", required=True, help="the folder holding beer/ and stitch/, e.g. ../shared/data")
+    parser.add_argument("--capture", action="append", default=None, choices=[c.name for c in CAPTURES],
+                        help="only these captures (repeatable; default: all)")
+    parser.add_argument("--variant", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
+                        help="a variant to train (repeatable; default: baseline and each feature of FEATURES "
+                             "whose keys params.yaml has), e.g. box:scene.contraction=off")
+    parser.add_argument("--budget-s", type=float, required=True, help="training wall-clock budget per variant")
+    parser.add_argument("--eval-every-s", type=float, default=60.0, help="a curve point every this many seconds")
+    parser.add_argument("--curve-views", type=int, default=3, help="held-out views each curve point scores")
+    parser.add_argument("--train-views", type=int, default=4, help="training views the final train PSNR scores")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a params.yaml key for every capture and variant, after the capture's own")
+    parser.add_argument("--work", default=None,
+                        help="keep the prepared rays here and reuse them in later runs (default: a temporary folder)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="    %(message)s")  # the stages' own lines (SfM, split, …)
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    try:
+        params_text = Path(args.params).read_text()
+    except OSError as e:
+        raise UserError(f"cannot read the params file '{args.params}': {e.strerror}") from None
+    params = read_yaml(params_text, args.params)
+    variants = [parse_variant(v) for v in args.variant] if args.variant else default_variants(params)
+    names = [name for name, _ in variants]
+    if len(set(names)) != len(names):
+        raise UserError(f"--variant: each variant needs its own name; got {', '.join(names)}")
+    data = Path(args.data)
+    if not data.is_dir():
+        raise UserError(f"--data {data}: not a folder (expected the one holding beer/ and stitch/)")
+    captures = [c for c in CAPTURES if args.capture is None or c.name in args.capture]
+    # Every variant's params are checked before anything trains, so a typo fails in a second, not an hour in.
+    plans = {c.name: {name: configured(params, (data / c.source).as_posix(), [*c.sets, *args.set, *sets],
+                                           args.params) for name, sets in variants}
+             for c in captures}
+
+    out = Path(args.out)
+    summary = {"data": str(data), "machine": machine(), "params": args.params, "set": args.set,
+               "budget_s": args.budget_s, "variants": {name: sets for name, sets in variants},
+               "captures": {}, "skipped": {}}
+
+    def write() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out, json.dumps(summary, indent=1) + "\n")
+
+    scratch = None if args.work else tempfile.TemporaryDirectory(prefix="nerf-bench-captures-")
+    work = Path(args.work or scratch.name)
+    for capture in captures:
+        if not (data / capture.present).exists():
+            reason = f"{(data / capture.present).as_posix()} not found"
+            print(f"[{capture.name}] skipped: {reason}", flush=True)
+            summary["skipped"][capture.name] = reason
+            continue
+        print(f"[{capture.name}] {capture.about}", flush=True)
+        entry = None
+        for name, sets in variants:
+            cfg = plans[capture.name][name]
+            rays, prep = prepared_rays(cfg, capture, work)
+            train_part, heldout_part = ray_files.load(rays, "train"), evaluation_part(cfg, rays)
+            if entry is None:
+                entry = summary["captures"][capture.name] = {
+                    "source": cfg.data.source, "sets": list(capture.sets), "about": capture.about, "prepare": prep,
+                    "size": [heldout_part.height, heldout_part.width],
+                    "split": {"train": train_part.num_views, heldout_part.part: heldout_part.num_views},
+                    "near_far": [train_part.near, train_part.far], "variants": {}}
+                print(f"[{capture.name}] {train_part.num_views} train views, scored on {heldout_part.num_views} "
+                      f"{heldout_part.part} views of {heldout_part.height}x{heldout_part.width}", flush=True)
+            result = train_variant(cfg, name, train_part, heldout_part, args.budget_s, args.eval_every_s,
+                                   args.curve_views, args.train_views)
+            entry["variants"][name] = {"set": sets, "prepare_key": prep_key(cfg), "size": [heldout_part.height,
+                                       heldout_part.width], "split": {"train": train_part.num_views,
+                                       heldout_part.part: heldout_part.num_views}, **result}
+            write()
+    write()
+    table = markdown_table(summary)
+    print(table)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:  # a missing params key, a malformed variant, a bad capture: one line, no traceback
+        sys.exit(f"error: {e}")
