@@ -235,6 +235,27 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+def bench_capture(capture: Capture, variants, plans: dict, work: Path, args, summary: dict, write) -> None:
+    """Every variant of ``capture`` (``plans``: its params per variant name) into ``summary["captures"]``."""
+    entry = None
+    for name, sets in variants:
+        cfg = plans[name]
+        rays, prep = prepared_rays(cfg, capture, work)
+        train_part, heldout_part = ray_files.load(rays, "train"), evaluation_part(cfg, rays)
+        if entry is None:
+            entry = summary["captures"][capture.name] = {
+                "source": cfg.data.source, "sets": list(capture.sets), "about": capture.about, "prepare": prep,
+                "near_far": [train_part.near, train_part.far], "variants": {}}
+            print(f"[{capture.name}] {train_part.num_views} train views, scored on {heldout_part.num_views} "
+                  f"{heldout_part.part} views of {heldout_part.height}x{heldout_part.width}", flush=True)
+        result = train_variant(cfg, name, train_part, heldout_part, args.budget_s, args.eval_every_s,
+                               args.curve_views, args.train_views)
+        entry["variants"][name] = {"set": sets, "prepare_key": prep_key(cfg), "size": [heldout_part.height,
+                                   heldout_part.width], "split": {"train": train_part.num_views,
+                                   heldout_part.part: heldout_part.num_views}, **result}
+        write()
+
+
 def markdown_table(summary: dict) -> str:
     """One row per capture and variant: held-out PSNR/SSIM, the change against the capture's baseline."""
     rows = ["| capture | size | train / held-out views | variant | held-out PSNR (dB) | SSIM | Δ PSNR vs baseline "
@@ -248,8 +269,8 @@ def markdown_table(summary: dict) -> str:
             rows.append(f"| {name} | {result['size'][0]}×{result['size'][1]} | {views} | {variant} | "
                         f"{final['psnr']:.2f} | {final['ssim']:.3f} | {delta} | {final['train_psnr']:.2f} | "
                         f"{final['steps']} |")
-    for name, reason in summary["skipped"].items():
-        rows.append(f"| {name} | | | skipped: {reason} | | | | | |")
+    for name, reason in [*summary["skipped"].items(), *summary["failed"].items()]:
+        rows.append(f"| {name} | | | {'skipped' if name in summary['skipped'] else 'failed'}: {reason} | | | | | |")
     return "\n".join(rows)
 
 
@@ -297,7 +318,7 @@ def main() -> None:
     out = Path(args.out)
     summary = {"data": str(data), "machine": machine(), "params": args.params, "set": args.set,
                "budget_s": args.budget_s, "variants": {name: sets for name, sets in variants},
-               "captures": {}, "skipped": {}}
+               "captures": {}, "skipped": {}, "failed": {}}
 
     def write() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -312,24 +333,11 @@ def main() -> None:
             summary["skipped"][capture.name] = reason
             continue
         print(f"[{capture.name}] {capture.about}", flush=True)
-        entry = None
-        for name, sets in variants:
-            cfg = plans[capture.name][name]
-            rays, prep = prepared_rays(cfg, capture, work)
-            train_part, heldout_part = ray_files.load(rays, "train"), evaluation_part(cfg, rays)
-            if entry is None:
-                entry = summary["captures"][capture.name] = {
-                    "source": cfg.data.source, "sets": list(capture.sets), "about": capture.about, "prepare": prep,
-                    "size": [heldout_part.height, heldout_part.width],
-                    "split": {"train": train_part.num_views, heldout_part.part: heldout_part.num_views},
-                    "near_far": [train_part.near, train_part.far], "variants": {}}
-                print(f"[{capture.name}] {train_part.num_views} train views, scored on {heldout_part.num_views} "
-                      f"{heldout_part.part} views of {heldout_part.height}x{heldout_part.width}", flush=True)
-            result = train_variant(cfg, name, train_part, heldout_part, args.budget_s, args.eval_every_s,
-                                   args.curve_views, args.train_views)
-            entry["variants"][name] = {"set": sets, "prepare_key": prep_key(cfg), "size": [heldout_part.height,
-                                       heldout_part.width], "split": {"train": train_part.num_views,
-                                       heldout_part.part: heldout_part.num_views}, **result}
+        try:
+            bench_capture(capture, variants, plans[capture.name], work, args, summary, write)
+        except UserError as e:  # e.g. structure from motion registers too few frames: the other captures still run
+            print(f"[{capture.name}] failed: {e}", flush=True)
+            summary["failed"][capture.name] = str(e)
             write()
     write()
     table = markdown_table(summary)

@@ -94,9 +94,12 @@ def bench_captures(*args, cwd):
 
 @pytest.mark.slow
 def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(tmp_path):
-    """A tiny COLMAP capture as beer/ (no Beer.mp4, no stitch/): each variant trains and gets held-out figures,
-    every 8th view held out, the variant's override reaches the model, the absent captures are skipped."""
+    """A tiny COLMAP capture as beer/ (no Beer.mp4, a broken stitch/): each variant trains and gets held-out figures,
+    every 8th view held out, the variant's override reaches the model, the absent capture is skipped and the
+    broken one is recorded as failed without stopping the run."""
     write_colmap_capture(tmp_path / "data" / "beer", num_views=10)
+    (tmp_path / "data" / "stitch").mkdir()
+    (tmp_path / "data" / "stitch" / "transforms_train.json").write_text("{")  # refused at download: recorded
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     result = bench_captures(
         "--data", "data", "--params", "params.yaml", "--budget-s", "3", "--eval-every-s", "2", "--curve-views", "1",
@@ -107,8 +110,8 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
     summary = json.loads((tmp_path / "results" / "captures.json").read_text())
 
     assert summary["variants"] == {"baseline": [], "box": ["scene.contraction=off", "presets.hashgrid.batch.size=256"]}
-    assert set(summary["skipped"]) == {"beer_video", "stitch"} and "data/beer/Beer.mp4 not found" in \
-        summary["skipped"]["beer_video"]
+    assert summary["skipped"] == {"beer_video": "data/beer/Beer.mp4 not found"}
+    assert set(summary["failed"]) == {"stitch"} and "transforms_train.json" in summary["failed"]["stitch"]
     beer = summary["captures"]["beer_colmap"]
     assert set(summary["captures"]) == {"beer_colmap"} and set(beer["variants"]) == {"baseline", "box"}
     assert beer["prepare"]["views"] == beer["prepare"]["registered"] == 10
@@ -122,10 +125,11 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
     assert beer["variants"]["baseline"]["contracted"] is True and beer["variants"]["box"]["contracted"] is False
     # the data stages ran once: the variants change no data, poses or split key
     assert beer["variants"]["baseline"]["prepare_key"] == beer["variants"]["box"]["prepare_key"]
-    assert len(list((tmp_path / "work").iterdir())) == 1
+    assert len(list((tmp_path / "work").glob("beer_colmap-*/rays"))) == 1
     # the printed table has a row per variant, the skipped captures named
     table = [line for line in result.stdout.splitlines() if line.startswith("| beer_colmap")]
-    assert len(table) == 2 and "| box |" in table[1] and "skipped" in result.stdout
+    assert len(table) == 2 and "| box |" in table[1]
+    assert "| beer_video | | | skipped: " in result.stdout and "| stitch | | | failed: " in result.stdout
 
 
 def test_bench_captures_refuses_an_unknown_variant_key_before_training(tmp_path):
