@@ -39,8 +39,9 @@ def test_without_a_compiler_the_encoding_uses_tensorflows_ops_and_says_so_once(t
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["tensorflow", "same"]
     assert warnings_of(result) == [
-        f"WARNING nerf_pipeline.native.build: the native hash_grid op is unavailable (no C++ compiler: "
-        f"'{tmp_path / 'no-such-compiler'}' is not on PATH); using TensorFlow's ops: same results, slower"]
+        f"WARNING nerf_pipeline.native.build: the native ops (nerf_ops) are unavailable (no C++ compiler: "
+        f"'{tmp_path / 'no-such-compiler'}' is not on PATH); using TensorFlow's ops: the same results (to float "
+        "rounding), slower"]
 
 
 def test_a_failed_build_falls_back_and_keeps_the_compilers_output(tmp_path):
@@ -69,8 +70,8 @@ def test_the_op_is_compiled_once_then_loaded_from_the_cache(tmp_path):
     first = child(tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == ["native", "same"]
-    assert "compiling the native hash_grid op for this machine" in first.stderr
-    [library] = (tmp_path / "cache" / "nerf-pipeline" / "ops").glob("hash_grid-tf*.so")
+    assert "compiling the native ops (nerf_ops) for this machine" in first.stderr
+    [library] = (tmp_path / "cache" / "nerf-pipeline" / "ops").glob("nerf_ops-tf*.so")
     built = library.stat().st_mtime_ns
     second = child(tmp_path)
     assert second.stdout.split() == ["native", "same"]

@@ -118,3 +118,30 @@ def test_may_hit_keeps_every_ray_that_hits_and_drops_rays_far_from_the_occupied_
     sampler.grid.occupied.assign(grid)
     assert sampler.may_hit(origins, directions, 0.5, 10.0, ContractedSpace(0.5)).all()
     assert uniform(4, stratified=False).may_hit(origins, directions, 2.0, 6.0, UNIT_BOX).all()
+
+
+@pytest.mark.parametrize("space", [BoxSpace(1.5), ContractedSpace(1.5)], ids=["box", "contracted"])
+def test_the_native_march_hits_and_samples_as_tensorflows_ops_do(space):
+    """Rendering's hit test and samples from the C++ march (native/occupancy.cc) against the sampler's own:
+    a random sparse grid, rays from every side, some missing the space, an empty grid row included."""
+    sampler = make_sampler(OccupancySamplerConfig(
+        type="occupancy", num_samples=24, stratified=True, num_march=128, grid_resolution=16, update_every=1,
+        warmup_steps=0, alpha_threshold=0.01, decay=0.95))
+    native = sampler.native_render_functions(2.0, 60.0, space, jit_compile=True)
+    if native is None:
+        pytest.skip("the native ops are not available here")
+    rng = np.random.default_rng(0)
+    sampler.grid.occupied.assign((rng.uniform(size=(16, 16, 16)) < 0.05).astype(np.float32))
+    origins = rng.normal(size=(3000, 3))
+    origins = 4.0 * origins / np.linalg.norm(origins, axis=1, keepdims=True)
+    directions = rng.uniform(-1.5, 1.5, (3000, 3)) - origins  # most towards the box, some past it
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    origins, directions = tf.constant(origins, tf.float32), tf.constant(directions, tf.float32)
+    hits, sample = native
+    want_hits = sampler.hits(origins, directions, 2.0, 60.0, space).numpy()
+    assert 0.05 < want_hits.mean() < 0.95
+    np.testing.assert_array_equal(hits(origins, directions).numpy(), want_hits)
+    want_t, want_deltas = sampler.sample(origins, directions, 2.0, 60.0, space, False, None)
+    got_t, got_deltas = sample(origins, directions)
+    np.testing.assert_allclose(got_t.numpy(), want_t.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_deltas.numpy(), want_deltas.numpy(), rtol=1e-5, atol=1e-6)

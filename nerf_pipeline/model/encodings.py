@@ -118,7 +118,7 @@ class HashEncoding(keras.layers.Layer):
         self.corner_offsets = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], dtype=np.int32)
         self.table = self.add_weight(shape=(int(sum(sizes)), features_per_level),
                                      initializer=keras.initializers.RandomUniform(-1e-4, 1e-4), name="hash_table")
-        self.native_op = native_hash_grid()
+        self.native_op = native_build.cpu_library()
         self.built = True
 
     @property
@@ -127,7 +127,7 @@ class HashEncoding(keras.layers.Layer):
 
     @property
     def uses_native_op(self) -> bool:
-        """Whether ``call`` runs the fused C++ op (``native_hash_grid``) rather than TensorFlow's ops."""
+        """Whether ``call`` runs the fused C++ op (``native/hash_grid.cc``) rather than TensorFlow's ops."""
         return self.native_op is not None
 
     def _op_attrs(self) -> dict:
@@ -181,19 +181,11 @@ class HashEncoding(keras.layers.Layer):
                 "max_resolution": self.max_resolution, "extent": self.extent}
 
 
-def native_hash_grid():
-    """The fused hash-grid op library (``native/hash_grid.cc``), or ``None``: on a GPU (where TensorFlow's ops
-    under XLA serve well), or when it cannot be built here (``native.build`` says why, once)."""
-    if tf.config.list_physical_devices("GPU"):
-        return None
-    return native_build.load("hash_grid")
-
-
 @tf.RegisterGradient("NerfHashGridEncode")
 def _native_hash_grid_gradient(op, grad):
     """Gradients of the fused encoding: the table's (split over levels) and the points' (split over points; its
     op is pruned from the graph when nothing upstream of the points trains)."""
-    library = native_build.load("hash_grid")
+    library = native_build.load("nerf_ops")
     attrs = {name: op.get_attr(name) for name in ("resolutions", "offsets", "hashed", "log2_table_size", "extent")}
     points, table = op.inputs
     table_grad = library.nerf_hash_grid_table_grad(points, grad, table_rows=int(table.shape[0]), **attrs)

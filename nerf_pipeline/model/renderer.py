@@ -68,6 +68,11 @@ class ChunkedRenderer:
         self.sample_chunk = tf.function(lambda o, d: model.sample_rays(o, d, training=False), jit_compile=jit_compile)
         self.composite_chunk = tf.function(composite_pass, jit_compile=whole_pass_jit)
         self.hit_chunk = tf.function(model.rays_hit, jit_compile=jit_compile)
+        # The occupancy march in C++ where the sampler has one: the hit test stops at a ray's first occupied bin.
+        native = getattr(model.sampler, "native_render_functions", None)
+        native = native(model.near, model.far, model.space, jit_compile) if native else None
+        if native is not None:
+            self.hit_chunk, self.sample_chunk = native
 
     def _in_chunks(self, function, *arrays) -> list[np.ndarray]:
         """``function`` over arrays ``[N, ...]`` in padded chunks; its outputs concatenated, padding dropped."""

@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from nerf_pipeline.config import OccupancySamplerConfig, UniformSamplerConfig, saved_part
 from nerf_pipeline.model.occupancy import OccupancyGrid, UpdateOccupancyGrid
-from nerf_pipeline.model.space import ray_box_intersection
+from nerf_pipeline.model.space import ContractedSpace, ray_box_intersection
+from nerf_pipeline.native import build as native_build
 
 PACKAGE = "nerf_pipeline"
 
@@ -86,6 +87,11 @@ class OccupancySampler(keras.layers.Layer):
         self.grid = OccupancyGrid(c.grid_resolution, c.alpha_threshold, c.decay, name="grid")
         self.built = True
 
+    def edges(self, ray_origins, ray_directions, near, far, space):
+        """``[R, M + 1]`` bin edges (depths) of each ray's segment in the space; all equal where it misses."""
+        t_start, t_end = space.ray_segment(ray_origins, ray_directions, near, far)
+        return space.depths(ray_origins, t_start, t_end, tf.linspace(0.0, 1.0, self.sampler_config.num_march + 1))
+
     def march(self, ray_origins, ray_directions, near, far, space):
         """Read the grid along each ray.
 
@@ -93,14 +99,35 @@ class OccupancySampler(keras.layers.Layer):
             edges: [R, M + 1] bin edges (depths); all equal where the ray misses the space.
             bin_occupied: [R, M] float32 0/1, the occupancy at each bin's midpoint.
         """
-        num_march = self.sampler_config.num_march
-        t_start, t_end = space.ray_segment(ray_origins, ray_directions, near, far)
-        edges = space.depths(ray_origins, t_start, t_end, tf.linspace(0.0, 1.0, num_march + 1))
+        edges = self.edges(ray_origins, ray_directions, near, far, space)
         middles = 0.5 * (edges[:, 1:] + edges[:, :-1])
         points = space.warp(tf.reshape(ray_origins[:, None, :] + ray_directions[:, None, :] * middles[..., None],
                                        [-1, 3]))
         bin_occupied = tf.reshape(self.grid.lookup(points, space.extent), tf.shape(middles))
         return edges, bin_occupied * tf.cast(edges[:, 1:] > edges[:, :-1], tf.float32)
+
+    def native_render_functions(self, near, far, space, jit_compile: bool):
+        """``(hits, sample)`` for rendering (no jitter) with the native march (``native/occupancy.cc``): the same
+        results as ``hits`` and ``sample`` up to float rounding where a bin's midpoint lies on a cell's border,
+        with XLA (``jit_compile``) around the op. ``None`` where the native library is not available."""
+        library = native_build.cpu_library()
+        if library is None:
+            return None
+        attrs = {"extent": float(space.extent),
+                 "contract_bound": float(space.bound) if isinstance(space, ContractedSpace) else 0.0}
+        edges = tf.function(lambda o, d: self.edges(o, d, near, far, space), jit_compile=jit_compile)
+        num_samples = self.sampler_config.num_samples
+
+        def hits(ray_origins, ray_directions):
+            return library.nerf_occupancy_hits(ray_origins, ray_directions, edges(ray_origins, ray_directions),
+                                               self.grid.occupied.value, **attrs)
+
+        def sample(ray_origins, ray_directions):
+            offsets = tf.fill([tf.shape(ray_origins)[0], num_samples], 0.5)  # no jitter when rendering
+            return library.nerf_occupancy_sample(ray_origins, ray_directions, edges(ray_origins, ray_directions),
+                                                 self.grid.occupied.value, offsets, **attrs)
+
+        return tf.function(hits), tf.function(sample)
 
     def hits(self, ray_origins, ray_directions, near, far, space):
         _, bin_occupied = self.march(ray_origins, ray_directions, near, far, space)
@@ -120,9 +147,13 @@ class OccupancySampler(keras.layers.Layer):
         return (tf.minimum(t_exit, t_end) >= tf.maximum(t_enter, t_start)).numpy() & (t_end > t_start).numpy()
 
     def sample(self, ray_origins, ray_directions, near, far, space, training, seed_generator):
-        c = self.sampler_config
-        num_rays, num_march, num_samples = tf.shape(ray_origins)[0], c.num_march, c.num_samples
         edges, bin_occupied = self.march(ray_origins, ray_directions, near, far, space)
+        return self._sample_bins(edges, bin_occupied, training, seed_generator)
+
+    def _sample_bins(self, edges, bin_occupied, training, seed_generator):
+        """``(t_vals, deltas) [R, S]`` from a march's ``edges [R, M + 1]`` and ``bin_occupied [R, M]``."""
+        c = self.sampler_config
+        num_rays, num_march, num_samples = tf.shape(edges)[0], c.num_march, c.num_samples
         num_occupied = tf.reduce_sum(bin_occupied, axis=-1)  # [R], n
 
         # occupied_bins[r, k]: index of ray r's k-th occupied bin. Each occupied bin is scattered to
