@@ -106,28 +106,40 @@ class OccupancySampler(keras.layers.Layer):
         bin_occupied = tf.reshape(self.grid.lookup(points, space.extent), tf.shape(middles))
         return edges, bin_occupied * tf.cast(edges[:, 1:] > edges[:, :-1], tf.float32)
 
-    def native_render_functions(self, near, far, space, jit_compile: bool):
-        """``(hits, sample)`` for rendering (no jitter) with the native march (``native/occupancy.cc``): the same
-        results as ``hits`` and ``sample`` up to float rounding where a bin's midpoint lies on a cell's border,
-        with XLA (``jit_compile``) around the op. ``None`` where the native library is not available."""
+    def native_functions(self, near, far, space, jit_compile: bool, training: bool = False, seed_generator=None):
+        """``(hits, sample)`` with the native march (``native/occupancy.cc``), each taking ``(ray_origins,
+        ray_directions)``: the results of ``hits`` and ``sample`` (jittered while ``training`` and stratified, by
+        ``seed_generator``), with XLA (``jit_compile``) around the op. ``None`` where the native library is not
+        available. Not differentiable: nothing upstream of the samples trains."""
         library = native_build.cpu_library()
         if library is None:
             return None
         attrs = {"extent": float(space.extent),
                  "contract_bound": float(space.bound) if isinstance(space, ContractedSpace) else 0.0}
+        c = self.sampler_config
         edges = tf.function(lambda o, d: self.edges(o, d, near, far, space), jit_compile=jit_compile)
-        num_samples = self.sampler_config.num_samples
+
+        def offsets(num_rays):
+            if training and c.stratified:
+                return keras.random.uniform([num_rays, c.num_samples], seed=seed_generator)
+            return tf.fill([num_rays, c.num_samples], 0.5)
+
+        offsets = tf.function(offsets, jit_compile=jit_compile)
 
         def hits(ray_origins, ray_directions):
             return library.nerf_occupancy_hits(ray_origins, ray_directions, edges(ray_origins, ray_directions),
                                                self.grid.occupied.value, **attrs)
 
         def sample(ray_origins, ray_directions):
-            offsets = tf.fill([tf.shape(ray_origins)[0], num_samples], 0.5)  # no jitter when rendering
             return library.nerf_occupancy_sample(ray_origins, ray_directions, edges(ray_origins, ray_directions),
-                                                 self.grid.occupied.value, offsets, **attrs)
+                                                 self.grid.occupied.value, offsets(tf.shape(ray_origins)[0]), **attrs)
 
-        return tf.function(hits), tf.function(sample)
+        return hits, sample
+
+    def native_render_functions(self, near, far, space, jit_compile: bool):
+        """``native_functions`` for rendering (no jitter), as ``tf.function``s; ``None`` without the library."""
+        functions = self.native_functions(near, far, space, jit_compile)
+        return None if functions is None else tuple(tf.function(f) for f in functions)
 
     def hits(self, ray_origins, ray_directions, near, far, space):
         _, bin_occupied = self.march(ray_origins, ray_directions, near, far, space)
