@@ -8,8 +8,8 @@
 //
 // Why a kernel: XLA's CPU scatter (the backward's adds) runs on one thread, and the TensorFlow ops gather
 // the 8 corners of all levels interleaved, so no level's table stays in cache. Here:
-//   * the forward runs level by level over blocks of points, so one level's table (at most 2^log2 rows)
-//     stays in cache while a thread works on it;
+//   * the forward runs over blocks of points, each block level by level, so one level's table rows stay in
+//     cache while a thread works on it and each point's box coordinates are computed once;
 //   * the table's gradient is split over levels: each level owns a disjoint range of table rows, so the
 //     threads never write the same row and need no atomics; the adds are in point order, as a sequential
 //     loop would do them;
@@ -47,8 +47,8 @@ using ShapeContext = ::tensorflow::shape_inference::InferenceContext;
 
 constexpr uint32_t kPrime1 = 2654435761u;
 constexpr uint32_t kPrime2 = 805459861u;
-// Points per block of work: a block of one level is a few microseconds, enough to amortise scheduling.
-constexpr int64_t kBlock = 2048;
+// Points per block of work (all levels): their box coordinates stay in L1, the work amortises scheduling.
+constexpr int64_t kBlock = 512;
 
 struct Levels {
   std::vector<int> resolution;
@@ -130,40 +130,48 @@ inline void Corners8(const float* x01, const Levels& levels, int level, Corners*
 
 template <int F>
 void EncodeBlock(const float* points, const float* table, float* encoded, const Levels& levels, int features,
-                 int level, int64_t begin, int64_t end) {
+                 int64_t begin, int64_t end) {
   const int nf = F > 0 ? F : features;
-  const int64_t row_width = static_cast<int64_t>(levels.count()) * nf;
-  Corners corners;
-  float x01[3];
+  const int L = levels.count();
+  const int64_t row_width = static_cast<int64_t>(L) * nf;
+  // The block's points in [0, 1]^3, computed once for all levels (3 divisions a point).
+  float x01[3 * kBlock];
   bool inside[3];
-  for (int64_t n = begin; n < end; ++n) {
-    LocatePoint(points + 3 * n, levels.extent, x01, inside);
-    Corners8(x01, levels, level, &corners);
-    float* out = encoded + n * row_width + static_cast<int64_t>(level) * nf;
-    for (int k = 0; k < nf; ++k) out[k] = 0.0f;
-    for (int corner = 0; corner < 8; ++corner) {
-      const float* row = table + corners.row[corner] * nf;
-      const float w = corners.weight[corner];
-      for (int k = 0; k < nf; ++k) out[k] += w * row[k];
+  for (int64_t n = begin; n < end; ++n) LocatePoint(points + 3 * n, levels.extent, x01 + 3 * (n - begin), inside);
+  Corners corners;
+  for (int level = 0; level < L; ++level) {  // level by level, so that one level's table stays in cache
+    for (int64_t n = begin; n < end; ++n) {
+      Corners8(x01 + 3 * (n - begin), levels, level, &corners);
+      float acc[F > 0 ? F : 16] = {};
+      float* out = encoded + n * row_width + static_cast<int64_t>(level) * nf;
+      for (int corner = 0; corner < 8; ++corner) {
+        const float* row = table + corners.row[corner] * nf;
+        const float w = corners.weight[corner];
+        if (F > 0) {
+          for (int k = 0; k < nf; ++k) acc[k] += w * row[k];
+        } else {
+          for (int k = 0; k < nf; ++k) out[k] = (corner ? out[k] : 0.0f) + w * row[k];
+        }
+      }
+      if (F > 0) {
+        for (int k = 0; k < nf; ++k) out[k] = acc[k];
+      }
     }
   }
 }
 
 template <int F>
-void TableGradLevel(const float* points, const float* grad, float* table_grad, const Levels& levels, int features,
+void TableGradLevel(const float* x01, const float* grad, float* table_grad, const Levels& levels, int features,
                     int level, int64_t num_points) {
   const int nf = F > 0 ? F : features;
   const int64_t row_width = static_cast<int64_t>(levels.count()) * nf;
   Corners corners;
-  float x01[3];
-  bool inside[3];
   for (int64_t n = 0; n < num_points; ++n) {
     const float* g = grad + n * row_width + static_cast<int64_t>(level) * nf;
     bool any = false;
     for (int k = 0; k < nf; ++k) any |= g[k] != 0.0f;
     if (!any) continue;  // rays whose samples do not matter (padding, masked) add nothing
-    LocatePoint(points + 3 * n, levels.extent, x01, inside);
-    Corners8(x01, levels, level, &corners);
+    Corners8(x01 + 3 * n, levels, level, &corners);
     for (int corner = 0; corner < 8; ++corner) {
       float* row = table_grad + corners.row[corner] * nf;
       const float w = corners.weight[corner];
@@ -213,18 +221,15 @@ Status CheckPoints(const Tensor& points) {
   return Status();
 }
 
-// Runs work(level, begin, end) over every (level, block of points), on the CPU's intra-op threads.
+// Runs work(begin, end) over blocks of points, on the CPU's intra-op threads.
 template <typename Work>
-void ForLevelBlocks(OpKernelContext* context, int num_levels, int64_t num_points, Work work) {
+void ForBlocks(OpKernelContext* context, int num_levels, int64_t num_points, Work work) {
   const int64_t blocks = (num_points + kBlock - 1) / kBlock;
   auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  // Level-major: consecutive units share a level, so each thread keeps one level's table hot.
-  ::tensorflow::Shard(workers->num_threads, workers->workers, num_levels * blocks, kBlock * 200,
+  ::tensorflow::Shard(workers->num_threads, workers->workers, blocks, kBlock * 100 * num_levels,
                       [&](int64_t first, int64_t last) {
-                        for (int64_t unit = first; unit < last; ++unit) {
-                          const int level = static_cast<int>(unit / blocks);
-                          const int64_t begin = (unit % blocks) * kBlock;
-                          work(level, begin, std::min(begin + kBlock, num_points));
+                        for (int64_t block = first; block < last; ++block) {
+                          work(block * kBlock, std::min((block + 1) * kBlock, num_points));
                         }
                       });
 }
@@ -247,13 +252,13 @@ class EncodeOp : public OpKernel {
     const float* p = points.flat<float>().data();
     const float* t = table.flat<float>().data();
     float* out = encoded->flat<float>().data();
-    ForLevelBlocks(context, L, n, [&](int level, int64_t begin, int64_t end) {
+    ForBlocks(context, L, n, [&](int64_t begin, int64_t end) {
       switch (nf) {
-        case 1: EncodeBlock<1>(p, t, out, levels_, nf, level, begin, end); break;
-        case 2: EncodeBlock<2>(p, t, out, levels_, nf, level, begin, end); break;
-        case 4: EncodeBlock<4>(p, t, out, levels_, nf, level, begin, end); break;
-        case 8: EncodeBlock<8>(p, t, out, levels_, nf, level, begin, end); break;
-        default: EncodeBlock<0>(p, t, out, levels_, nf, level, begin, end);
+        case 1: EncodeBlock<1>(p, t, out, levels_, nf, begin, end); break;
+        case 2: EncodeBlock<2>(p, t, out, levels_, nf, begin, end); break;
+        case 4: EncodeBlock<4>(p, t, out, levels_, nf, begin, end); break;
+        case 8: EncodeBlock<8>(p, t, out, levels_, nf, begin, end); break;
+        default: EncodeBlock<0>(p, t, out, levels_, nf, begin, end);
       }
     });
   }
@@ -283,21 +288,29 @@ class TableGradOp : public OpKernel {
     const float* p = points.flat<float>().data();
     const float* g = grad.flat<float>().data();
     float* out = table_grad->flat<float>().data();
+    // Every point's box coordinates, once for all levels.
+    Tensor x01_tensor;
+    OP_REQUIRES_OK(context, context->allocate_temp(::tensorflow::DT_FLOAT, TensorShape({n, 3}), &x01_tensor));
+    float* x01 = x01_tensor.flat<float>().data();
+    auto* workers = context->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(workers->num_threads, workers->workers, n, 50, [&](int64_t begin, int64_t end) {
+      bool inside[3];
+      for (int64_t i = begin; i < end; ++i) LocatePoint(p + 3 * i, levels_.extent, x01 + 3 * i, inside);
+    });
     // Level l owns rows [offset_l, offset_{l+1}): one task per level, so no two threads add to one row.
     std::vector<int64_t> level_end(L);
     for (int l = 0; l < L; ++l) level_end[l] = l + 1 < L ? levels_.offset[l + 1] : table_rows_;
-    auto* workers = context->device()->tensorflow_cpu_worker_threads();
     ::tensorflow::Shard(workers->num_threads, workers->workers, L, std::max<int64_t>(n, 1) * 1000,
                         [&](int64_t first, int64_t last) {
                           for (int64_t level = first; level < last; ++level) {
                             const int64_t begin = levels_.offset[level];
                             std::memset(out + begin * nf, 0, sizeof(float) * (level_end[level] - begin) * nf);
                             switch (nf) {
-                              case 1: TableGradLevel<1>(p, g, out, levels_, nf, level, n); break;
-                              case 2: TableGradLevel<2>(p, g, out, levels_, nf, level, n); break;
-                              case 4: TableGradLevel<4>(p, g, out, levels_, nf, level, n); break;
-                              case 8: TableGradLevel<8>(p, g, out, levels_, nf, level, n); break;
-                              default: TableGradLevel<0>(p, g, out, levels_, nf, level, n);
+                              case 1: TableGradLevel<1>(x01, g, out, levels_, nf, level, n); break;
+                              case 2: TableGradLevel<2>(x01, g, out, levels_, nf, level, n); break;
+                              case 4: TableGradLevel<4>(x01, g, out, levels_, nf, level, n); break;
+                              case 8: TableGradLevel<8>(x01, g, out, levels_, nf, level, n); break;
+                              default: TableGradLevel<0>(x01, g, out, levels_, nf, level, n);
                             }
                           }
                         });
