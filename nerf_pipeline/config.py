@@ -120,6 +120,11 @@ class SceneConfig(Section):
     # auto: contract the captures whose scene reaches far beyond the cameras' focus (the scene
     # file says so), not object scenes; on | off force it.
     contraction: Literal["auto", "on", "off"]
+    # A learned appearance embedding per training view (exposure, white balance), of the hash-grid
+    # field's appearance_dim numbers, fed to its colour head; held-out views and renders use the mean.
+    # auto: for captures (photos, videos, COLMAP, LLFF, unbounded transforms.json: the scenes that
+    # contraction auto contracts), not synthetic object scenes; on | off force it.
+    appearance: Literal["auto", "on", "off"]
 
 
 # ----------------------------------------------------------------------------- model parts
@@ -135,6 +140,10 @@ class HashGridFieldConfig(Section):
     base_resolution: PositiveInt
     max_resolution: PositiveInt
     width: PositiveInt  # hidden units of the density and colour MLPs
+    # Numbers per training view in the appearance embedding, when scene.appearance turns it on (0: never)
+    appearance_dim: Annotated[int, Field(ge=0)]
+
+    implied_by_older_models: ClassVar[dict[str, Any]] = {"appearance_dim": 0}  # added after b89c5c3 (issue 23)
 
     @model_validator(mode="after")
     def _resolutions(self):
@@ -311,6 +320,19 @@ class Config(Section):
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise Invalid("preset", f"must name an entry of 'presets' ({', '.join(sorted(self.presets))}); "
                           f"got '{self.preset}'.{hint}")
+        return self
+
+    @model_validator(mode="after")
+    def _appearance_needs_an_embedding(self):
+        if self.scene.appearance != "on":
+            return self
+        field = self.active.field
+        if not isinstance(field, HashGridFieldConfig):
+            raise Invalid("scene.appearance", f"is 'on' but preset '{self.preset}' has a field of type "
+                          f"'{field.type}', which has no appearance embedding; use auto or off")
+        if field.appearance_dim == 0:
+            raise Invalid("scene.appearance", f"is 'on' but 'presets.{self.preset}.field.appearance_dim' is 0; "
+                          "give the embedding a size (e.g. 16) or use auto or off")
         return self
 
     @property

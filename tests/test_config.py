@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar
 import pydantic
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, tiny_params
 
 from nerf_pipeline import config
 from nerf_pipeline.runtime.errors import ConfigError
@@ -207,7 +207,25 @@ def test_a_saved_part_config_takes_the_value_older_models_imply_for_a_new_key():
     part = config.saved_part(GrownGridConfig, SAVED_GRID)
     assert part.appearance_dim == 0 and part.num_levels == 2
     assert config.saved_part(GrownGridConfig, {**SAVED_GRID, "appearance_dim": 8}).appearance_dim == 8
-    assert config.saved_part(config.HashGridFieldConfig, SAVED_GRID) == config.HashGridFieldConfig(**SAVED_GRID)
+    # today's class gained appearance_dim (issue 23): models saved before it have no embedding
+    assert config.saved_part(config.HashGridFieldConfig, SAVED_GRID) == config.HashGridFieldConfig(**SAVED_GRID,
+                                                                                                   appearance_dim=0)
+
+
+@pytest.mark.parametrize("preset, appearance_dim, message", [
+    ("keras_example", 16, "'scene.appearance' is 'on' but preset 'keras_example' has a field of type 'mlp', which "
+                          "has no appearance embedding; use auto or off."),
+    ("hashgrid", 0, "'scene.appearance' is 'on' but 'presets.hashgrid.field.appearance_dim' is 0; give the "
+                    "embedding a size (e.g. 16) or use auto or off.")])
+def test_appearance_on_needs_a_field_with_an_embedding(preset, appearance_dim, message):
+    params = tiny_params()
+    params["scene"]["appearance"], params["preset"] = "on", preset
+    params["presets"]["hashgrid"]["field"]["appearance_dim"] = appearance_dim
+    with pytest.raises(ConfigError) as refused:
+        config.from_dict(params)
+    assert str(refused.value) == f"params.yaml: {message}"
+    params["scene"]["appearance"] = "auto"  # auto turns it on only where the field has one
+    assert config.from_dict(params).scene.appearance == "auto"
 
 
 def test_a_saved_part_config_drops_removed_keys_and_refuses_what_it_cannot_fill():

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TRAIN_OUTS, tiny_params, write_rays
+from conftest import TRAIN_OUTS, mlflow_runs, tiny_params, write_rays
 
 from nerf_pipeline import config
 from nerf_pipeline.config import ImageBatchConfig, RayBatchConfig
@@ -100,6 +100,51 @@ def test_contraction_follows_the_scene_unless_forced(contraction, unbounded, exp
     params = tiny_params()
     params["scene"]["contraction"] = contraction
     assert train.contracted(config.from_dict(params), np.bool_(unbounded)) is expected
+
+
+@pytest.mark.parametrize("appearance, unbounded, preset, expected", [
+    ("auto", False, "hashgrid", False), ("auto", True, "hashgrid", True), ("on", False, "hashgrid", True),
+    ("off", True, "hashgrid", False), ("auto", True, "keras_example", False)])
+def test_appearance_is_on_for_captures_unless_forced(appearance, unbounded, preset, expected):
+    params = tiny_params()
+    params["scene"]["appearance"], params["preset"] = appearance, preset
+    assert train.appearance(config.from_dict(params), np.bool_(unbounded)) is expected
+
+
+@pytest.mark.parametrize("batch", [RayBatchConfig(mode="rays", size=64, candidate_factor=2),
+                                   ImageBatchConfig(mode="images", size=2)])
+def test_batches_with_views_carry_each_rays_view(rays_dir, batch):
+    """The view index of each ray is the view whose camera made it; the rays and colours are those without views."""
+    part = ray_files.load(rays_dir, "train")
+    (origins, directions, views), rgb = next(iter(datasets.train_dataset(part, batch, seed=1, with_views=True)))
+    assert views.dtype == "int32" and views.shape == (origins.shape[0],) and len(np.unique(views)) > 1
+    np.testing.assert_allclose(origins.numpy(), part.poses[views.numpy(), :3, 3], atol=1e-6)
+    (same_origins, same_directions), same_rgb = next(iter(datasets.train_dataset(part, batch, seed=1)))
+    for a, b in ((origins, same_origins), (directions, same_directions), (rgb, same_rgb)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.slow
+def test_the_train_stage_learns_an_appearance_per_view_when_on(rays_dir, tmp_path, monkeypatch):
+    """scene.appearance on: the saved model holds an embedding per training view, the held-out views are validated
+    with the mean, and the MLflow run says the embedding is on."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_params(epochs=1)
+    params["scene"]["appearance"] = "on"
+    params["presets"]["hashgrid"]["steps_per_epoch"] = 10
+    metrics = train.run(config.from_dict(params), in_rays=rays_dir, **outs(tmp_path))
+    model = load_model(tmp_path / "out/model")
+    appearance = model.field.appearance.numpy()
+    assert appearance.shape == (6, 16) and model.field.field_config.appearance_dim == 16
+    assert np.all(np.abs(appearance).max(axis=1) > 0)  # every training view's embedding trained (zero at first)
+    val = ray_files.load(rays_dir, "val")
+    errors = [np.mean(np.square(ChunkedRenderer(model, 1000)(*val.view_rays(v))["rgb"] - val.view_rgb(v)))
+              for v in datasets.val_views(val, 8)]
+    assert metrics["val"]["loss"] == pytest.approx(np.mean(errors), rel=1e-4)
+    _, runs = mlflow_runs(tmp_path)
+    assert runs[-1].data.params["model.appearance_embedding"] == "on"
+    assert runs[-1].data.params["scene.appearance"] == "on"
 
 
 def test_a_checkpoint_is_resumed_only_with_the_same_params_and_data(rays_dir, tmp_path):

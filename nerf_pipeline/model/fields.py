@@ -2,8 +2,12 @@
 
 A field is a Keras layer with two methods:
 
-* ``call(points [N, 3], directions [N, 3]) -> (rgb [N, 3] in [0, 1], sigma [N] >= 0)``;
+* ``call(points [N, 3], directions [N, 3], views=None) -> (rgb [N, 3] in [0, 1], sigma [N] >= 0)``;
 * ``density(points [N, 3]) -> sigma [N]`` (what the occupancy grid asks).
+
+``views [N]`` int32 are the training views the samples' rays come from: a field with an appearance
+embedding (``HashGridField``) colours them with their view's embedding, and without ``views`` (held-out
+views, renders, exports) with the mean of the training views'. Other fields ignore them.
 
 Points are in the space's field coordinates (``space.warp``: world units inside the scene's
 bound, contracted beyond), directions unit length in world coordinates. A field is built from its
@@ -57,7 +61,7 @@ class MLPField(keras.layers.Layer):
     def _skip_before(self, layer: int) -> bool:
         return bool(self.field_config.skip_every) and layer > 0 and layer % self.field_config.skip_every == 0
 
-    def call(self, points, directions=None):
+    def call(self, points, directions=None, views=None):
         encoded = positional_encoding(points, self.field_config.num_frequencies)
         x = encoded
         for i, layer in enumerate(self.hidden):
@@ -81,18 +85,30 @@ class HashGridField(keras.layers.Layer):
     The density MLP's first output is a log-density (``sigma = exp(.)``), the other 15 are
     geometry features; the colour MLP maps them and the spherical harmonics of the view direction
     through 2 × ``width`` ReLU layers to a sigmoid RGB. The hash grid covers ``[-extent, extent]^3``.
+
+    With ``appearance_dim > 0`` the colour MLP also takes an appearance embedding (nerfstudio's, NeRF in
+    the Wild's): ``appearance_dim`` learned numbers per training view (``appearance_views`` of them, zero
+    at first), which absorb what differs between photos (exposure, white balance) so that the geometry
+    need not; density never sees them.
     """
 
-    def __init__(self, config: dict, extent: float, **kwargs):
+    def __init__(self, config: dict, extent: float, appearance_views: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.field_config = saved_part(HashGridFieldConfig, config)  # a saved model's, maybe of an older version
-        self.extent = float(extent)
+        self.extent, self.appearance_views = float(extent), int(appearance_views)
         c = self.field_config
+        if c.appearance_dim and self.appearance_views < 1:
+            raise ValueError(f"HashGridField: an appearance embedding of {c.appearance_dim} needs the number of "
+                             "training views (appearance_views)")
         self.encoding = HashEncoding(c.num_levels, c.features_per_level, c.log2_table_size, c.base_resolution,
                                      c.max_resolution, extent, name="encoding")
         self.density_hidden = _dense(c.width, self.encoding.output_dim, "density_hidden", "relu")
         self.density_out = _dense(16, c.width, "density_out")
-        self.color_hidden = [_dense(c.width, 15 + 16, "color_hidden_0", "relu"),
+        self.appearance = None
+        if c.appearance_dim:
+            self.appearance = self.add_weight(shape=(self.appearance_views, c.appearance_dim), initializer="zeros",
+                                              name="appearance")
+        self.color_hidden = [_dense(c.width, 15 + 16 + c.appearance_dim, "color_hidden_0", "relu"),
                              _dense(c.width, c.width, "color_hidden_1", "relu")]
         self.color_out = _dense(3, c.width, "color_out")
         self.built = True
@@ -113,10 +129,21 @@ class HashGridField(keras.layers.Layer):
         h = self.density_out(self.density_hidden(encoded))
         return truncated_exp(h[:, 0]), h[:, 1:]
 
-    def decode(self, encoded, directions):
-        """Features ``[N, E]`` and unit ``directions [N, 3]`` → ``(rgb [N, 3], sigma [N])``."""
+    def appearance_of(self, views, count):
+        """The appearance embedding of each sample ``[count, appearance_dim]``: its view's (``views [count]``
+        int), or for ``views`` None the mean of the training views' (held-out views, renders)."""
+        if views is None:
+            mean = tf.reduce_mean(self.appearance, axis=0, keepdims=True)
+            return tf.broadcast_to(mean, [count, self.field_config.appearance_dim])
+        return tf.gather(self.appearance, views)
+
+    def decode(self, encoded, directions, views=None):
+        """Features ``[N, E]``, unit ``directions [N, 3]`` and optional ``views [N]`` int → ``(rgb [N, 3], sigma [N])``."""
         sigma, geometry = self.decode_density(encoded)
-        x = tf.concat([geometry, spherical_harmonics(directions)], axis=-1)
+        inputs = [geometry, spherical_harmonics(directions)]
+        if self.appearance is not None:
+            inputs.append(self.appearance_of(views, tf.shape(encoded)[0]))
+        x = tf.concat(inputs, axis=-1)
         for layer in self.color_hidden:
             x = layer(x)
         return tf.sigmoid(self.color_out(x)), sigma
@@ -124,16 +151,26 @@ class HashGridField(keras.layers.Layer):
     def density(self, points):
         return xla.part(self, "decode_density", self.decode_density)(self.encode(points))[0]
 
-    def call(self, points, directions):
-        return xla.part(self, "decode", self.decode)(self.encode(points), directions)
+    def call(self, points, directions, views=None):
+        if views is None:  # a compiled part per signature: None is not a tensor
+            return xla.part(self, "decode", self.decode)(self.encode(points), directions)
+        return xla.part(self, "decode_views", self.decode)(self.encode(points), directions, views)
 
     def get_config(self):
-        return {**super().get_config(), "config": self.field_config.model_dump(), "extent": self.extent}
+        return {**super().get_config(), "config": self.field_config.model_dump(), "extent": self.extent,
+                "appearance_views": self.appearance_views}
 
 
 FIELDS = {"mlp": MLPField, "hashgrid": HashGridField}
 
 
-def make_field(config: HashGridFieldConfig | MLPFieldConfig, extent: float) -> keras.layers.Layer:
-    """The field that ``config`` (its ``type``) describes, covering ``[-extent, extent]^3``."""
-    return FIELDS[config.type](config.model_dump(), extent, name="field")
+def make_field(config: HashGridFieldConfig | MLPFieldConfig, extent: float,
+               appearance_views: int = 0) -> keras.layers.Layer:
+    """The field that ``config`` (its ``type``) describes, covering ``[-extent, extent]^3``; a hash-grid field
+    with ``appearance_views`` > 0 learns an appearance embedding per training view (``appearance_dim`` numbers),
+    with 0 none (its config then says ``appearance_dim: 0``)."""
+    if not isinstance(config, HashGridFieldConfig):
+        return FIELDS[config.type](config.model_dump(), extent, name="field")
+    if not appearance_views:
+        config = config.model_copy(update={"appearance_dim": 0})
+    return HashGridField(config.model_dump(), extent, appearance_views if config.appearance_dim else 0, name="field")

@@ -3,7 +3,8 @@
 ``NeRF(field, sampler, space, …)`` renders rays by asking the sampler for depths in the space,
 the field for colour and density at the warped points, and compositing them (``rendering``).
 Its ``train_step`` is what ``fit`` runs. Rays are always flat: ``ray_origins, ray_directions:
-[R, 3]`` float32, unit directions.
+[R, 3]`` float32, unit directions; training rays may come with ``views [R]`` int32, the training view
+of each (a field's appearance embedding uses them; rays without them get the mean embedding).
 
 ``build_nerf`` makes one from a preset; ``compile_for_training`` gives it Adam with the preset's
 decaying learning rate; ``load_model`` reads one that the train stage saved.
@@ -31,7 +32,8 @@ PACKAGE = "nerf_pipeline"
 class NeRF(keras.Model):
     """Field + sampler + space, rendered by compositing; trained on batches of rays.
 
-    ``fit``/``evaluate`` take batches ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])``.
+    ``fit``/``evaluate`` take batches ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])`` or
+    ``((ray_origins, ray_directions, views [R] int32), rgb)`` (``training/datasets.py``).
     Metrics: ``loss`` (MSE) and ``psnr`` (of each batch's MSE, averaged over batches: with one
     image per validation batch this is the mean per-image PSNR).
 
@@ -72,10 +74,11 @@ class NeRF(keras.Model):
 
     # -- rendering ------------------------------------------------------------------------
 
-    def render_rays(self, ray_origins, ray_directions, training: bool = False) -> dict:
-        """``rendering.composite``'s dict for flat rays: ``rgb [R, 3]``, ``depth [R]``, ``acc [R]``, ``weights [R, S]``."""
+    def render_rays(self, ray_origins, ray_directions, training: bool = False, views=None) -> dict:
+        """``rendering.composite``'s dict for flat rays: ``rgb [R, 3]``, ``depth [R]``, ``acc [R]``, ``weights [R, S]``;
+        ``views [R]``: the training view of each ray (None: held-out rays, the mean appearance)."""
         t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training)
-        rgb, sigma = self.field_along_rays(ray_origins, ray_directions, t_vals)
+        rgb, sigma = self.field_along_rays(ray_origins, ray_directions, t_vals, views)
         return rendering.composite(rgb, sigma, t_vals, deltas, self.background)
 
     def sample_rays(self, ray_origins, ray_directions, training: bool = False):
@@ -83,11 +86,15 @@ class NeRF(keras.Model):
         return self.sampler.sample(ray_origins, ray_directions, self.near, self.far, self.space, training,
                                    self.seed_generator)
 
-    def field_along_rays(self, ray_origins, ray_directions, t_vals):
-        """The field at depths ``t_vals [R, K]`` along flat rays: ``rgb [R, K, 3]``, ``sigma [R, K]``."""
+    def field_along_rays(self, ray_origins, ray_directions, t_vals, views=None):
+        """The field at depths ``t_vals [R, K]`` along flat rays (of training ``views [R]``, or None):
+        ``rgb [R, K, 3]``, ``sigma [R, K]``."""
         num_rays, num_samples = tf.shape(t_vals)[0], tf.shape(t_vals)[1]
         points, directions = xla.part(self, "sample_points", self.sample_points)(ray_origins, ray_directions, t_vals)
-        rgb, sigma = self.field(points, directions)
+        if views is None:
+            rgb, sigma = self.field(points, directions)
+        else:
+            rgb, sigma = self.field(points, directions, views=self.sample_views(views, num_samples))
         return tf.reshape(rgb, [num_rays, num_samples, 3]), tf.reshape(sigma, [num_rays, num_samples])
 
     def sample_points(self, ray_origins, ray_directions, t_vals):
@@ -95,6 +102,12 @@ class NeRF(keras.Model):
         points = ray_origins[:, None, :] + ray_directions[:, None, :] * t_vals[..., None]  # [R, K, 3]
         directions = tf.broadcast_to(ray_directions[:, None, :], tf.shape(points))
         return self.space.warp(tf.reshape(points, [-1, 3])), tf.reshape(directions, [-1, 3])
+
+    @staticmethod
+    def sample_views(views, num_samples):
+        """Each ray's view ``views [R]`` repeated for its ``num_samples`` samples: ``[R * K]``, as ``sample_points``
+        orders them."""
+        return tf.repeat(views, num_samples)
 
     def rays_hit(self, ray_origins, ray_directions):
         """``[R]`` bool: whether each ray can meet matter; renderers skip the others (they are background)."""
@@ -105,8 +118,8 @@ class NeRF(keras.Model):
         return self.sampler.may_hit(ray_origins, ray_directions, self.near, self.far, self.space)
 
     def call(self, inputs, training=False):
-        ray_origins, ray_directions = inputs
-        return self.render_rays(ray_origins, ray_directions, training=training)["rgb"]
+        ray_origins, ray_directions, views = _rays(inputs)
+        return self.render_rays(ray_origins, ray_directions, training=training, views=views)["rgb"]
 
     # -- training ---------------------------------------------------------------------------
 
@@ -123,26 +136,28 @@ class NeRF(keras.Model):
         self.psnr_tracker.update_state(-10.0 * tf.math.log(loss) / math.log(10.0))
         return {"loss": self.loss_tracker.result(), "psnr": self.psnr_tracker.result()}
 
-    def _rays_to_train_on(self, ray_origins, ray_directions, target_rgb):
-        """The first ``rays_per_step`` rays of the batch (this replica's share), those that can meet matter first."""
+    def _rays_to_train_on(self, ray_origins, ray_directions, views, target_rgb):
+        """The first ``rays_per_step`` rays of the batch (this replica's share), those that can meet matter first
+        (``views`` None stays None)."""
         if self.rays_per_step is None:
-            return ray_origins, ray_directions, target_rgb
+            return ray_origins, ray_directions, views, target_rgb
         keep_count = self.rays_per_step // tf.distribute.get_strategy().num_replicas_in_sync
         misses = tf.cast(tf.logical_not(self.rays_hit(ray_origins, ray_directions)), tf.int32)
         keep = tf.argsort(misses, stable=True)[:keep_count]
-        return tf.gather(ray_origins, keep), tf.gather(ray_directions, keep), tf.gather(target_rgb, keep)
+        return (tf.gather(ray_origins, keep), tf.gather(ray_directions, keep),
+                None if views is None else tf.gather(views, keep), tf.gather(target_rgb, keep))
 
     def train_step(self, data):
         if self.uses_native_op:
             return self._train_step_around_native_op(data)
-        (ray_origins, ray_directions), target_rgb = data
-        ray_origins, ray_directions, target_rgb = self._rays_to_train_on(ray_origins, ray_directions, target_rgb)
+        inputs, target_rgb = data
+        ray_origins, ray_directions, views, target_rgb = self._rays_to_train_on(*_rays(inputs), target_rgb)
         with tf.GradientTape() as tape:
-            rgb = self.render_rays(ray_origins, ray_directions, training=True)["rgb"]
+            rgb = self.render_rays(ray_origins, ray_directions, training=True, views=views)["rgb"]
             loss = tf.reduce_mean(tf.square(rgb - target_rgb))
             # Replicas' gradients are summed; each contributes its share of the global batch's mean.
             replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
-        gradients = tape.gradient(replica_loss, self.trainable_variables)
+        gradients = _dense(tape.gradient(replica_loss, self.trainable_variables))
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._update_metrics(loss)
 
@@ -151,44 +166,52 @@ class NeRF(keras.Model):
         XLA compiles all but the op. (1) rays, samples and warped points; the op's forward; (2) the MLPs,
         compositing, the loss, and its gradients for the MLPs' weights and for the op's output; the op's
         backward for the table (the points' gradient is not asked: nothing upstream of them trains)."""
-        (ray_origins, ray_directions), target_rgb = data
-        points, directions, t_vals, deltas, target_rgb = xla.part(self, "prepare", self._prepare_training)(
-            ray_origins, ray_directions, target_rgb)
+        inputs, target_rgb = data
+        ray_origins, ray_directions, views = _rays(inputs)
+        if views is None:  # the parts take tensors only
+            views = tf.zeros([0], tf.int32)
+        points, directions, sample_views, t_vals, deltas, target_rgb = xla.part(
+            self, "prepare", self._prepare_training)(ray_origins, ray_directions, views, target_rgb)
         encoding = self.field.encoding
         encoded = encoding(points)
         loss, decoder_gradients, encoded_gradient = xla.part(self, "decode_loss", self._decode_loss_and_gradients)(
-            encoded, directions, t_vals, deltas, target_rgb)
+            encoded, directions, sample_views, t_vals, deltas, target_rgb)
         gradient_of = {id(v): g for v, g in zip(self._decoder_variables(), decoder_gradients)}
         gradient_of[id(encoding.table)] = encoding.table_gradient(points, encoded_gradient)
         self.optimizer.apply([gradient_of[id(v)] for v in self.trainable_variables], self.trainable_variables)
         return self._update_metrics(loss)
 
-    def _prepare_training(self, ray_origins, ray_directions, target_rgb):
-        ray_origins, ray_directions, target_rgb = self._rays_to_train_on(ray_origins, ray_directions, target_rgb)
+    def _prepare_training(self, ray_origins, ray_directions, views, target_rgb):
+        """``views [R]``, or ``[0]`` for rays without them (then ``sample_views`` is ``[0]`` too)."""
+        has_views = views.shape[0] != 0
+        ray_origins, ray_directions, views, target_rgb = self._rays_to_train_on(
+            ray_origins, ray_directions, views if has_views else None, target_rgb)
         t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training=True)
         points, directions = self.sample_points(ray_origins, ray_directions, t_vals)
-        return points, directions, t_vals, deltas, target_rgb
+        sample_views = self.sample_views(views, tf.shape(t_vals)[1]) if has_views else tf.zeros([0], tf.int32)
+        return points, directions, sample_views, t_vals, deltas, target_rgb
 
     def _decoder_variables(self) -> list:
         """The trainable variables but the hash table: the MLPs'."""
         return [v for v in self.trainable_variables if v is not self.field.encoding.table]
 
-    def _decode_loss_and_gradients(self, encoded, directions, t_vals, deltas, target_rgb):
+    def _decode_loss_and_gradients(self, encoded, directions, sample_views, t_vals, deltas, target_rgb):
         decoder_variables = self._decoder_variables()
         with tf.GradientTape() as tape:
             tape.watch(encoded)
-            rgb, sigma = self.field.decode(encoded, directions)
+            rgb, sigma = self.field.decode(encoded, directions, sample_views if sample_views.shape[0] != 0 else None)
             shape = tf.shape(t_vals)
             rgb = rendering.composite(tf.reshape(rgb, [shape[0], shape[1], 3]), tf.reshape(sigma, shape), t_vals,
                                       deltas, self.background)["rgb"]
             loss = tf.reduce_mean(tf.square(rgb - target_rgb))
             replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
-        gradients = tape.gradient(replica_loss, [encoded, *decoder_variables])
+        gradients = _dense(tape.gradient(replica_loss, [encoded, *decoder_variables]))
         return loss, gradients[1:], gradients[0]
 
     def test_step(self, data):
-        (ray_origins, ray_directions), target_rgb = data
-        rgb = self.render_rays(ray_origins, ray_directions, training=False)["rgb"]
+        inputs, target_rgb = data
+        ray_origins, ray_directions, views = _rays(inputs)
+        rgb = self.render_rays(ray_origins, ray_directions, training=False, views=views)["rgb"]
         return self._update_metrics(tf.reduce_mean(tf.square(rgb - target_rgb)))
 
     # -- saving -----------------------------------------------------------------------------
@@ -205,6 +228,21 @@ class NeRF(keras.Model):
         for part in ("field", "sampler", "space"):
             config[part] = keras.saving.deserialize_keras_object(config[part])
         return cls(**config)
+
+
+def _dense(gradients: list) -> list:
+    """Gradients as dense tensors. A gathered variable's (the appearance embeddings') is an ``IndexedSlices`` with
+    an index per sample, repeated; Keras' Adam applies those slice by slice, squaring each repeat apart (its second
+    moment then sums squares instead of squaring the sum), which made steps tens of times the learning rate."""
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
+
+
+def _rays(inputs):
+    """A batch's inputs ``(ray_origins, ray_directions[, views])`` → ``(ray_origins, ray_directions, views or None)``."""
+    if len(inputs) == 3:
+        return tuple(inputs)
+    ray_origins, ray_directions = inputs
+    return ray_origins, ray_directions, None
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -231,15 +269,16 @@ class ExponentialToFinal(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_nerf(preset: PresetConfig, near: float, far: float, contracted: bool, bound: float, background: float,
-               seed: int) -> NeRF:
-    """An untrained ``NeRF`` of ``preset`` in a box of half-size ``bound`` or, ``contracted``, an unbounded space.
+               seed: int, appearance_views: int = 0) -> NeRF:
+    """An untrained ``NeRF`` of ``preset`` in a box of half-size ``bound`` or, ``contracted``, an unbounded space;
+    ``appearance_views`` > 0: with an appearance embedding for each of that many training views (``make_field``).
 
     Call it inside a ``tf.distribute`` strategy's scope to train with that strategy.
     """
     space = make_space(contracted, bound)
     batch = preset.batch
     rays_per_step = batch.size if isinstance(batch, RayBatchConfig) and batch.candidate_factor > 1 else None
-    return NeRF(make_field(preset.field, space.extent), make_sampler(preset.sampler), space, near=near, far=far,
+    return NeRF(make_field(preset.field, space.extent, appearance_views), make_sampler(preset.sampler), space, near=near, far=far,
                 background=background, seed=seed, rays_per_step=rays_per_step)
 
 

@@ -15,8 +15,10 @@ Batches stream from the rays folder (``training/datasets.py``); after each epoch
 ``validation.max_views`` val views, evenly spread, whole, in chunks of ``evaluate.chunk_rays`` rays
 with deterministic samples (``callbacks.TrainingRecord``), so ``val_psnr`` is their mean per-view
 PSNR and memory stays bounded at any resolution. The scene's space is contracted when
-``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded. MLflow gets the params the
-run uses, the curves, a progress image per epoch, the rays as the run's dataset and the model as a
+``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded; the field learns an
+appearance embedding per training view when ``scene.appearance`` is ``on``, or ``auto`` and the scene
+is a capture (unbounded, as contraction decides; the hash-grid field only). MLflow gets the params the
+run uses (and ``model.appearance_embedding``: whether the embedding is on), the curves, a progress image per epoch, the rays as the run's dataset and the model as a
 Logged Model (``logged_model.py``).
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from nerf_pipeline import logged_model
-from nerf_pipeline.config import Config
+from nerf_pipeline.config import Config, HashGridFieldConfig
 from nerf_pipeline.model.nerf import MODEL_FILE, PROGRESS_FILE, RUN_FILE, build_nerf, compile_for_training
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, interrupts, tracking
@@ -48,6 +50,15 @@ log = logging.getLogger(__name__)
 def contracted(cfg: Config, unbounded: bool) -> bool:
     """Whether the model's space is contracted: ``scene.contraction`` on, or auto and the scene unbounded."""
     return cfg.scene.contraction == "on" or (cfg.scene.contraction == "auto" and bool(unbounded))
+
+
+def appearance(cfg: Config, unbounded: bool) -> bool:
+    """Whether the field learns an appearance embedding per training view: ``scene.appearance`` on, or auto for a
+    capture (``unbounded``: photos, videos, COLMAP, LLFF) when the preset's field has one (a hash grid with
+    ``appearance_dim`` > 0)."""
+    field = cfg.active.field
+    has_embedding = isinstance(field, HashGridFieldConfig) and field.appearance_dim > 0
+    return cfg.scene.appearance == "on" or (cfg.scene.appearance == "auto" and bool(unbounded) and has_embedding)
 
 
 def run(cfg: Config, *, in_rays, out_model, out_metrics, out_history, out_steps, out_checkpoint) -> dict:
@@ -83,6 +94,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
     if preset.jit_compile and not jit_compile:
         log.warning("XLA is off: the train step is not compiled when it spans several replicas")
     is_contracted = contracted(cfg, train.unbounded)
+    with_appearance = appearance(cfg, train.unbounded)
     validated = datasets.val_views(val, cfg.validation.max_views)
 
     # Connect first: an unreachable store fails now, not after training. The run starts before
@@ -94,7 +106,8 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             model = build_nerf(preset, near=train.near, far=train.far, contracted=is_contracted,
-                               bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed)
+                               bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed,
+                               appearance_views=train.num_views if with_appearance else 0)
             compile_for_training(model, preset.optimizer, total_steps, jit_compile)
         distribute.adapt_for_keras_fit(model, strategy)
         initial_epoch = meta["epoch"]
@@ -108,17 +121,21 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                                     "time/epoch_s": row["epoch_s"]}, step=row["step"])
         elif track:
             tracking.log_dataset(mlflow, in_rays)
+        if track:  # what scene.appearance: auto chose
+            mlflow.log_params({"model.appearance_embedding": "on" if with_appearance else "off"})
         renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, jit_compile)
         recorder = TrainingRecord(mlflow, renderer, val, validated, outs["out_checkpoint"],
                                   {"fingerprint": key, "run_id": run.info.run_id},
                                   {"history": meta["history"], "steps": meta.get("steps", []), "frames": list(frames)},
                                   steps, cfg.mlflow.log_every_steps)
-        log.info("training preset '%s' in a %s space: %d epochs of %d steps, batches of %d %s on %d replica(s); "
-                 "validating on %d of %d val views", cfg.preset, "contracted" if is_contracted else "box", cfg.epochs,
-                 steps, preset.batch.size, preset.batch.mode, strategy.num_replicas_in_sync, len(validated),
-                 val.num_views)
+        log.info("training preset '%s' in a %s space%s: %d epochs of %d steps, batches of %d %s on %d replica(s); "
+                 "validating on %d of %d val views", cfg.preset, "contracted" if is_contracted else "box",
+                 f", with an appearance embedding of {preset.field.appearance_dim} per training view (the mean for "
+                 "held-out views)" if with_appearance else "", cfg.epochs, steps, preset.batch.size,
+                 preset.batch.mode, strategy.num_replicas_in_sync, len(validated), val.num_views)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
-        batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps)
+        batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps,
+                                         with_views=with_appearance)
         # The recorder validates and puts val_loss/val_psnr into the epoch's logs: FitProgress, after it, reads them.
         callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder,
                      FitProgress(cfg.epochs, steps), StopWhenInterrupted()]

@@ -1,6 +1,8 @@
 """Training batches streamed from a rays folder (``scenes/ray_files.py``) with ``tf.data``.
 
-Batches are ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])`` float32. A batch's rays
+Batches are ``((ray_origins [R, 3], ray_directions [R, 3]), rgb [R, 3])`` float32, or with
+``with_views`` ``((ray_origins, ray_directions, views [R] int32), rgb)``: each ray's view, its index
+in the part (what a per-view appearance embedding is looked up by). A batch's rays
 are made in TensorFlow from the cameras of the views its pixels belong to (``pixel_rays``), and
 its colours are read from the part's memory-mapped uint8 images, so no stage holds a float copy
 of every ray: memory stays at the size of the images (3 bytes per pixel), whatever the scene.
@@ -102,11 +104,12 @@ class _Pixels:
 
 
 def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed: int,
-                  skip_batches: int = 0) -> tf.data.Dataset:
+                  skip_batches: int = 0, with_views: bool = False) -> tf.data.Dataset:
     """Endless training batches; the first ``skip_batches`` are skipped without being read (resuming).
 
     Mode ``rays``: ``R = batch.size * batch.candidate_factor`` random pixels of all training views.
     Mode ``images``: ``batch.size`` whole shuffled views, ``R = batch.size * H * W``.
+    ``with_views``: the inputs also hold each ray's view index (the same rays and colours either way).
     """
     height, width = part.height, part.width
     poses, intrinsics = tf.constant(part.poses), tf.constant(part.intrinsics)
@@ -126,16 +129,17 @@ def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed:
         rgb = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
         return tf.cast(tf.reshape(rgb, [-1, 3]), tf.float32) / 255.0
 
+    def batch_of(index):
+        """The batch of flat pixel indices ``index [R]`` of the part."""
+        views, pixel = index // (height * width), index % (height * width)
+        rays = pixel_rays(poses, intrinsics, views, pixel // width, pixel % width)
+        return ((*rays, tf.cast(views, tf.int32)) if with_views else rays), colours(index)
+
     if isinstance(batch, RayBatchConfig):
         num_rays = part.num_views * height * width
         indices = tf.data.Dataset.random(seed=seed).batch(batch.size * batch.candidate_factor, drop_remainder=True)
         indices = indices.skip(skip_batches).map(lambda r: only_kept(r % num_rays))
-
-        def rays_of(index):
-            views, pixel = index // (height * width), index % (height * width)
-            return pixel_rays(poses, intrinsics, views, pixel // width, pixel % width), colours(index)
-
-        return indices.map(rays_of, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return indices.map(batch_of, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     # Views whose masks keep no pixel are left out; the others' masked pixels are redrawn within the view.
     views = tf.data.Dataset.from_tensor_slices(views_kept).shuffle(len(views_kept), seed=seed,
@@ -146,9 +150,7 @@ def train_dataset(part: RayPart, batch: RayBatchConfig | ImageBatchConfig, seed:
     def whole_views(view_batch):
         count = tf.shape(view_batch)[0]
         view_ids = tf.repeat(view_batch, height * width)
-        index = only_kept(view_ids * height * width + tf.tile(rows * width + cols, [count]))
-        pixel = index % (height * width)
-        return pixel_rays(poses, intrinsics, index // (height * width), pixel // width, pixel % width), colours(index)
+        return batch_of(only_kept(view_ids * height * width + tf.tile(rows * width + cols, [count])))
 
     return views.map(whole_views, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
