@@ -83,8 +83,23 @@ class NeRF(keras.Model):
 
     def sample_rays(self, ray_origins, ray_directions, training: bool = False):
         """The sampler's ``(t_vals [R, S], deltas [R, S])`` for flat rays (jittered only while training)."""
+        native = self._native_sampling(training)
+        if native is not None:
+            return native[1](ray_origins, ray_directions)
         return self.sampler.sample(ray_origins, ray_directions, self.near, self.far, self.space, training,
                                    self.seed_generator)
+
+    def _native_sampling(self, training: bool):
+        """The sampler's native ``(hits, sample)`` (the occupancy march in C++, ``native_functions``) where the step
+        runs around native ops (outside XLA); ``None`` where it is one XLA function or the sampler has none."""
+        if not self.uses_native_op or not hasattr(self.sampler, "native_functions"):
+            return None
+        functions = self.__dict__.setdefault("_native_sampling_functions", {})  # not Keras state: a cache
+        key = (self.xla_parts, training)
+        if key not in functions:
+            functions[key] = self.sampler.native_functions(self.near, self.far, self.space, self.xla_parts, training,
+                                                           self.seed_generator)
+        return functions[key]
 
     def field_along_rays(self, ray_origins, ray_directions, t_vals, views=None):
         """The field at depths ``t_vals [R, K]`` along flat rays (of training ``views [R]``, or None):
@@ -111,6 +126,9 @@ class NeRF(keras.Model):
 
     def rays_hit(self, ray_origins, ray_directions):
         """``[R]`` bool: whether each ray can meet matter; renderers skip the others (they are background)."""
+        native = self._native_sampling(training=False)
+        if native is not None:
+            return native[0](ray_origins, ray_directions)
         return self.sampler.hits(ray_origins, ray_directions, self.near, self.far, self.space)
 
     def rays_may_hit(self, ray_origins, ray_directions):
@@ -163,15 +181,15 @@ class NeRF(keras.Model):
 
     def _train_step_around_native_op(self, data):
         """``train_step`` with the fused hash grid: the same loss and gradients, computed in three parts so that
-        XLA compiles all but the op. (1) rays, samples and warped points; the op's forward; (2) the MLPs,
-        compositing, the loss, and its gradients for the MLPs' weights and for the op's output; the op's
-        backward for the table (the points' gradient is not asked: nothing upstream of them trains)."""
+        XLA compiles all but the ops. (1) rays, samples (the native march) and warped points; the op's forward;
+        (2) the MLPs, compositing, the loss, and its gradients for the MLPs' weights and for the op's output; the
+        op's backward for the table (the points' gradient is not asked: nothing upstream of them trains)."""
         inputs, target_rgb = data
         ray_origins, ray_directions, views = _rays(inputs)
         if views is None:  # the parts take tensors only
             views = tf.zeros([0], tf.int32)
-        points, directions, sample_views, t_vals, deltas, target_rgb = xla.part(
-            self, "prepare", self._prepare_training)(ray_origins, ray_directions, views, target_rgb)
+        points, directions, sample_views, t_vals, deltas, target_rgb = self._prepare_training(
+            ray_origins, ray_directions, views, target_rgb)  # the march is native too: XLA compiles its parts
         encoding = self.field.encoding
         encoded = encoding(points)
         loss, decoder_gradients, encoded_gradient = xla.part(self, "decode_loss", self._decode_loss_and_gradients)(
@@ -187,7 +205,7 @@ class NeRF(keras.Model):
         ray_origins, ray_directions, views, target_rgb = self._rays_to_train_on(
             ray_origins, ray_directions, views if has_views else None, target_rgb)
         t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training=True)
-        points, directions = self.sample_points(ray_origins, ray_directions, t_vals)
+        points, directions = xla.part(self, "sample_points", self.sample_points)(ray_origins, ray_directions, t_vals)
         sample_views = self.sample_views(views, tf.shape(t_vals)[1]) if has_views else tf.zeros([0], tf.int32)
         return points, directions, sample_views, t_vals, deltas, target_rgb
 
