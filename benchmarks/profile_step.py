@@ -102,9 +102,11 @@ def profile(cfg, name, preset, part, warmup_steps: int):
     step = tf.function(model.train_step, jit_compile=whole)
     timed("train step (all of it)", step, ((ray_origins, ray_directions), target))
 
-    sample = tf.function(lambda o, d: model.sampler.sample(o, d, model.near, model.far, model.space, True,
-                                                           model.seed_generator), jit_compile=jit)
+    # As the train step samples: the native march where the model runs around native ops.
+    sample = tf.function(lambda o, d: model.sample_rays(o, d, training=True), jit_compile=whole)
     timed("sampling along rays", sample, ray_origins, ray_directions)
+    timed("which rays meet matter (the step's hit test)", tf.function(model.rays_hit, jit_compile=whole),
+          ray_origins, ray_directions)
 
     t_vals, _ = sample(ray_origins, ray_directions)
     points = model.space.warp(tf.reshape(ray_origins[:, None] + ray_directions[:, None] * t_vals[..., None], [-1, 3]))
