@@ -1,4 +1,4 @@
-"""Real captures, each trained for a wall-clock budget once per params variant: val PSNR/SSIM of each feature on and off.
+"""Real captures trained for a wall-clock budget once per params variant: val PSNR/SSIM, each feature on and off.
 
     python benchmarks/bench_captures.py --data ../shared/data --budget-s 240 \\
         --out benchmarks/results/captures_2core_cpu.json
@@ -26,7 +26,8 @@ under ``scene.contraction: auto``) for ``--budget-s`` s of training time (XLA co
 excluded), with the learning rate decayed over the budget as ``bench_train`` does; the curve scores
 ``--curve-views`` held-out views every ``--eval-every-s``; the final figures score every held-out view (PSNR
 and SSIM as the evaluate stage computes them, on the kept pixels where the capture has masks) and
-``--train-views`` training views (how far val lags train: overfitting). The JSON is rewritten after each
+``--train-views`` training views (how far val lags train: overfitting; rendered with the mean appearance
+embedding, as held-out views are). The JSON is rewritten after each
 variant, so an interrupted run keeps what it measured; a markdown table is printed at the end. Nothing here
 asserts a figure.
 """
@@ -38,6 +39,7 @@ import hashlib
 import io
 import json
 import logging
+import resource
 import shutil
 import sys
 import tempfile
@@ -61,7 +63,7 @@ from nerf_pipeline.runtime.errors import UserError  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
 from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
-from nerf_pipeline.stages.train import contracted  # noqa: E402
+from nerf_pipeline.stages.train import appearance, contracted  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 
@@ -87,6 +89,7 @@ CAPTURES = (
 # Features of issue 23 and the overrides that flip each against params.yaml's default; a feature is in the
 # default variant list when params.yaml has every key it names (so the script runs before and after each lands).
 FEATURES = {
+    "no_appearance": ("scene.appearance=off",),  # on for captures by default (auto)
     "box": ("scene.contraction=off",),  # contraction is on for captures by default (auto)
     "no_candidates": ("presets.hashgrid.batch.candidate_factor=1",),  # rays through occupied space first: off
 }
@@ -169,6 +172,12 @@ def prepared_rays(cfg: config.Config, capture: Capture, work: Path) -> tuple[Pat
     return folder / "rays", prep
 
 
+def cpu_s() -> float:
+    """CPU time this process has used (all threads), s."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Horizon:
     """Stretches the learning-rate schedule to the budget: at each curve point the steps left are estimated
     from the speed since the point before (the first interval holds XLA compilation, so it starts long)."""
@@ -202,9 +211,11 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     preset = cfg.active
     datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(cfg.seed)
-    is_contracted = contracted(cfg, train_part.unbounded)  # as the train stage decides
+    # contraction and the appearance embedding as the train stage decides them
+    is_contracted, with_appearance = contracted(cfg, train_part.unbounded), appearance(cfg, train_part.unbounded)
     model = build_nerf(preset, near=train_part.near, far=train_part.far, contracted=is_contracted,
-                       bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed)
+                       bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed,
+                       appearance_views=train_part.num_views if with_appearance else 0)
     schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
     psnr_key = f"{heldout_part.part}_psnr"
@@ -212,11 +223,14 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     recorder = BudgetRecorder(lambda: mean_psnr(renderer, heldout_part, curve_subset),
                               eval_schedule(budget_s, every_s), budget_s, Horizon(schedule, budget_s),
                               psnr_key=psnr_key)
-    print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space",
-          flush=True)
-    model.fit(datasets.train_dataset(train_part, preset.batch, cfg.seed), epochs=1, steps_per_epoch=10**9,
+    print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space"
+          f"{', with an appearance embedding per view' if with_appearance else ''}", flush=True)
+    batches = datasets.train_dataset(train_part, preset.batch, cfg.seed, with_views=with_appearance)
+    fit_start, cpu_start = time.perf_counter(), cpu_s()
+    model.fit(batches, epochs=1, steps_per_epoch=10**9,
               callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)
     train_s = recorder.train_s()
+    fit = {"wall_s": round(time.perf_counter() - fit_start, 1), "cpu_s": round(cpu_s() - cpu_start, 1)}
     start = time.perf_counter()
     heldout_psnr, heldout_ssim = scores(renderer, heldout_part, range(heldout_part.num_views))
     train_psnr, train_ssim = scores(renderer, train_part, evenly_spread(train_part.num_views, train_views))
@@ -224,7 +238,7 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     print(f"  [{name}] {recorder.step} steps in {train_s:.0f} s: {heldout_part.part} PSNR {heldout_psnr:.2f} dB, "
           f"SSIM {heldout_ssim:.3f}; train PSNR {train_psnr:.2f} dB (evaluated in {final_eval_s:.0f} s)", flush=True)
     return {"curve": recorder.curve, "curve_views": [int(v) for v in curve_subset],
-            "contracted": is_contracted,
+            "contracted": is_contracted, "appearance": with_appearance,
             "final": {"split": heldout_part.part, "num_views": heldout_part.num_views,
                       "psnr": round(heldout_psnr, 3), "ssim": round(heldout_ssim, 4),
                       "masked": heldout_part.masks is not None,
@@ -232,7 +246,8 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
                       "train_views_scored": min(train_views, train_part.num_views),
                       "wall_s": round(train_s, 2), "steps": recorder.step, "eval_s": round(final_eval_s, 1)},
             "steps_per_s": round(recorder.step / train_s, 3), "eval_s_total": round(recorder.eval_s, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "fit": fit}  # CPU seconds per wall second well below the cores: the process was starved or stopped
 
 
 def bench_capture(capture: Capture, variants, plans: dict, work: Path, args, summary: dict, write) -> None:
@@ -247,7 +262,7 @@ def bench_capture(capture: Capture, variants, plans: dict, work: Path, args, sum
                 "source": cfg.data.source, "sets": list(capture.sets), "about": capture.about, "prepare": prep,
                 "near_far": [train_part.near, train_part.far], "variants": {}}
             print(f"[{capture.name}] {train_part.num_views} train views, scored on {heldout_part.num_views} "
-                  f"{heldout_part.part} views of {heldout_part.height}x{heldout_part.width}", flush=True)
+                  f"{heldout_part.part} views of {heldout_part.width}x{heldout_part.height}", flush=True)
         result = train_variant(cfg, name, train_part, heldout_part, args.budget_s, args.eval_every_s,
                                args.curve_views, args.train_views)
         entry["variants"][name] = {"set": sets, "prepare_key": prep_key(cfg), "size": [heldout_part.height,
@@ -258,19 +273,20 @@ def bench_capture(capture: Capture, variants, plans: dict, work: Path, args, sum
 
 def markdown_table(summary: dict) -> str:
     """One row per capture and variant: held-out PSNR/SSIM, the change against the capture's baseline."""
-    rows = ["| capture | size | train / held-out views | variant | held-out PSNR (dB) | SSIM | Δ PSNR vs baseline "
-            "| train PSNR (dB) | steps |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| capture | width×height | train / held-out views | variant | on | held-out PSNR (dB) | SSIM "
+            "| Δ PSNR vs baseline | train PSNR (dB) | steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, capture in summary["captures"].items():
         base = capture["variants"].get("baseline", {}).get("final", {}).get("psnr")
         for variant, result in capture["variants"].items():
             final = result["final"]
             delta = "" if base is None or variant == "baseline" else f"{final['psnr'] - base:+.2f}"
             views = f"{result['split']['train']} / {result['split'][final['split']]} ({final['split']})"
-            rows.append(f"| {name} | {result['size'][0]}×{result['size'][1]} | {views} | {variant} | "
+            on = ", ".join(feature for feature in ("contracted", "appearance") if result.get(feature)) or "—"
+            rows.append(f"| {name} | {result['size'][1]}×{result['size'][0]} | {views} | {variant} | {on} | "
                         f"{final['psnr']:.2f} | {final['ssim']:.3f} | {delta} | {final['train_psnr']:.2f} | "
                         f"{final['steps']} |")
     for name, reason in [*summary["skipped"].items(), *summary["failed"].items()]:
-        rows.append(f"| {name} | | | {'skipped' if name in summary['skipped'] else 'failed'}: {reason} | | | | | |")
+        rows.append(f"| {name} | | | {'skipped' if name in summary['skipped'] else 'failed'}: {reason} | | | | | | |")
     return "\n".join(rows)
 
 

@@ -104,16 +104,17 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
     result = bench_captures(
         "--data", "data", "--params", "params.yaml", "--budget-s", "3", "--eval-every-s", "2", "--curve-views", "1",
         "--train-views", "2", "--set", "data.downscale=1", "--variant", "baseline",
-        "--variant", "box:scene.contraction=off,presets.hashgrid.batch.size=256", "--work", "work",
-        "--out", "results/captures.json", cwd=tmp_path)
+        "--variant", "plain:scene.contraction=off,scene.appearance=off,presets.hashgrid.batch.size=256",
+        "--work", "work", "--out", "results/captures.json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "results" / "captures.json").read_text())
 
-    assert summary["variants"] == {"baseline": [], "box": ["scene.contraction=off", "presets.hashgrid.batch.size=256"]}
+    assert summary["variants"] == {"baseline": [], "plain": ["scene.contraction=off", "scene.appearance=off",
+                                                              "presets.hashgrid.batch.size=256"]}
     assert summary["skipped"] == {"beer_video": "data/beer/Beer.mp4 not found"}
     assert set(summary["failed"]) == {"stitch"} and "transforms_train.json" in summary["failed"]["stitch"]
     beer = summary["captures"]["beer_colmap"]
-    assert set(summary["captures"]) == {"beer_colmap"} and set(beer["variants"]) == {"baseline", "box"}
+    assert set(summary["captures"]) == {"beer_colmap"} and set(beer["variants"]) == {"baseline", "plain"}
     assert beer["prepare"]["views"] == beer["prepare"]["registered"] == 10
     for name, variant in beer["variants"].items():
         assert variant["split"] == {"train": 8, "val": 2} and variant["size"] == [20, 28]  # views 0 and 8 held out
@@ -122,13 +123,16 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
         assert 0 < final["psnr"] < 60 and 0 < final["ssim"] <= 1 and 0 < final["train_psnr"] < 60
         assert final["wall_s"] >= 3 and final["steps"] == variant["curve"][-1]["step"] >= 1
         assert all(0 < point["val_psnr"] < 60 for point in variant["curve"])
-    assert beer["variants"]["baseline"]["contracted"] is True and beer["variants"]["box"]["contracted"] is False
+        assert variant["fit"]["wall_s"] >= 3 and variant["fit"]["cpu_s"] > 0
+    baseline, plain = beer["variants"]["baseline"], beer["variants"]["plain"]
+    assert baseline["contracted"] is baseline["appearance"] is True  # a capture: both on under auto
+    assert plain["contracted"] is plain["appearance"] is False
     # the data stages ran once: the variants change no data, poses or split key
-    assert beer["variants"]["baseline"]["prepare_key"] == beer["variants"]["box"]["prepare_key"]
+    assert baseline["prepare_key"] == plain["prepare_key"]
     assert len(list((tmp_path / "work").glob("beer_colmap-*/rays"))) == 1
     # the printed table has a row per variant, the skipped captures named
     table = [line for line in result.stdout.splitlines() if line.startswith("| beer_colmap")]
-    assert len(table) == 2 and "| box |" in table[1]
+    assert len(table) == 2 and "| plain |" in table[1]
     assert "| beer_video | | | skipped: " in result.stdout and "| stitch | | | failed: " in result.stdout
 
 
