@@ -8,7 +8,6 @@
 // whose cells stay in cache, and the hit test stops at the first occupied bin.
 //
 // Ops (float32):
-//   NerfOccupancyMarch(origins [R, 3], directions [R, 3], edges [R, M + 1], occupied [G, G, G]) -> bins [R, M]
 //   NerfOccupancyHits(origins [R, 3], directions [R, 3], edges [R, M + 1], occupied [G, G, G]) -> hits [R] bool
 //   NerfOccupancySample(origins, directions, edges, occupied, offsets [R, S]) -> t_vals [R, S], deltas [R, S]:
 //     the march and OccupancySampler._sample_bins in one pass per ray: the occupied bins laid end to end,
@@ -67,6 +66,14 @@ struct Grid {
     }
     return occupied[(cell[0] * resolution + cell[1]) * resolution + cell[2]];
   }
+
+  // The occupancy of bin m of a ray (origin o, direction d, bin edges e): the cell at its midpoint, 0 for an
+  // empty bin (the ray misses the space), as OccupancySampler.march gives it.
+  inline float Bin(const float* o, const float* d, const float* e, int64_t m) const {
+    if (!(e[m + 1] > e[m])) return 0.0f;
+    const float middle = 0.5f * (e[m + 1] + e[m]);
+    return At(o[0] + d[0] * middle, o[1] + d[1] * middle, o[2] + d[2] * middle);
+  }
 };
 
 Status CheckInputs(OpKernelContext* context) {
@@ -118,31 +125,6 @@ class MarchBase : public OpKernel {
   float contract_bound_ = 0.0f;
 };
 
-class MarchOp : public MarchBase {
- public:
-  using MarchBase::MarchBase;
-
-  void Compute(OpKernelContext* context) override {
-    OP_REQUIRES_OK(context, CheckInputs(context));
-    const int64_t num_rays = context->input(0).dim_size(0), num_bins = context->input(2).dim_size(1) - 1;
-    Tensor* bins = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({num_rays, num_bins}), &bins));
-    float* out = bins->flat<float>().data();
-    const Grid grid = MakeGrid(context);
-    ForRays(context, 30 * num_bins, [&](int64_t r, const float* o, const float* d, const float* e) {
-      float* row = out + r * num_bins;
-      for (int64_t m = 0; m < num_bins; ++m) {
-        if (!(e[m + 1] > e[m])) {
-          row[m] = 0.0f;
-          continue;
-        }
-        const float middle = 0.5f * (e[m + 1] + e[m]);
-        row[m] = grid.At(o[0] + d[0] * middle, o[1] + d[1] * middle, o[2] + d[2] * middle);
-      }
-    });
-  }
-};
-
 class HitsOp : public MarchBase {
  public:
   using MarchBase::MarchBase;
@@ -156,11 +138,7 @@ class HitsOp : public MarchBase {
     const Grid grid = MakeGrid(context);
     ForRays(context, 15 * num_bins, [&](int64_t r, const float* o, const float* d, const float* e) {
       bool hit = false;
-      for (int64_t m = 0; m < num_bins && !hit; ++m) {
-        if (!(e[m + 1] > e[m])) continue;
-        const float middle = 0.5f * (e[m + 1] + e[m]);
-        hit = grid.At(o[0] + d[0] * middle, o[1] + d[1] * middle, o[2] + d[2] * middle) > 0.0f;
-      }
+      for (int64_t m = 0; m < num_bins && !hit; ++m) hit = grid.Bin(o, d, e, m) > 0.0f;
       out[r] = hit;
     });
   }
@@ -193,9 +171,7 @@ class SampleOp : public MarchBase {
       ranked.clear(), ranked_length.clear(), length_before.clear();
       float before = 0.0f;
       for (int64_t m = 0; m < num_bins; ++m) {
-        if (!(e[m + 1] > e[m])) continue;
-        const float middle = 0.5f * (e[m + 1] + e[m]);
-        if (grid.At(o[0] + d[0] * middle, o[1] + d[1] * middle, o[2] + d[2] * middle) > 0.0f) {
+        if (grid.Bin(o, d, e, m) > 0.0f) {
           const float length = e[m + 1] - e[m];
           ranked.push_back(static_cast<int32_t>(m));
           ranked_length.push_back(length);
@@ -248,21 +224,6 @@ REGISTER_OP("NerfOccupancySample")
       return Status();
     });
 
-REGISTER_OP("NerfOccupancyMarch")
-    .Input("origins: float")
-    .Input("directions: float")
-    .Input("edges: float")
-    .Input("occupied: float")
-    .Output("bins: float")
-    .Attr("extent: float")
-    .Attr("contract_bound: float")
-    .SetShapeFn([](ShapeContext* c) {
-      ::tensorflow::shape_inference::DimensionHandle bins;
-      TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(2), 1), 1, &bins));
-      c->set_output(0, c->Matrix(c->Dim(c->input(0), 0), bins));
-      return Status();
-    });
-
 REGISTER_OP("NerfOccupancyHits")
     .Input("origins: float")
     .Input("directions: float")
@@ -276,7 +237,6 @@ REGISTER_OP("NerfOccupancyHits")
       return Status();
     });
 
-REGISTER_KERNEL_BUILDER(Name("NerfOccupancyMarch").Device(::tensorflow::DEVICE_CPU), MarchOp);
 REGISTER_KERNEL_BUILDER(Name("NerfOccupancyHits").Device(::tensorflow::DEVICE_CPU), HitsOp);
 REGISTER_KERNEL_BUILDER(Name("NerfOccupancySample").Device(::tensorflow::DEVICE_CPU), SampleOp);
 
