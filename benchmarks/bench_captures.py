@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import resource
@@ -49,11 +48,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from ruamel.yaml import YAML, YAMLError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_stages import set_key  # noqa: E402
-from bench_train import BudgetRecorder, eval_schedule, machine, mean_psnr, peak_rss_mb, prepare_rays  # noqa: E402
+from bench_train import (BudgetRecorder, eval_schedule, machine, mean_psnr, peak_rss_mb,  # noqa: E402
+                         prepare_rays, read_yaml)
 
 from nerf_pipeline import config  # noqa: E402
 from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
@@ -95,14 +94,6 @@ FEATURES = {
 }
 
 PREP_SECTIONS = ("data", "poses", "split", "synthetic")  # what the data stages read: a change re-prepares
-
-
-def read_yaml(text: str, what: str):
-    """``text`` read as YAML 1.2, as DVC reads params.yaml (``on``/``off`` stay strings, ``1e-2`` is a number)."""
-    try:
-        return YAML(typ="safe").load(io.StringIO(text))
-    except YAMLError as e:
-        raise UserError(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def has_key(params: dict, dotted: str) -> bool:

@@ -28,6 +28,7 @@ Figures are printed and written to ``--out``; nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import yaml  # noqa: E402
+from ruamel.yaml import YAML, YAMLError  # noqa: E402
 
 from nerf_pipeline import camera, config  # noqa: E402
 from nerf_pipeline.model.fields import HashGridField, MLPField  # noqa: E402
@@ -150,12 +151,21 @@ class BudgetRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def read_yaml(text: str, what: str):
+    """``text`` read as YAML 1.2, as DVC and ``config.load`` read params.yaml (``on``/``off`` stay strings,
+    ``1e-2`` is a number)."""
+    try:
+        return YAML(typ="safe").load(io.StringIO(text))
+    except YAMLError as e:
+        raise UserError(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
 def load_config(params_path, sets: list[str]) -> config.Config:
-    """``params_path`` with each ``KEY=VALUE`` of ``sets`` applied (dotted keys, YAML values), validated."""
-    params = yaml.safe_load(Path(params_path).read_text())
+    """``params_path`` with each ``KEY=VALUE`` of ``sets`` applied (dotted keys, YAML 1.2 values), validated."""
+    params = read_yaml(Path(params_path).read_text(), str(params_path))
     for item in sets:
         key, _, value = item.partition("=")
-        set_key(params, key, yaml.safe_load(value))
+        set_key(params, key, read_yaml(value, f"the value of {key} in {item!r}"))
     return config.from_dict(params, str(params_path))
 
 
