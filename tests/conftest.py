@@ -176,12 +176,30 @@ def psnr(a, b) -> float:
     return float(-10 * np.log10(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
 
+# What MLflow's fluent API writes into os.environ, for subprocesses to inherit: ``set_tracking_uri`` the store,
+# ``set_experiment`` the experiment's id (of that store).
+MLFLOW_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def _forget_mlflow_environment() -> None:
+    for name in MLFLOW_ENVIRONMENT:
+        os.environ.pop(name, None)
+
+
+_forget_mlflow_environment()  # stage processes log to their project's own store unless a test says otherwise
+
+
 @pytest.fixture(autouse=True)
-def tracking_uri_stays_put(monkeypatch):
-    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in ``os.environ``, which every later
-    test's stage processes would inherit: undo it after each test."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def mlflow_environment_stays_put():
+    """A test that connects to a store in this process (``tracking.connect``, ``mlflow.set_tracking_uri``) leaves
+    ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_ID`` in ``os.environ``; the stage processes of every later test
+    on this worker would inherit them, and log to that test's store: the shared project's ``dvc repro`` trained into
+    another test's store once (CI, two workers). Removed after each test, not only before it: a session fixture set
+    up for the next test runs before that test's own fixtures. (``monkeypatch.delenv`` of an unset variable
+    records nothing to undo, so it cannot do this.)"""
+    _forget_mlflow_environment()
     yield
+    _forget_mlflow_environment()
 
 
 @pytest.fixture(scope="session")
