@@ -62,7 +62,7 @@ from nerf_pipeline.runtime.errors import UserError  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
 from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
-from nerf_pipeline.stages.train import appearance, contracted  # noqa: E402
+from nerf_pipeline.stages.train import appearance, camera_refinement, contracted  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 
@@ -89,6 +89,7 @@ CAPTURES = (
 # default variant list when params.yaml has every key it names (so the script runs before and after each lands).
 FEATURES = {
     "no_appearance": ("scene.appearance=off",),  # on for captures by default (auto)
+    "no_camera_refinement": ("scene.camera_refinement=off",),  # on for captures by default (auto)
     "box": ("scene.contraction=off",),  # contraction is on for captures by default (auto)
     "no_candidates": ("presets.hashgrid.batch.candidate_factor=1",),  # rays through occupied space first: off
 }
@@ -202,11 +203,13 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     preset = cfg.active
     datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(cfg.seed)
-    # contraction and the appearance embedding as the train stage decides them
+    # contraction, the appearance embedding and the camera refinement as the train stage decides them
     is_contracted, with_appearance = contracted(cfg, train_part.unbounded), appearance(cfg, train_part.unbounded)
+    with_refinement = camera_refinement(cfg, train_part.unbounded)
     model = build_nerf(preset, near=train_part.near, far=train_part.far, contracted=is_contracted,
                        bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed,
-                       appearance_views=train_part.num_views if with_appearance else 0)
+                       appearance_views=train_part.num_views if with_appearance else 0,
+                       refined_views=train_part.num_views if with_refinement else 0)
     schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
     psnr_key = f"{heldout_part.part}_psnr"
@@ -215,8 +218,9 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
                               eval_schedule(budget_s, every_s), budget_s, Horizon(schedule, budget_s),
                               psnr_key=psnr_key)
     print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space"
-          f"{', with an appearance embedding per view' if with_appearance else ''}", flush=True)
-    batches = datasets.train_dataset(train_part, preset.batch, cfg.seed, with_views=with_appearance)
+          f"{', with an appearance embedding per view' if with_appearance else ''}"
+          f"{', refining the training cameras' if with_refinement else ''}", flush=True)
+    batches = datasets.train_dataset(train_part, preset.batch, cfg.seed, with_views=with_appearance or with_refinement)
     fit_start, cpu_start = time.perf_counter(), cpu_s()
     model.fit(batches, epochs=1, steps_per_epoch=10**9,
               callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)
@@ -229,7 +233,8 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     print(f"  [{name}] {recorder.step} steps in {train_s:.0f} s: {heldout_part.part} PSNR {heldout_psnr:.2f} dB, "
           f"SSIM {heldout_ssim:.3f}; train PSNR {train_psnr:.2f} dB (evaluated in {final_eval_s:.0f} s)", flush=True)
     return {"curve": recorder.curve, "curve_views": [int(v) for v in curve_subset],
-            "contracted": is_contracted, "appearance": with_appearance,
+            "contracted": is_contracted, "appearance": with_appearance, "camera_refinement": with_refinement,
+            "camera_corrections": model.pose_refinement.sizes() if with_refinement else None,
             "final": {"split": heldout_part.part, "num_views": heldout_part.num_views,
                       "psnr": round(heldout_psnr, 3), "ssim": round(heldout_ssim, 4),
                       "masked": heldout_part.masks is not None,
@@ -272,7 +277,8 @@ def markdown_table(summary: dict) -> str:
             final = result["final"]
             delta = "" if base is None or variant == "baseline" else f"{final['psnr'] - base:+.2f}"
             views = f"{result['split']['train']} / {result['split'][final['split']]} ({final['split']})"
-            on = ", ".join(feature for feature in ("contracted", "appearance") if result.get(feature)) or "—"
+            on = ", ".join(feature for feature in ("contracted", "appearance", "camera_refinement")
+                           if result.get(feature)) or "—"
             rows.append(f"| {name} | {result['size'][1]}×{result['size'][0]} | {views} | {variant} | {on} | "
                         f"{final['psnr']:.2f} | {final['ssim']:.3f} | {delta} | {final['train_psnr']:.2f} | "
                         f"{final['steps']} |")

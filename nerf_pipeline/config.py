@@ -125,6 +125,11 @@ class SceneConfig(Section):
     # auto: for captures (photos, videos, COLMAP, LLFF, unbounded transforms.json: the scenes that
     # contraction auto contracts), not synthetic object scenes; on | off force it.
     appearance: Literal["auto", "on", "off"]
+    # A learned correction of each training view's camera pose (rotation and translation), trained with
+    # the field at the preset's optimizer.camera_learning_rate; the corrected poses are what export,
+    # the viewer and render's path use. auto: for captures (poses from structure from motion or COLMAP:
+    # the scenes that contraction auto contracts), not synthetic scenes, whose poses are exact; on | off.
+    camera_refinement: Literal["auto", "on", "off"]
 
 
 # ----------------------------------------------------------------------------- model parts
@@ -219,6 +224,9 @@ class OptimizerConfig(Section):
     beta_1: Annotated[float, Field(ge=0, lt=1)]
     beta_2: Annotated[float, Field(ge=0, lt=1)]
     epsilon: PositiveFloat
+    # The pose corrections' (scene.camera_refinement): about how far, in radians and scene units, a step moves
+    # them at first; it decays with learning_rate (model/pose_refinement.py)
+    camera_learning_rate: PositiveFloat
 
 
 class PresetConfig(Section):

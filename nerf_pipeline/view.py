@@ -140,21 +140,24 @@ VIEW_COLOURS = {"train": (40, 90, 220), "val": (230, 120, 20), "test": (120, 120
 
 def draw_scene(scene, project: Path, bound: float) -> None:
     """Into viser's ``scene`` (a server's): the frustums of ``project``'s rays' views with their images, the box of
-    half-size ``bound`` and the sparse points of ``data/cameras.npz``, where the project has them."""
-    _draw_view_cameras(scene, project / "data" / "rays")
+    half-size ``bound`` and the sparse points of ``data/cameras.npz``, where the project has them. Training views are
+    drawn where the trained model's pose refinement put them, when it has one (``models/trained/cameras.npz``)."""
+    _draw_view_cameras(scene, project / "data" / "rays", project / "models" / "trained")
     _draw_box(scene, bound)
     _draw_sparse_points(scene, project / "data" / "cameras.npz")
 
 
-def _draw_view_cameras(scene, rays: Path) -> None:
+def _draw_view_cameras(scene, rays: Path, model_folder: Path) -> None:
+    from nerf_pipeline.model.nerf import trained_poses
     from nerf_pipeline.scenes import ray_files
 
     for part in ray_files.parts(rays) if rays.is_dir() else []:
         views = ray_files.load(rays, part)
+        poses = trained_poses(model_folder, views) if part == "train" else views.poses
         for i in range(views.num_views):
             thumbnail = np.asarray(views.images[i])[:: max(1, views.height // 64), :: max(1, views.width // 64)]
             fov = 2 * np.arctan(0.5 * views.height / views.intrinsics[i, 1])
-            wxyz, position = viser_pose(views.poses[i])
+            wxyz, position = viser_pose(poses[i])
             scene.add_camera_frustum(f"/cameras/{part}/{i}", fov=float(fov), aspect=views.width / views.height,
                                      scale=0.25, color=VIEW_COLOURS[part], image=thumbnail, wxyz=wxyz,
                                      position=position)

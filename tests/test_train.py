@@ -8,7 +8,7 @@ from conftest import TRAIN_OUTS, mlflow_runs, tiny_params, write_rays
 
 from nerf_pipeline import config
 from nerf_pipeline.config import ImageBatchConfig, RayBatchConfig
-from nerf_pipeline.model.nerf import load_model
+from nerf_pipeline.model.nerf import load_model, trained_poses
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import ray_files
@@ -145,6 +145,33 @@ def test_the_train_stage_learns_an_appearance_per_view_when_on(rays_dir, tmp_pat
     _, runs = mlflow_runs(tmp_path)
     assert runs[-1].data.params["model.appearance_embedding"] == "on"
     assert runs[-1].data.params["scene.appearance"] == "on"
+
+
+@pytest.mark.slow
+def test_the_train_stage_refines_the_training_cameras_when_on(rays_dir, tmp_path, monkeypatch):
+    """scene.camera_refinement on: the model folder holds the corrected training poses (what export, the viewer and
+    render's path read through ``trained_poses``), train.json and MLflow say how far they moved, and the saved
+    model holds the corrections."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    params = tiny_params(epochs=2)
+    params["scene"]["camera_refinement"] = "on"
+    params["presets"]["hashgrid"]["steps_per_epoch"] = 10
+    metrics = train.run(config.from_dict(params), in_rays=rays_dir, **outs(tmp_path))
+    part = ray_files.load(rays_dir, "train")
+    with np.load(tmp_path / "out/model/cameras.npz") as cameras:
+        corrected, given = cameras["poses"], cameras["given"]
+    np.testing.assert_array_equal(given, part.poses)
+    model = load_model(tmp_path / "out/model")
+    np.testing.assert_allclose(corrected, model.pose_refinement.corrected_poses(part.poses), atol=1e-6)
+    np.testing.assert_array_equal(trained_poses(tmp_path / "out/model", part), corrected)
+    sizes = metrics["camera_refinement"]
+    assert 0 < sizes["rotation_deg_mean"] <= sizes["rotation_deg_max"] < 5  # moved, by a little, in 20 steps
+    assert 0 < sizes["translation_mean"] <= sizes["translation_max"]
+    assert sizes == model.pose_refinement.sizes()
+    _, runs = mlflow_runs(tmp_path)
+    assert runs[-1].data.params["model.camera_refinement"] == "on"
+    assert runs[-1].data.metrics["camera/rotation_deg_max"] == pytest.approx(sizes["rotation_deg_max"], rel=1e-6)
+    assert trained_poses(rays_dir, part) is part.poses  # a model folder without corrections: the part's own
 
 
 def test_a_checkpoint_is_resumed_only_with_the_same_params_and_data(rays_dir, tmp_path):

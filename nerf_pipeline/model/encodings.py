@@ -145,6 +145,11 @@ class HashEncoding(keras.layers.Layer):
         return self.native_op.nerf_hash_grid_table_grad(points, encoded_gradient, table_rows=int(self.table.shape[0]),
                                                          **self._op_attrs())
 
+    def points_gradient(self, points, encoded_gradient):
+        """The fused op's gradient for the points, ``[N, 3]``, given the loss's gradient for its output
+        ``[N, L * F]`` (what a pose correction trains through)."""
+        return self.native_op.nerf_hash_grid_points_grad(points, self.table, encoded_gradient, **self._op_attrs())
+
     def reference_call(self, points):
         """The encoding in TensorFlow's ops: what runs on a GPU, under XLA, and what the fused op is tested against."""
         x01 = tf.clip_by_value((points + self.extent) / (2.0 * self.extent), 0.0, 1.0)

@@ -4,7 +4,8 @@
 the field for colour and density at the warped points, and compositing them (``rendering``).
 Its ``train_step`` is what ``fit`` runs. Rays are always flat: ``ray_origins, ray_directions:
 [R, 3]`` float32, unit directions; training rays may come with ``views [R]`` int32, the training view
-of each (a field's appearance embedding uses them; rays without them get the mean embedding).
+of each (a field's appearance embedding uses them, and the pose refinement, ``pose_refinement.py``, moves
+them through their view's corrected camera; rays without them get the mean embedding and the poses as given).
 
 ``build_nerf`` makes one from a preset; ``compile_for_training`` gives it Adam with the preset's
 decaying learning rate; ``load_model`` reads one that the train stage saved.
@@ -12,15 +13,19 @@ decaying learning rate; ``load_model`` reads one that the train stage saved.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from nerf_pipeline.config import OptimizerConfig, PresetConfig, RayBatchConfig
 from nerf_pipeline.model import rendering, xla
 from nerf_pipeline.model.fields import make_field
+from nerf_pipeline.model.pose_refinement import PoseRefinement
 from nerf_pipeline.model.sampling import make_sampler
 from nerf_pipeline.model.space import make_space
 from nerf_pipeline.runtime.errors import DataError
@@ -44,12 +49,15 @@ class NeRF(keras.Model):
         background: grey level seen where a ray is not fully absorbed.
         rays_per_step: train on this many rays of each batch, those that can meet matter first
             (``sampler.hits``); ``None``: all of them.
+        pose_refinement: a ``PoseRefinement`` of the training views' cameras, trained with the field on
+            rays that come with their views; ``None``: the poses as given.
     """
 
     def __init__(self, field, sampler, space, near: float, far: float, background: float, seed: int,
-                 rays_per_step: int | None = None, **kwargs):
+                 rays_per_step: int | None = None, pose_refinement=None, **kwargs):
         super().__init__(**kwargs)
         self.field, self.sampler, self.space = field, sampler, space
+        self.pose_refinement = pose_refinement
         self.near, self.far = float(near), float(far)
         self.background, self.seed, self.rays_per_step = float(background), int(seed), rays_per_step
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -82,7 +90,10 @@ class NeRF(keras.Model):
         return rendering.composite(rgb, sigma, t_vals, deltas, self.background)
 
     def sample_rays(self, ray_origins, ray_directions, training: bool = False):
-        """The sampler's ``(t_vals [R, S], deltas [R, S])`` for flat rays (jittered only while training)."""
+        """The sampler's ``(t_vals [R, S], deltas [R, S])`` for flat rays (jittered only while training). Without a
+        gradient: a pose correction trains through the points along its rays, not through where the sampler put
+        them (a quadrature's nodes, not the scene)."""
+        ray_origins, ray_directions = tf.stop_gradient(ray_origins), tf.stop_gradient(ray_directions)
         native = self._native_sampling(training)
         if native is not None:
             return native[1](ray_origins, ray_directions)
@@ -165,12 +176,22 @@ class NeRF(keras.Model):
         return (tf.gather(ray_origins, keep), tf.gather(ray_directions, keep),
                 None if views is None else tf.gather(views, keep), tf.gather(target_rgb, keep))
 
+    def refined_rays(self, ray_origins, ray_directions, views):
+        """Training rays through their views' corrected poses (``pose_refinement``); as given without one or
+        without ``views``."""
+        if self.pose_refinement is None or views is None:
+            return ray_origins, ray_directions
+        return self.pose_refinement(ray_origins, ray_directions, views)
+
     def train_step(self, data):
         if self.uses_native_op:
             return self._train_step_around_native_op(data)
         inputs, target_rgb = data
-        ray_origins, ray_directions, views, target_rgb = self._rays_to_train_on(*_rays(inputs), target_rgb)
+        ray_origins, ray_directions, views = _rays(inputs)
         with tf.GradientTape() as tape:
+            ray_origins, ray_directions = self.refined_rays(ray_origins, ray_directions, views)
+            ray_origins, ray_directions, views, target_rgb = self._rays_to_train_on(
+                ray_origins, ray_directions, views, target_rgb)
             rgb = self.render_rays(ray_origins, ray_directions, training=True, views=views)["rgb"]
             loss = tf.reduce_mean(tf.square(rgb - target_rgb))
             # Replicas' gradients are summed; each contributes its share of the global batch's mean.
@@ -183,19 +204,35 @@ class NeRF(keras.Model):
         """``train_step`` with the fused hash grid: the same loss and gradients, computed in three parts so that
         XLA compiles all but the ops. (1) rays, samples (the native march) and warped points; the op's forward;
         (2) the MLPs, compositing, the loss, and its gradients for the MLPs' weights and for the op's output; the
-        op's backward for the table (the points' gradient is not asked: nothing upstream of them trains)."""
+        op's backward for the table. With a pose refinement (rays with their views), (3) the op's backward for the
+        points, and the corrections' gradient from the points' and the directions' through the rays' refinement
+        and the points' making, which a tape records in (1)."""
         inputs, target_rgb = data
         ray_origins, ray_directions, views = _rays(inputs)
+        refining = self.pose_refinement is not None and views is not None
         if views is None:  # the parts take tensors only
             views = tf.zeros([0], tf.int32)
-        points, directions, sample_views, t_vals, deltas, target_rgb = self._prepare_training(
-            ray_origins, ray_directions, views, target_rgb)  # the march is native too: XLA compiles its parts
+        with tf.GradientTape() if refining else contextlib.nullcontext() as pose_tape:
+            ray_origins, ray_directions = self.refined_rays(ray_origins, ray_directions, views if refining else None)
+            points, directions, sample_views, t_vals, deltas, target_rgb = self._prepare_training(
+                ray_origins, ray_directions, views, target_rgb)  # the march is native too: XLA compiles its parts
         encoding = self.field.encoding
         encoded = encoding(points)
-        loss, decoder_gradients, encoded_gradient = xla.part(self, "decode_loss", self._decode_loss_and_gradients)(
-            encoded, directions, sample_views, t_vals, deltas, target_rgb)
+        if refining:
+            decode_loss = xla.part(self, "decode_loss_directions",
+                                   functools.partial(self._decode_loss_and_gradients, with_directions=True))
+            loss, decoder_gradients, encoded_gradient, directions_gradient = decode_loss(
+                encoded, directions, sample_views, t_vals, deltas, target_rgb)
+        else:
+            loss, decoder_gradients, encoded_gradient = xla.part(self, "decode_loss", self._decode_loss_and_gradients)(
+                encoded, directions, sample_views, t_vals, deltas, target_rgb)
         gradient_of = {id(v): g for v, g in zip(self._decoder_variables(), decoder_gradients)}
         gradient_of[id(encoding.table)] = encoding.table_gradient(points, encoded_gradient)
+        if refining:
+            correction = self.pose_refinement.correction
+            (gradient_of[id(correction)],) = _dense(pose_tape.gradient(
+                [points, directions], [correction],
+                output_gradients=[encoding.points_gradient(points, encoded_gradient), directions_gradient]))
         self.optimizer.apply([gradient_of[id(v)] for v in self.trainable_variables], self.trainable_variables)
         return self._update_metrics(loss)
 
@@ -210,19 +247,29 @@ class NeRF(keras.Model):
         return points, directions, sample_views, t_vals, deltas, target_rgb
 
     def _decoder_variables(self) -> list:
-        """The trainable variables but the hash table: the MLPs'."""
-        return [v for v in self.trainable_variables if v is not self.field.encoding.table]
+        """The trainable variables but the hash table and the pose corrections: the MLPs' (and appearance's)."""
+        upstream = [self.field.encoding.table]
+        if self.pose_refinement is not None:
+            upstream.append(self.pose_refinement.correction)
+        return [v for v in self.trainable_variables if not any(v is u for u in upstream)]
 
-    def _decode_loss_and_gradients(self, encoded, directions, sample_views, t_vals, deltas, target_rgb):
+    def _decode_loss_and_gradients(self, encoded, directions, sample_views, t_vals, deltas, target_rgb,
+                                   with_directions: bool = False):
+        """``(loss, decoder gradients, encoded's gradient[, directions' gradient])``."""
         decoder_variables = self._decoder_variables()
         with tf.GradientTape() as tape:
             tape.watch(encoded)
+            if with_directions:
+                tape.watch(directions)
             rgb, sigma = self.field.decode(encoded, directions, sample_views if sample_views.shape[0] != 0 else None)
             shape = tf.shape(t_vals)
             rgb = rendering.composite(tf.reshape(rgb, [shape[0], shape[1], 3]), tf.reshape(sigma, shape), t_vals,
                                       deltas, self.background)["rgb"]
             loss = tf.reduce_mean(tf.square(rgb - target_rgb))
             replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        if with_directions:
+            gradients = _dense(tape.gradient(replica_loss, [encoded, directions, *decoder_variables]))
+            return loss, gradients[2:], gradients[0], gradients[1]
         gradients = _dense(tape.gradient(replica_loss, [encoded, *decoder_variables]))
         return loss, gradients[1:], gradients[0]
 
@@ -238,13 +285,16 @@ class NeRF(keras.Model):
         serialize = keras.saving.serialize_keras_object
         return {"field": serialize(self.field), "sampler": serialize(self.sampler), "space": serialize(self.space),
                 "near": self.near, "far": self.far, "background": self.background, "seed": self.seed,
-                "rays_per_step": self.rays_per_step, "name": self.name}
+                "rays_per_step": self.rays_per_step, "name": self.name,
+                "pose_refinement": None if self.pose_refinement is None else serialize(self.pose_refinement)}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         for part in ("field", "sampler", "space"):
             config[part] = keras.saving.deserialize_keras_object(config[part])
+        if config.get("pose_refinement") is not None:  # models saved before it (issue 23) have no key
+            config["pose_refinement"] = keras.saving.deserialize_keras_object(config["pose_refinement"])
         return cls(**config)
 
 
@@ -287,17 +337,23 @@ class ExponentialToFinal(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_nerf(preset: PresetConfig, near: float, far: float, contracted: bool, bound: float, background: float,
-               seed: int, appearance_views: int = 0) -> NeRF:
+               seed: int, appearance_views: int = 0, refined_views: int = 0) -> NeRF:
     """An untrained ``NeRF`` of ``preset`` in a box of half-size ``bound`` or, ``contracted``, an unbounded space;
-    ``appearance_views`` > 0: with an appearance embedding for each of that many training views (``make_field``).
+    ``appearance_views`` > 0: with an appearance embedding for each of that many training views (``make_field``);
+    ``refined_views`` > 0: with a pose correction for each of that many training views, at the optimizer's
+    ``camera_learning_rate``.
 
     Call it inside a ``tf.distribute`` strategy's scope to train with that strategy.
     """
     space = make_space(contracted, bound)
     batch = preset.batch
     rays_per_step = batch.size if isinstance(batch, RayBatchConfig) and batch.candidate_factor > 1 else None
-    return NeRF(make_field(preset.field, space.extent, appearance_views), make_sampler(preset.sampler), space, near=near, far=far,
-                background=background, seed=seed, rays_per_step=rays_per_step)
+    optimizer = preset.optimizer
+    refinement = PoseRefinement(refined_views, optimizer.camera_learning_rate / optimizer.learning_rate,
+                                name="pose_refinement") if refined_views else None
+    return NeRF(make_field(preset.field, space.extent, appearance_views), make_sampler(preset.sampler), space,
+                near=near, far=far, background=background, seed=seed, rays_per_step=rays_per_step,
+                pose_refinement=refinement)
 
 
 def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: int,
@@ -312,8 +368,23 @@ def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: i
     return schedule
 
 
-# The train stage's model folder: the model, the progress frames of training, its MLflow run.
-MODEL_FILE, PROGRESS_FILE, RUN_FILE = "model.keras", "progress.npz", "run.json"
+# The train stage's model folder: the model, the progress frames of training, its MLflow run, and with a pose
+# refinement the training views' corrected poses (``poses [V, 4, 4]``, and the ``given`` ones).
+MODEL_FILE, PROGRESS_FILE, RUN_FILE, CAMERAS_FILE = "model.keras", "progress.npz", "run.json", "cameras.npz"
+
+
+def trained_poses(model_folder, train_part) -> "np.ndarray":
+    """The training views' camera-to-world poses ``[V, 4, 4]`` as the model learned them: corrected by its pose
+    refinement where training had one (``CAMERAS_FILE`` in ``model_folder``), else ``train_part``'s own."""
+    path = Path(model_folder) / CAMERAS_FILE
+    if not path.is_file():
+        return train_part.poses
+    with np.load(path) as cameras:
+        poses = cameras["poses"]
+    if poses.shape != np.shape(train_part.poses):
+        raise DataError(f"{path}: corrected poses of {poses.shape[0]} views, but the rays' train part has "
+                        f"{len(train_part.poses)}; run the train stage again.")
+    return poses
 
 
 def load_model(path) -> NeRF:

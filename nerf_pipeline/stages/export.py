@@ -33,7 +33,7 @@ from skimage import measure
 
 from nerf_pipeline.camera import pixel_rays
 from nerf_pipeline.config import Config
-from nerf_pipeline.model.nerf import RUN_FILE, NeRF, load_model
+from nerf_pipeline.model.nerf import RUN_FILE, NeRF, load_model, trained_poses
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, tracking
 from nerf_pipeline.runtime.progress import Progress
@@ -98,15 +98,17 @@ def vertex_colours(model: NeRF, vertices: np.ndarray, direction: np.ndarray, chu
 
 
 def point_cloud(renderer: ChunkedRenderer, part: ray_files.RayPart, num_points: int, min_opacity: float,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
+                seed: int, poses=None) -> tuple[np.ndarray, np.ndarray]:
     """Points at the expected depth of ``num_points`` random training rays, with their colours:
-    ``(points [P, 3] float32, colours [P, 3] float32)``, rays of opacity below ``min_opacity`` dropped."""
+    ``(points [P, 3] float32, colours [P, 3] float32)``, rays of opacity below ``min_opacity`` dropped.
+    ``poses [V, 4, 4]``: the views' cameras as trained (``trained_poses``); None: the part's."""
+    poses = part.poses if poses is None else poses
     rng = np.random.default_rng(seed)
     per_view = math.ceil(num_points / part.num_views)
     origins, directions = [], []
     for view in range(part.num_views):
         pixels = rng.choice(part.height * part.width, size=min(per_view, part.height * part.width), replace=False)
-        view_origins, view_directions = pixel_rays(part.poses[view], part.intrinsics[view], *divmod(pixels, part.width))
+        view_origins, view_directions = pixel_rays(poses[view], part.intrinsics[view], *divmod(pixels, part.width))
         origins.append(view_origins)
         directions.append(view_directions)
     origins, directions = np.concatenate(origins)[:num_points], np.concatenate(directions)[:num_points]
@@ -137,10 +139,11 @@ def run(cfg: Config, *, in_model, in_rays, out_mesh, out_mesh_glb, out_points, o
         log.warning("the density never reaches export.density_threshold (%g) in the scene's box (it spans %.3g to "
                     "%.3g): the mesh is empty; lower the threshold or train longer", e.density_threshold,
                     sigma.min(), sigma.max())
-    colours = vertex_colours(model, vertices, mean_view_direction(train.poses), e.chunk_points, cfg.active.jit_compile)
+    poses = trained_poses(in_model, train)  # refined where training corrected them
+    colours = vertex_colours(model, vertices, mean_view_direction(poses), e.chunk_points, cfg.active.jit_compile)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=np.round(colours * 255).astype(np.uint8), process=False)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
-    points, point_colours = point_cloud(renderer, train, e.num_points, e.min_opacity, cfg.seed)
+    points, point_colours = point_cloud(renderer, train, e.num_points, e.min_opacity, cfg.seed, poses)
     cloud = trimesh.PointCloud(points, colors=np.round(point_colours * 255).astype(np.uint8))
     with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as run:
         _write(out_mesh, mesh, "ply")

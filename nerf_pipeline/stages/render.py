@@ -35,7 +35,7 @@ import numpy as np
 
 from nerf_pipeline import camera, media
 from nerf_pipeline.config import Config, RenderConfig
-from nerf_pipeline.model.nerf import PROGRESS_FILE, RUN_FILE, load_model
+from nerf_pipeline.model.nerf import PROGRESS_FILE, RUN_FILE, load_model, trained_poses
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import tracking
 from nerf_pipeline.runtime.progress import Progress
@@ -127,7 +127,7 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
         height, width = output_size(r, path.height, path.width)
         lenses = path.intrinsics * np.array([width / path.width, height / path.height] * 2, np.float32)
     else:
-        cameras = np.concatenate([train.poses, val.poses])
+        cameras = np.concatenate([trained_poses(in_model, train), val.poses])  # train's as refined
         # Cameras whose axes do not meet (a forward-facing capture) look as far as the scene is ahead of them.
         depth = None if camera.looked_at_point(cameras) is not None else depth_ahead(
             renderer, cameras, val.intrinsics[0], val.height, val.width)

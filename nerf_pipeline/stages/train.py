@@ -4,7 +4,8 @@ Reads ``in_rays`` (its ``train`` and ``val`` parts, see ``scenes/ray_files.py``)
 
 * ``out_model``: a folder, written whole or not at all: ``model.keras`` (the trained Keras model),
   ``progress.npz`` (``frames [E, H, W, 3]`` uint8, the first validated view after each epoch; the
-  render stage makes a GIF of it) and ``run.json`` (the MLflow run, which evaluate and render log into);
+  render stage makes a GIF of it), ``run.json`` (the MLflow run, which evaluate and render log into) and,
+  with a camera refinement, ``cameras.npz`` (the training views' corrected poses, and those given);
 * ``out_metrics``: ``train.json`` — final train and val loss/PSNR, epochs, steps and timings;
 * ``out_history``: per-epoch CSV (``epoch, step, loss, psnr, val_loss, val_psnr, epoch_s``);
 * ``out_steps``: CSV of the loss and PSNR every ``mlflow.log_every_steps`` steps (``dvc plots``);
@@ -17,8 +18,11 @@ with deterministic samples (``callbacks.TrainingRecord``), so ``val_psnr`` is th
 PSNR and memory stays bounded at any resolution. The scene's space is contracted when
 ``scene.contraction`` is ``on``, or ``auto`` and the scene is unbounded; the field learns an
 appearance embedding per training view when ``scene.appearance`` is ``on``, or ``auto`` and the scene
-is a capture (unbounded, as contraction decides; the hash-grid field only). MLflow gets the params the
-run uses (and ``model.appearance_embedding``: whether the embedding is on), the curves, a progress image per epoch, the rays as the run's dataset and the model as a
+is a capture (unbounded, as contraction decides; the hash-grid field only); it learns a correction of each
+training view's pose when ``scene.camera_refinement`` is ``on``, or ``auto`` and the scene is a capture, and
+logs how far the corrections moved the cameras (``camera/*`` in MLflow, ``camera_refinement`` in
+``train.json``). MLflow gets the params the
+run uses (and ``model.appearance_embedding``, ``model.camera_refinement``: whether they are on), the curves, a progress image per epoch, the rays as the run's dataset and the model as a
 Logged Model (``logged_model.py``).
 """
 
@@ -35,13 +39,14 @@ import tensorflow as tf
 
 from nerf_pipeline import logged_model
 from nerf_pipeline.config import Config, HashGridFieldConfig
-from nerf_pipeline.model.nerf import MODEL_FILE, PROGRESS_FILE, RUN_FILE, build_nerf, compile_for_training
+from nerf_pipeline.model.nerf import (CAMERAS_FILE, MODEL_FILE, PROGRESS_FILE, RUN_FILE, build_nerf,
+                                     compile_for_training)
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, interrupts, tracking
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.training import checkpoint, datasets, distribute
-from nerf_pipeline.training.callbacks import (HISTORY_COLUMNS, STEP_COLUMNS, StopOnNonFiniteLoss, StopWhenInterrupted,
-                                              TrainingRecord, table_csv)
+from nerf_pipeline.training.callbacks import (HISTORY_COLUMNS, STEP_COLUMNS, PoseCorrections, StopOnNonFiniteLoss,
+                                              StopWhenInterrupted, TrainingRecord, table_csv)
 from nerf_pipeline.training.fit_progress import FitProgress
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,12 @@ def appearance(cfg: Config, unbounded: bool) -> bool:
     field = cfg.active.field
     has_embedding = isinstance(field, HashGridFieldConfig) and field.appearance_dim > 0
     return cfg.scene.appearance == "on" or (cfg.scene.appearance == "auto" and bool(unbounded) and has_embedding)
+
+
+def camera_refinement(cfg: Config, unbounded: bool) -> bool:
+    """Whether training learns a pose correction per training view: ``scene.camera_refinement`` on, or auto for a
+    capture (``unbounded``: its poses come from structure from motion or COLMAP; a synthetic scene's are exact)."""
+    return cfg.scene.camera_refinement == "on" or (cfg.scene.camera_refinement == "auto" and bool(unbounded))
 
 
 def run(cfg: Config, *, in_rays, out_model, out_metrics, out_history, out_steps, out_checkpoint) -> dict:
@@ -95,6 +106,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
         log.warning("XLA is off: the train step is not compiled when it spans several replicas")
     is_contracted = contracted(cfg, train.unbounded)
     with_appearance = appearance(cfg, train.unbounded)
+    with_refinement = camera_refinement(cfg, train.unbounded)
     validated = datasets.val_views(val, cfg.validation.max_views)
 
     # Connect first: an unreachable store fails now, not after training. The run starts before
@@ -107,7 +119,8 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
         with strategy.scope():
             model = build_nerf(preset, near=train.near, far=train.far, contracted=is_contracted,
                                bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed,
-                               appearance_views=train.num_views if with_appearance else 0)
+                               appearance_views=train.num_views if with_appearance else 0,
+                               refined_views=train.num_views if with_refinement else 0)
             compile_for_training(model, preset.optimizer, total_steps, jit_compile)
         distribute.adapt_for_keras_fit(model, strategy)
         initial_epoch = meta["epoch"]
@@ -121,8 +134,9 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                                     "time/epoch_s": row["epoch_s"]}, step=row["step"])
         elif track:
             tracking.log_dataset(mlflow, in_rays)
-        if track:  # what scene.appearance: auto chose
-            mlflow.log_params({"model.appearance_embedding": "on" if with_appearance else "off"})
+        if track:  # what scene.appearance and scene.camera_refinement: auto chose
+            mlflow.log_params({"model.appearance_embedding": "on" if with_appearance else "off",
+                               "model.camera_refinement": "on" if with_refinement else "off"})
         renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, jit_compile)
         recorder = TrainingRecord(mlflow, renderer, val, validated, outs["out_checkpoint"],
                                   {"fingerprint": key, "run_id": run.info.run_id},
@@ -135,9 +149,9 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                  preset.batch.mode, strategy.num_replicas_in_sync, len(validated), val.num_views)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
         batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps,
-                                         with_views=with_appearance)
+                                         with_views=with_appearance or with_refinement)
         # The recorder validates and puts val_loss/val_psnr into the epoch's logs: FitProgress, after it, reads them.
-        callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder,
+        callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder, PoseCorrections(mlflow),
                      FitProgress(cfg.epochs, steps), StopWhenInterrupted()]
         start = time.perf_counter()
         with interrupts.held():
@@ -151,10 +165,14 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                    "val": {"loss": last["val_loss"], "psnr": last["val_psnr"], "views": len(validated)},
                    "epochs": cfg.epochs, "steps": total_steps, "resumed_from_epoch": initial_epoch,
                    "replicas": strategy.num_replicas_in_sync,
+                   **({"camera_refinement": model.pose_refinement.sizes()} if with_refinement else {}),
                    "time": {"train_s": round(train_s, 2),
                             "steps_per_s": round(trained_steps / train_s, 3) if trained_steps else None}}
         with atomic.atomic_dir(outs["out_model"]) as folder:
             model.save(folder / MODEL_FILE)
+            if with_refinement:  # what export, the viewer and render's path use (ray_files.training_poses)
+                np.savez(folder / CAMERAS_FILE, poses=model.pose_refinement.corrected_poses(train.poses).astype(
+                    np.float32), given=np.asarray(train.poses, np.float32))
             np.savez(folder / PROGRESS_FILE, frames=np.stack(recorder.frames),
                      epochs=np.arange(1, cfg.epochs + 1, dtype=np.int32))
             if track:

@@ -129,3 +129,19 @@ class StopWhenInterrupted(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):  # listed after the recorder: a signal held through its save waits for it
         interrupts.check()
+
+
+class PoseCorrections(keras.callbacks.Callback):
+    """After each epoch, how far the pose refinement has moved the training cameras (``PoseRefinement.sizes``):
+    MLflow's ``camera/rotation_deg_mean``, ``_max``, ``camera/translation_mean``, ``_max``. Nothing without one."""
+
+    def __init__(self, mlflow):
+        super().__init__()
+        self.mlflow = mlflow
+
+    def on_epoch_end(self, epoch, logs=None):
+        refinement = getattr(self.model, "pose_refinement", None)
+        if refinement is None:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        self.mlflow.log_metrics({f"camera/{name}": value for name, value in refinement.sizes().items()}, step=step)
