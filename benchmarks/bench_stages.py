@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,11 +74,15 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(pipeline_stages()))
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    # Read as YAML 1.2, as DVC and config.load read params.yaml: `--set scene.contraction=off` stays the string
+    # 'off' and `--set presets.hashgrid.optimizer.learning_rate=1e-2` is a number (PyYAML's 1.1 read false and
+    # '1e-2'). PyYAML writes the copy: it quotes the strings that 1.1 would misread, which 1.2 reads the same.
+    read_yaml = YAML(typ="safe").load
+    params = read_yaml((REPO / "params.yaml").read_text())
     params["data"]["source"] = str(Path(args.source).resolve()) if Path(args.source).exists() else args.source
     for item in args.set:
         key, _, value = item.partition("=")
-        set_key(params, key, yaml.safe_load(value))
+        set_key(params, key, read_yaml(value))
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     summary = {"source": args.source, "set": args.set, "stages": {}}
