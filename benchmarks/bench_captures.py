@@ -89,7 +89,7 @@ CAPTURES = (
 # default variant list when params.yaml has every key it names (so the script runs before and after each lands).
 FEATURES = {
     "no_appearance": ("scene.appearance=off",),  # on for captures by default (auto)
-    "no_camera_refinement": ("scene.camera_refinement=off",),  # on for captures by default (auto)
+    "camera_refinement": ("scene.camera_refinement=auto",),  # off by default; auto: on for captures
     "box": ("scene.contraction=off",),  # contraction is on for captures by default (auto)
     "no_candidates": ("presets.hashgrid.batch.candidate_factor=1",),  # rays through occupied space first: off
 }
