@@ -90,6 +90,7 @@ CAPTURES = (
 FEATURES = {
     "no_appearance": ("scene.appearance=off",),  # on for captures by default (auto)
     "camera_refinement": ("scene.camera_refinement=auto",),  # off by default; auto: on for captures
+    "distortion": ("presets.hashgrid.distortion_weight=0.002",),  # off by default; nerfacto's weight
     "box": ("scene.contraction=off",),  # contraction is on for captures by default (auto)
     "no_candidates": ("presets.hashgrid.batch.candidate_factor=1",),  # rays through occupied space first: off
 }

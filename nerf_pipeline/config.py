@@ -238,6 +238,8 @@ class PresetConfig(Section):
     optimizer: OptimizerConfig
     steps_per_epoch: Optional[PositiveInt]  # null: one pass over the training rays (or views)
     jit_compile: bool  # XLA-compile the train and render steps
+    # Against floaters: training minimises the MSE plus this times mip-NeRF 360's distortion loss (0: off)
+    distortion_weight: Annotated[float, Field(ge=0)]
 
     @model_validator(mode="after")
     def _candidates_need_occupancy(self):

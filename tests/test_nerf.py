@@ -248,6 +248,34 @@ def test_a_train_step_with_pose_refinement_around_the_fused_op_equals_one_in_ten
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("contracted", [False, True])
+def test_the_distortion_loss_trains_alike_around_the_fused_op_and_in_tensorflows_ops(tiny_scene, contracted):
+    """distortion_weight > 0: the native path's step (the loss inside its XLA part) equals TensorFlow's, and the
+    loss changes the step (against the same model without it)."""
+    scene, origins, directions = tiny_scene
+    rows = np.random.default_rng(2).choice(origins.reshape(-1, 3).shape[0], 1024, replace=False)
+    batch = [tf.constant(a.reshape(-1, 3)[rows]) for a in (origins, directions, scene["images"][..., :3])]
+    results = {}
+    for native, weight in ((False, 0.05), (True, 0.05), (True, 0.0)):
+        keras.utils.set_random_seed(0)
+        model = tiny_model(contracted=contracted)
+        model.distortion_weight = weight
+        model.field.encoding.table.assign(tf.random.normal(model.field.encoding.table.shape, stddev=0.5, seed=7))
+        if not native:
+            model.field.encoding.native_op = None
+        elif not model.uses_native_op:
+            pytest.skip("the native hash-grid op is not available here")
+        model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=model.plan_xla(True))
+        history = model.fit(tf.data.Dataset.from_tensors(((batch[0], batch[1]), batch[2])), epochs=1, verbose=0)
+        results[native, weight] = (history.history["loss"][0], [v.numpy() for v in model.trainable_variables])
+    (loss, weights), (native_loss, native_weights) = results[False, 0.05], results[True, 0.05]
+    assert native_loss == pytest.approx(loss, rel=1e-5)  # the metric is the MSE, with or without the term
+    for want, got in zip(weights, native_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+    assert results[True, 0.0][0] == pytest.approx(native_loss, rel=1e-6)
+    assert any(not np.allclose(a, b, atol=1e-6) for a, b in zip(results[True, 0.0][1], native_weights))
+
+
 def test_pose_refinement_saves_loads_and_leaves_held_out_rays_alone(tmp_path, tiny_scene):
     """The corrections are saved with the model; rays without views (held-out views, renders) are not moved."""
     _, origins, directions = tiny_scene

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nerf_pipeline.model.rendering import composite
+from nerf_pipeline.model.rendering import composite, distortion_loss
 
 
 def test_opaque_first_sample_takes_all():
@@ -47,3 +47,23 @@ def test_opacity_is_a_probability(seed):
     acc = out["acc"].numpy()
     assert np.all(acc >= 0) and np.all(acc <= 1 + 1e-6)
     assert np.all((out["rgb"].numpy() >= 0) & (out["rgb"].numpy() <= 1 + 1e-6))
+
+
+def test_distortion_loss_is_the_double_sum_and_prefers_one_short_stretch():
+    """The O(S) form equals mip-NeRF 360's eq. 15 summed pair by pair; weight in one interval scores less than the
+    same weight spread along the ray (a floater in front of the surface)."""
+    rng = np.random.default_rng(0)
+    edges = np.sort(rng.uniform(0, 1, size=(4, 9)), axis=-1).astype(np.float32)
+    s_start, s_end = edges[:, :-1], edges[:, 1:]
+    weights = rng.uniform(0, 0.3, size=(4, 8)).astype(np.float32)
+    mid = 0.5 * (s_start + s_end)
+    expected = (np.einsum("ri,rj,rij->r", weights, weights, np.abs(mid[:, :, None] - mid[:, None, :]))
+                + np.sum(weights**2 * (s_end - s_start), axis=-1) / 3)
+    np.testing.assert_allclose(distortion_loss(weights, s_start, s_end).numpy(), expected, rtol=1e-5)
+    grid = np.linspace(0, 1, 9, dtype=np.float32)[None]
+    one_stretch = np.zeros((1, 8), np.float32)
+    one_stretch[0, 5] = 0.9
+    spread = np.zeros((1, 8), np.float32)
+    spread[0, [1, 5]] = 0.45
+    loss = [float(distortion_loss(w, grid[:, :-1], grid[:, 1:])[0]) for w in (one_stretch, spread)]
+    assert loss[0] < loss[1], loss

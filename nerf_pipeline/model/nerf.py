@@ -51,13 +51,17 @@ class NeRF(keras.Model):
             (``sampler.hits``); ``None``: all of them.
         pose_refinement: a ``PoseRefinement`` of the training views' cameras, trained with the field on
             rays that come with their views; ``None``: the poses as given.
+        distortion_weight: training minimises the MSE plus this times the mean distortion loss of the rays
+            (``rendering.distortion_loss``, in the space's ``normalized_distance``); 0: the MSE alone. The
+            ``loss`` metric (and PSNR) stays the MSE.
     """
 
     def __init__(self, field, sampler, space, near: float, far: float, background: float, seed: int,
-                 rays_per_step: int | None = None, pose_refinement=None, **kwargs):
+                 rays_per_step: int | None = None, pose_refinement=None, distortion_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.field, self.sampler, self.space = field, sampler, space
         self.pose_refinement = pose_refinement
+        self.distortion_weight = float(distortion_weight)
         self.near, self.far = float(near), float(far)
         self.background, self.seed, self.rays_per_step = float(background), int(seed), rays_per_step
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -87,7 +91,7 @@ class NeRF(keras.Model):
         ``views [R]``: the training view of each ray (None: held-out rays, the mean appearance)."""
         t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training)
         rgb, sigma = self.field_along_rays(ray_origins, ray_directions, t_vals, views)
-        return rendering.composite(rgb, sigma, t_vals, deltas, self.background)
+        return {**rendering.composite(rgb, sigma, t_vals, deltas, self.background), "t_vals": t_vals, "deltas": deltas}
 
     def sample_rays(self, ray_origins, ray_directions, training: bool = False):
         """The sampler's ``(t_vals [R, S], deltas [R, S])`` for flat rays (jittered only while training). Without a
@@ -160,6 +164,15 @@ class NeRF(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.psnr_tracker]
 
+    def objective(self, mse, weights, t_vals, deltas):
+        """What training minimises: ``mse`` plus ``distortion_weight`` times the rays' mean distortion loss, each
+        sample standing for ``[t - delta / 2, t + delta / 2]`` of its ray (``weights, t_vals, deltas: [R, S]``)."""
+        if not self.distortion_weight:
+            return mse
+        s_start = self.space.normalized_distance(t_vals - 0.5 * deltas, self.near, self.far)
+        s_end = self.space.normalized_distance(t_vals + 0.5 * deltas, self.near, self.far)
+        return mse + self.distortion_weight * tf.reduce_mean(rendering.distortion_loss(weights, s_start, s_end))
+
     def _update_metrics(self, loss):
         self.loss_tracker.update_state(loss)
         self.psnr_tracker.update_state(-10.0 * tf.math.log(loss) / math.log(10.0))
@@ -192,10 +205,11 @@ class NeRF(keras.Model):
             ray_origins, ray_directions = self.refined_rays(ray_origins, ray_directions, views)
             ray_origins, ray_directions, views, target_rgb = self._rays_to_train_on(
                 ray_origins, ray_directions, views, target_rgb)
-            rgb = self.render_rays(ray_origins, ray_directions, training=True, views=views)["rgb"]
-            loss = tf.reduce_mean(tf.square(rgb - target_rgb))
+            out = self.render_rays(ray_origins, ray_directions, training=True, views=views)
+            loss = tf.reduce_mean(tf.square(out["rgb"] - target_rgb))
             # Replicas' gradients are summed; each contributes its share of the global batch's mean.
-            replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+            replica_loss = self.objective(loss, out["weights"], out["t_vals"], out["deltas"]) / \
+                tf.distribute.get_strategy().num_replicas_in_sync
         gradients = _dense(tape.gradient(replica_loss, self.trainable_variables))
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._update_metrics(loss)
@@ -263,10 +277,11 @@ class NeRF(keras.Model):
                 tape.watch(directions)
             rgb, sigma = self.field.decode(encoded, directions, sample_views if sample_views.shape[0] != 0 else None)
             shape = tf.shape(t_vals)
-            rgb = rendering.composite(tf.reshape(rgb, [shape[0], shape[1], 3]), tf.reshape(sigma, shape), t_vals,
-                                      deltas, self.background)["rgb"]
-            loss = tf.reduce_mean(tf.square(rgb - target_rgb))
-            replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+            out = rendering.composite(tf.reshape(rgb, [shape[0], shape[1], 3]), tf.reshape(sigma, shape), t_vals,
+                                      deltas, self.background)
+            loss = tf.reduce_mean(tf.square(out["rgb"] - target_rgb))
+            replica_loss = self.objective(loss, out["weights"], t_vals, deltas) / \
+                tf.distribute.get_strategy().num_replicas_in_sync
         if with_directions:
             gradients = _dense(tape.gradient(replica_loss, [encoded, directions, *decoder_variables]))
             return loss, gradients[2:], gradients[0], gradients[1]
@@ -286,7 +301,8 @@ class NeRF(keras.Model):
         return {"field": serialize(self.field), "sampler": serialize(self.sampler), "space": serialize(self.space),
                 "near": self.near, "far": self.far, "background": self.background, "seed": self.seed,
                 "rays_per_step": self.rays_per_step, "name": self.name,
-                "pose_refinement": None if self.pose_refinement is None else serialize(self.pose_refinement)}
+                "pose_refinement": None if self.pose_refinement is None else serialize(self.pose_refinement),
+                "distortion_weight": self.distortion_weight}
 
     @classmethod
     def from_config(cls, config):
@@ -353,7 +369,7 @@ def build_nerf(preset: PresetConfig, near: float, far: float, contracted: bool, 
                                 name="pose_refinement") if refined_views else None
     return NeRF(make_field(preset.field, space.extent, appearance_views), make_sampler(preset.sampler), space,
                 near=near, far=far, background=background, seed=seed, rays_per_step=rays_per_step,
-                pose_refinement=refinement)
+                pose_refinement=refinement, distortion_weight=preset.distortion_weight)
 
 
 def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: int,

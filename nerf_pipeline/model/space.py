@@ -77,6 +77,11 @@ class BoxSpace:
         """Depths ``[R, K]`` at ``fractions [R, K]`` (or [K]) of each segment: evenly spaced in depth."""
         return t_start[:, None] + fractions * (t_end - t_start)[:, None]
 
+    def normalized_distance(self, t, near: float, far: float):
+        """Depths ``t`` along rays → ``[0, 1]`` from ``near`` to ``far``: evenly in depth in a box (what the
+        distortion loss measures spread in)."""
+        return tf.clip_by_value((t - near) / (far - near), 0.0, 1.0)
+
     def get_config(self):
         return {"bound": self.bound}
 
@@ -103,6 +108,12 @@ class ContractedSpace(BoxSpace):
     def ray_segment(self, ray_origins, ray_directions, near, far):
         num_rays = tf.shape(ray_origins)[0]
         return tf.fill([num_rays], tf.cast(near, tf.float32)), tf.fill([num_rays], tf.cast(far, tf.float32))
+
+    def normalized_distance(self, t, near: float, far: float):
+        """Evenly in inverse depth (disparity), as mip-NeRF 360 measures an unbounded ray for its distortion loss:
+        the far background does not outweigh the object."""
+        t = tf.clip_by_value(t, near, far)
+        return (1.0 / near - 1.0 / t) / (1.0 / near - 1.0 / far)
 
     def depths(self, ray_origins, t_start, t_end, fractions):
         """The first half of ``[0, 1]`` evenly in depth up to where the ray has surely left the ball
