@@ -389,7 +389,7 @@ def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: i
 MODEL_FILE, PROGRESS_FILE, RUN_FILE, CAMERAS_FILE = "model.keras", "progress.npz", "run.json", "cameras.npz"
 
 
-def trained_poses(model_folder, train_part) -> "np.ndarray":
+def trained_poses(model_folder, train_part) -> np.ndarray:
     """The training views' camera-to-world poses ``[V, 4, 4]`` as the model learned them: corrected by its pose
     refinement where training had one (``CAMERAS_FILE`` in ``model_folder``), else ``train_part``'s own."""
     path = Path(model_folder) / CAMERAS_FILE

@@ -21,9 +21,9 @@ appearance embedding per training view when ``scene.appearance`` is ``on``, or `
 is a capture (unbounded, as contraction decides; the hash-grid field only); it learns a correction of each
 training view's pose when ``scene.camera_refinement`` is ``on``, or ``auto`` and the scene is a capture, and
 logs how far the corrections moved the cameras (``camera/*`` in MLflow, ``camera_refinement`` in
-``train.json``). MLflow gets the params the
-run uses (and ``model.appearance_embedding``, ``model.camera_refinement``: whether they are on), the curves, a progress image per epoch, the rays as the run's dataset and the model as a
-Logged Model (``logged_model.py``).
+``train.json``). MLflow gets the params the run uses (and ``model.appearance_embedding``,
+``model.camera_refinement``: whether they are on), the curves, a progress image per epoch, the rays as
+the run's dataset and the model as a Logged Model (``logged_model.py``).
 """
 
 from __future__ import annotations
@@ -142,10 +142,12 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                                   {"fingerprint": key, "run_id": run.info.run_id},
                                   {"history": meta["history"], "steps": meta.get("steps", []), "frames": list(frames)},
                                   steps, cfg.mlflow.log_every_steps)
-        log.info("training preset '%s' in a %s space%s: %d epochs of %d steps, batches of %d %s on %d replica(s); "
+        log.info("training preset '%s' in a %s space%s%s: %d epochs of %d steps, batches of %d %s on %d replica(s); "
                  "validating on %d of %d val views", cfg.preset, "contracted" if is_contracted else "box",
                  f", with an appearance embedding of {preset.field.appearance_dim} per training view (the mean for "
-                 "held-out views)" if with_appearance else "", cfg.epochs, steps, preset.batch.size,
+                 "held-out views)" if with_appearance else "",
+                 ", refining the training views' camera poses" if with_refinement else "", cfg.epochs, steps,
+                 preset.batch.size,
                  preset.batch.mode, strategy.num_replicas_in_sync, len(validated), val.num_views)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
         batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps,
