@@ -55,14 +55,14 @@ from bench_train import (BudgetRecorder, eval_schedule, machine, mean_psnr, peak
                          prepare_rays, read_yaml)
 
 from nerf_pipeline import config  # noqa: E402
-from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
+from nerf_pipeline.model.nerf import compile_for_training  # noqa: E402
 from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
 from nerf_pipeline.runtime import atomic  # noqa: E402
 from nerf_pipeline.runtime.errors import UserError  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
 from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
-from nerf_pipeline.stages.train import appearance, camera_refinement, contracted  # noqa: E402
+from nerf_pipeline.stages.train import appearance, build_model, camera_refinement, contracted  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 
@@ -207,10 +207,7 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     # contraction, the appearance embedding and the camera refinement as the train stage decides them
     is_contracted, with_appearance = contracted(cfg, train_part.unbounded), appearance(cfg, train_part.unbounded)
     with_refinement = camera_refinement(cfg, train_part.unbounded)
-    model = build_nerf(preset, near=train_part.near, far=train_part.far, contracted=is_contracted,
-                       bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed,
-                       appearance_views=train_part.num_views if with_appearance else 0,
-                       refined_views=train_part.num_views if with_refinement else 0)
+    model = build_model(cfg, train_part)
     schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
     psnr_key = f"{heldout_part.part}_psnr"
@@ -221,7 +218,7 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space"
           f"{', with an appearance embedding per view' if with_appearance else ''}"
           f"{', refining the training cameras' if with_refinement else ''}", flush=True)
-    batches = datasets.train_dataset(train_part, preset.batch, cfg.seed, with_views=with_appearance or with_refinement)
+    batches = datasets.train_dataset(train_part, preset.batch, cfg.seed, with_views=model.trains_on_views)
     fit_start, cpu_start = time.perf_counter(), cpu_s()
     model.fit(batches, epochs=1, steps_per_epoch=10**9,
               callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)

@@ -77,6 +77,12 @@ class NeRF(keras.Model):
         """Whether the field runs a native op (the fused hash grid), which XLA cannot compile."""
         return bool(getattr(self.field, "uses_native_op", False))
 
+    @property
+    def trains_on_views(self) -> bool:
+        """Whether training batches must carry each ray's view (``views``): a part of the model is per training view
+        (the field's appearance embedding, the pose refinement)."""
+        return getattr(self.field, "appearance", None) is not None or self.pose_refinement is not None
+
     def plan_xla(self, jit_compile: bool) -> bool:
         """Where XLA compiles, for callers that asked for ``jit_compile``: returns whether to compile whole
         steps (the train step, a render pass). With a native op, no: XLA then compiles the parts around it
@@ -87,8 +93,8 @@ class NeRF(keras.Model):
     # -- rendering ------------------------------------------------------------------------
 
     def render_rays(self, ray_origins, ray_directions, training: bool = False, views=None) -> dict:
-        """``rendering.composite``'s dict for flat rays: ``rgb [R, 3]``, ``depth [R]``, ``acc [R]``, ``weights [R, S]``;
-        ``views [R]``: the training view of each ray (None: held-out rays, the mean appearance)."""
+        """``rendering.composite``'s dict for flat rays: ``rgb [R, 3]``, ``depth [R]``, ``acc [R]``, ``weights [R, S]``,
+        and the samples' ``t_vals, deltas [R, S]`` (what the distortion loss measures); ``views [R]``: the training view of each ray (None: held-out rays, the mean appearance)."""
         t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training)
         rgb, sigma = self.field_along_rays(ray_origins, ray_directions, t_vals, views)
         return {**rendering.composite(rgb, sigma, t_vals, deltas, self.background), "t_vals": t_vals, "deltas": deltas}
@@ -232,21 +238,17 @@ class NeRF(keras.Model):
                 ray_origins, ray_directions, views, target_rgb)  # the march is native too: XLA compiles its parts
         encoding = self.field.encoding
         encoded = encoding(points)
-        if refining:
-            decode_loss = xla.part(self, "decode_loss_directions",
-                                   functools.partial(self._decode_loss_and_gradients, with_directions=True))
-            loss, decoder_gradients, encoded_gradient, directions_gradient = decode_loss(
-                encoded, directions, sample_views, t_vals, deltas, target_rgb)
-        else:
-            loss, decoder_gradients, encoded_gradient = xla.part(self, "decode_loss", self._decode_loss_and_gradients)(
-                encoded, directions, sample_views, t_vals, deltas, target_rgb)
+        decode_loss = xla.part(self, "decode_loss_directions" if refining else "decode_loss",
+                               functools.partial(self._decode_loss_and_gradients, with_directions=refining))
+        loss, decoder_gradients, encoded_gradient, *directions_gradient = decode_loss(
+            encoded, directions, sample_views, t_vals, deltas, target_rgb)
         gradient_of = {id(v): g for v, g in zip(self._decoder_variables(), decoder_gradients)}
         gradient_of[id(encoding.table)] = encoding.table_gradient(points, encoded_gradient)
         if refining:
             correction = self.pose_refinement.correction
             (gradient_of[id(correction)],) = _dense(pose_tape.gradient(
                 [points, directions], [correction],
-                output_gradients=[encoding.points_gradient(points, encoded_gradient), directions_gradient]))
+                output_gradients=[encoding.points_gradient(points, encoded_gradient), *directions_gradient]))
         self.optimizer.apply([gradient_of[id(v)] for v in self.trainable_variables], self.trainable_variables)
         return self._update_metrics(loss)
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from nerf_pipeline import logged_model
 from nerf_pipeline.config import Config, HashGridFieldConfig
-from nerf_pipeline.model.nerf import (CAMERAS_FILE, MODEL_FILE, PROGRESS_FILE, RUN_FILE, build_nerf,
+from nerf_pipeline.model.nerf import (CAMERAS_FILE, MODEL_FILE, PROGRESS_FILE, RUN_FILE, NeRF, build_nerf,
                                      compile_for_training)
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, interrupts, tracking
@@ -70,6 +70,17 @@ def camera_refinement(cfg: Config, unbounded: bool) -> bool:
     """Whether training learns a pose correction per training view: ``scene.camera_refinement`` on, or auto for a
     capture (``unbounded``: its poses come from structure from motion or COLMAP; a synthetic scene's are exact)."""
     return cfg.scene.camera_refinement == "on" or (cfg.scene.camera_refinement == "auto" and bool(unbounded))
+
+
+def build_model(cfg: Config, train) -> NeRF:
+    """The untrained model of ``cfg``'s preset for the training part ``train`` (a ``RayPart``), with contraction, an
+    appearance embedding and a camera refinement as ``contracted``, ``appearance`` and ``camera_refinement`` decide
+    for it (what ``bench_captures`` builds too). Call it in the strategy's scope."""
+    unbounded = train.unbounded
+    return build_nerf(cfg.active, near=train.near, far=train.far, contracted=contracted(cfg, unbounded),
+                      bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed,
+                      appearance_views=train.num_views if appearance(cfg, unbounded) else 0,
+                      refined_views=train.num_views if camera_refinement(cfg, unbounded) else 0)
 
 
 def run(cfg: Config, *, in_rays, out_model, out_metrics, out_history, out_steps, out_checkpoint) -> dict:
@@ -117,10 +128,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
     with run_context as run:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
-            model = build_nerf(preset, near=train.near, far=train.far, contracted=is_contracted,
-                               bound=cfg.scene.bound, background=cfg.data.background, seed=cfg.seed,
-                               appearance_views=train.num_views if with_appearance else 0,
-                               refined_views=train.num_views if with_refinement else 0)
+            model = build_model(cfg, train)
             compile_for_training(model, preset.optimizer, total_steps, jit_compile)
         distribute.adapt_for_keras_fit(model, strategy)
         initial_epoch = meta["epoch"]
@@ -151,7 +159,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                  preset.batch.mode, strategy.num_replicas_in_sync, len(validated), val.num_views)
         # The batches an uninterrupted run would see from this epoch on: skip those of the epochs done.
         batches = datasets.train_dataset(train, preset.batch, cfg.seed, skip_batches=initial_epoch * steps,
-                                         with_views=with_appearance or with_refinement)
+                                         with_views=model.trains_on_views)
         # The recorder validates and puts val_loss/val_psnr into the epoch's logs: FitProgress, after it, reads them.
         callbacks = [*model.training_callbacks(), StopOnNonFiniteLoss(cfg.preset), recorder, PoseCorrections(mlflow),
                      FitProgress(cfg.epochs, steps), StopWhenInterrupted()]
