@@ -12,14 +12,22 @@ The captures (issue 23), found under ``--data``; one that is absent is skipped a
 * ``beer_video``: ``beer/Beer.mp4``, its frames posed by structure from motion (the poses stage), 71 frames
   taken (as many as ``beer/images`` holds), 180×320, every 8th held out;
 * ``stitch``: ``stitch/``, split files with instant-ngp intrinsics, 400×400 (downscale 2), scored on its own
-  test split.
+  test split; read from a folder under ``--work`` linking its files, whose ``transforms_val.json`` names
+  ``val/`` where the capture's names a ``test/`` folder it does not have (``mended_stitch``; said when done);
+* ``turntable``: the chair's 100 training views (``chair/``) at 200×200 composited onto one fixed photo (a
+  frame of ``beer/``), a mask per view from the chair's alpha, in nerfstudio's layout with ``mask_path``
+  (``turntable``; written under ``--work`` once): an object that turns before a background that does not,
+  every 8th view held out and scored on its masks.
 
 Each capture goes through the pipeline's data stages once (``bench_train.prepare_rays``: download, poses
 with structure from motion for the video, split, rays), again only for a variant that changes a ``data``,
 ``poses``, ``split`` or ``synthetic`` key; ``--work`` keeps the rays between runs. A variant is a name and
 ``KEY=VALUE`` overrides of params.yaml (dotted keys, YAML 1.2 values as DVC reads them), applied after the
 capture's own settings and ``--set``; the default list is ``baseline`` (params.yaml as it is) and one variant
-per feature in ``FEATURES`` whose keys params.yaml has, each flipping that feature against the default.
+per feature in ``FEATURES`` whose keys params.yaml has, each flipping that feature against the default. One
+key is the benchmark's own, not params.yaml's: ``bench.train_masks=off`` trains as if the capture had no
+masks (scored on them all the same). A variant that, for a capture, trains as an earlier one does (``scene.*``'s
+``auto`` resolved; masks off where there are none) is not rerun for it.
 
 Every variant trains as the train stage builds its model (a contracted space for these unbounded captures
 under ``scene.contraction: auto``) for ``--budget-s`` s of training time (XLA compilation included, evaluation
@@ -27,7 +35,10 @@ excluded), with the learning rate decayed over the budget as ``bench_train`` doe
 ``--curve-views`` held-out views every ``--eval-every-s``; the final figures score every held-out view (PSNR
 and SSIM as the evaluate stage computes them, on the kept pixels where the capture has masks) and
 ``--train-views`` training views (how far val lags train: overfitting; rendered with the mean appearance
-embedding, as held-out views are). The JSON is rewritten after each
+embedding, as held-out views are), and write what to look at into ``--pictures`` (default ``WORK/pictures``):
+``<capture>-<variant>-heldout.png`` (3 held-out views: truth | rendered, masked-out pixels darkened) and
+``<capture>-<variant>-video.png`` (frames 0, 30, 60, 90 of the camera path the render stage takes). The JSON is
+rewritten after each
 variant, so an interrupted run keeps what it measured; a markdown table is printed at the end. Nothing here
 asserts a figure.
 """
@@ -35,6 +46,8 @@ asserts a figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -45,16 +58,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import keras
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_stages import set_key  # noqa: E402
-from bench_train import (BudgetRecorder, eval_schedule, machine, mean_psnr, peak_rss_mb,  # noqa: E402
+from bench_train import (BudgetRecorder, eval_schedule, machine, peak_rss_mb,  # noqa: E402
                          prepare_rays, read_yaml)
 
-from nerf_pipeline import config  # noqa: E402
+from nerf_pipeline import camera, config, media  # noqa: E402
 from nerf_pipeline.model.nerf import compile_for_training  # noqa: E402
 from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
 from nerf_pipeline.runtime import atomic  # noqa: E402
@@ -62,28 +76,115 @@ from nerf_pipeline.runtime.errors import UserError  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
 from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
+from nerf_pipeline.stages.render import camera_path, depth_ahead  # noqa: E402
 from nerf_pipeline.stages.train import appearance, build_model, camera_refinement, contracted  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
+
+
+def mended_stitch(data: Path, work: Path) -> Path:
+    """``stitch/`` as its README describes it: its ``transforms_val.json`` names ``./test/NNNN``, a folder the
+    capture does not have; the same frames are in ``val/`` (the README: the test split, the source's val
+    frames, points at ``val/``). A folder under ``work`` linking the capture's files, with a val file naming
+    ``val/``; the capture itself is left as it is."""
+    source, folder = data / "stitch", work / "stitch_source"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in source.iterdir():  # anything else as it is: the download stage judges it
+        if path.name != "transforms_val.json":
+            (folder / path.name).symlink_to(path.resolve())
+    val, mended = source / "transforms_val.json", 0
+    try:
+        meta = json.loads(val.read_text())
+        frames = list(meta["frames"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent or broken: left for the download stage to refuse
+        if val.exists():
+            (folder / val.name).symlink_to(val.resolve())
+        return folder
+    for frame in frames:
+        path = str(frame.get("file_path", "")) if isinstance(frame, dict) else ""
+        named = path[2:] if path.startswith("./") else path
+        if named.startswith("test/") and not list(source.glob(named + "*")) and list(
+                source.glob("val/" + named[len("test/"):] + "*")):
+            frame["file_path"], mended = "./val/" + named[len("test/"):], mended + 1
+    atomic.write_text(folder / val.name, json.dumps(meta, indent=1))
+    if mended:
+        print(f"[stitch] {source / 'transforms_val.json'} names ./test/ for {mended} frames that are in val/ "
+              f"(stitch has no test/ folder): reading a copy naming val/, {folder}", flush=True)
+    return folder
+
+
+TURNTABLE_SIDE = 200  # the chair's 800x800 views averaged in 4x4 blocks
+
+
+def turntable(data: Path, work: Path, side: int = TURNTABLE_SIDE) -> Path:
+    """A turntable capture made from the chair (issue 23's recipe): its 100 training views at ``side`` x ``side``,
+    composited onto one fixed photo (a frame of beer/, the same in every view, as the wall behind an
+    object that turns on a table), a mask per view from the chair's alpha (kept where alpha > 1/2),
+    in nerfstudio's layout (``transforms.json`` with a ``mask_path`` per frame)."""
+    import imageio.v3 as iio
+
+    folder = work / "turntable_source"
+    if (folder / "transforms.json").is_file():
+        return folder
+    meta = json.loads((data / "chair" / "transforms_train.json").read_text())
+    photo = np.asarray(iio.imread(data / "beer" / "images" / "0000.jpg"), np.float32) / 255.0  # 1280x720
+    top = (photo.shape[0] - photo.shape[1]) // 2
+    photo = photo[top:top + photo.shape[1]]  # the middle square
+    block = photo.shape[0] // side
+    photo = photo[:block * side, :block * side].reshape(side, block, side, block, 3).mean((1, 3))
+    scratch = work / "turntable_source.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / "images").mkdir(parents=True)
+    (scratch / "masks").mkdir()
+    frames = []
+    for frame in meta["frames"]:
+        rgba = np.asarray(iio.imread(data / "chair" / (frame["file_path"].lstrip("./") + ".png")), np.float32) / 255.0
+        block = rgba.shape[0] // side
+        # over the photo as alpha says, averaged in blocks: premultiplied first (the colour of a transparent
+        # pixel is not the scene's; NeRF-synthetic's are black)
+        rgba[..., :3] *= rgba[..., 3:]
+        rgba = rgba[:block * side, :block * side].reshape(side, block, side, block, 4).mean((1, 3))
+        alpha = rgba[..., 3:]
+        rgb = rgba[..., :3] + photo * (1.0 - alpha)
+        stem = Path(frame["file_path"]).name
+        iio.imwrite(scratch / "images" / f"{stem}.png", np.round(rgb * 255).astype(np.uint8))
+        iio.imwrite(scratch / "masks" / f"{stem}.png", np.where(alpha[..., 0] > 0.5, 255, 0).astype(np.uint8))
+        frames.append({"file_path": f"images/{stem}.png", "mask_path": f"masks/{stem}.png",
+                       "transform_matrix": frame["transform_matrix"]})
+    atomic.write_text(scratch / "transforms.json", json.dumps({"camera_angle_x": meta["camera_angle_x"],
+                                                               "frames": frames}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    scratch.rename(folder)
+    print(f"[turntable] wrote {len(frames)} views of {side}x{side} with masks to {folder}",
+          flush=True)
+    return folder
 
 
 @dataclass(frozen=True)
 class Capture:
     name: str
-    source: str  # relative to --data
-    present: str  # the file or folder (relative to --data) whose absence skips the capture
+    source: str  # relative to --data (or, with ``build``, to the folder it makes)
+    present: tuple[str, ...]  # files or folders (relative to --data) whose absence skips the capture
     sets: tuple[str, ...]  # its own params (resolution, split), before --set and the variant's
     about: str
+    build: Optional[Callable[[Path, Path], Path]] = None  # (data, work) -> the folder ``source`` is in
 
 
 CAPTURES = (
-    Capture("beer_colmap", "beer", "beer/sparse/0", ("data.downscale=4", "split.order=every_8th"),
+    Capture("beer_colmap", "beer", ("beer/sparse/0",), ("data.downscale=4", "split.order=every_8th"),
             "beer/ through its COLMAP model, 180x320, every 8th view held out"),
-    Capture("beer_video", "beer/Beer.mp4", "beer/Beer.mp4",
+    Capture("beer_video", "beer/Beer.mp4", ("beer/Beer.mp4",),
             ("data.downscale=4", "split.order=every_8th", "data.max_frames=71"),
             "beer/Beer.mp4, poses by structure from motion, 71 frames, 180x320, every 8th held out"),
-    Capture("stitch", "stitch", "stitch/transforms_train.json", ("data.downscale=2",),
-            "stitch/ split files (instant-ngp intrinsics), 400x400, its own test split"),
+    Capture("stitch", ".", ("stitch/transforms_train.json",), ("data.downscale=2",),
+            "stitch/ split files (instant-ngp intrinsics), 400x400, its own test split", build=mended_stitch),
+    Capture("turntable", ".", ("chair/transforms_train.json", "beer/images/0000.jpg"), ("split.order=every_8th",),
+            "the chair's 100 training views on one fixed photo, masks from alpha, 200x200, every 8th held out",
+            build=turntable),
 )
+
+# Not params.yaml keys: switches of this benchmark, in a variant like a key (``no_masks:bench.train_masks=off``).
+BENCH_KEYS = {"bench.train_masks": ("on", "off")}  # off: train as if the capture had no masks (scored on them)
 
 # Features of issue 23 and the overrides that flip each against params.yaml's default; a feature is in the
 # default variant list when params.yaml has every key it names (so the script runs before and after each lands).
@@ -93,6 +194,7 @@ FEATURES = {
     "distortion": ("presets.hashgrid.distortion_weight=0.002",),  # off by default; nerfacto's weight
     "box": ("scene.contraction=off",),  # contraction is on for captures by default (auto)
     "no_candidates": ("presets.hashgrid.batch.candidate_factor=1",),  # rays through occupied space first: off
+    "no_masks": ("bench.train_masks=off",),  # masks are used where a capture has them; run only on those
 }
 
 PREP_SECTIONS = ("data", "poses", "split", "synthetic")  # what the data stages read: a change re-prepares
@@ -124,6 +226,10 @@ def configured(params: dict, source: str, sets: list[str], params_path: str) -> 
     params["data"]["source"] = source  # (not through YAML: a path may hold ': ' or '#')
     for item in sets:
         key, _, value = item.partition("=")
+        if key in BENCH_KEYS:
+            if value not in BENCH_KEYS[key]:
+                raise UserError(f"{item}: {key} takes {' or '.join(BENCH_KEYS[key])}")
+            continue  # read by bench_capture
         if not has_key(params, key):
             raise UserError(f"{item}: {params_path} has no key '{key}'")
         set_key(params, key, read_yaml(value, f"the value of {key} in {item!r}"))
@@ -132,7 +238,14 @@ def configured(params: dict, source: str, sets: list[str], params_path: str) -> 
 
 def default_variants(params: dict) -> list[tuple[str, list[str]]]:
     return [("baseline", [])] + [(name, list(sets)) for name, sets in FEATURES.items()
-                                 if all(has_key(params, item.partition("=")[0]) for item in sets)]
+                                 if all(has_key(params, item.partition("=")[0]) or item.partition("=")[0] in BENCH_KEYS
+                                        for item in sets)]
+
+
+def bench_value(sets, key: str) -> str:
+    """The value ``sets`` give the benchmark's own ``key`` (the first of ``BENCH_KEYS[key]`` if none)."""
+    values = [item.partition("=")[2] for item in sets if item.partition("=")[0] == key]
+    return values[-1] if values else BENCH_KEYS[key][0]
 
 
 def prep_key(cfg: config.Config) -> str:
@@ -186,22 +299,67 @@ class Horizon:
         self.schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
 
 
-def scores(renderer, part, views) -> tuple[float, float]:
-    """Mean PSNR and SSIM of ``views`` of ``part`` (the evaluate stage's metrics, masked where it has masks)."""
+def scores(renderer, part, views, model=None, train_positions=None) -> tuple[float, float]:
+    """Mean PSNR and SSIM of ``views`` of ``part`` (the evaluate stage's metrics, masked where it has masks),
+    each rendered with the appearance of the training views nearest it (``train_positions [V, 3]``, as the
+    evaluate stage does), or with the mean appearance when ``model`` is None."""
     psnr, ssim = [], []
     for view in views:
         kept = part.view_mask(int(view))
-        p, s = image_metrics(renderer(*part.view_rays(int(view)))["rgb"][None], part.view_rgb(int(view))[None],
-                             None if kept is None else kept[None])
+        near = (contextlib.nullcontext() if model is None
+                else model.appearance_near(train_positions, part.poses[int(view)][:3, 3]))
+        with near:
+            rgb = renderer(*part.view_rays(int(view)))["rgb"]
+        p, s = image_metrics(rgb[None], part.view_rgb(int(view))[None], None if kept is None else kept[None])
         psnr.append(float(p[0]))
         ssim.append(float(s[0]))
     return float(np.mean(psnr)), float(np.mean(ssim))
 
 
+PICTURE_VIEWS = 3  # held-out views shown, evenly spread
+PICTURE_FRAMES = (0, 30, 60, 90)  # frames of the render stage's camera path shown (of render.num_frames)
+
+
+def write_pictures(cfg: config.Config, model, renderer, train_part, heldout_part, stem: Path) -> list[str]:
+    """What to look at: ``<stem>-heldout.png`` (rows of held-out views: truth | rendered; with masks, the
+    dropped pixels darkened in both) and ``<stem>-video.png`` (frames of the camera path the render stage
+    takes, side by side). Returns the files written."""
+    poses = train_part.poses if model.pose_refinement is None else model.pose_refinement.corrected_poses(
+        train_part.poses)
+    positions = poses[:, :3, 3]
+
+    def render(pose, lens):  # as evaluate and render do: in the appearance of the nearest training views
+        with model.appearance_near(positions, pose[:3, 3]):
+            return renderer(*camera.generate_rays(pose, heldout_part.height, heldout_part.width, lens))["rgb"]
+
+    rows = []
+    for view in evenly_spread(heldout_part.num_views, PICTURE_VIEWS):
+        truth = heldout_part.view_rgb(int(view))
+        rgb = render(heldout_part.poses[int(view)], heldout_part.intrinsics[int(view)])
+        kept = heldout_part.view_mask(int(view))
+        shade = 1.0 if kept is None else np.where(kept, 1.0, 0.35)[..., None]
+        rows.append(np.concatenate([media.to_uint8(truth * shade), media.to_uint8(rgb * shade)], axis=1))
+    cameras = np.concatenate([poses, heldout_part.poses])
+    lens = heldout_part.intrinsics[0]
+    depth = None if camera.looked_at_point(cameras) is not None else depth_ahead(
+        renderer, cameras, lens, heldout_part.height, heldout_part.width)
+    path, _ = camera_path(cfg.render, cameras, heldout_part.near, heldout_part.far, depth)
+    frames = [media.to_uint8(render(path[i], lens)) for i in PICTURE_FRAMES if i < len(path)]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    media.write_png(Path(f"{stem}-heldout.png"), np.concatenate(rows, axis=0))
+    media.write_png(Path(f"{stem}-video.png"), np.concatenate(frames, axis=1))
+    return [f"{stem}-heldout.png", f"{stem}-video.png"]
+
+
 def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budget_s: float, every_s: float,
-                  curve_views: int, train_views: int) -> dict:
-    """Train ``cfg``'s preset for ``budget_s`` s of training time; its curve and final figures."""
+                  curve_views: int, train_views: int, pictures: Path, train_masks: bool = True) -> dict:
+    """Train ``cfg``'s preset for ``budget_s`` s of training time; its curve and final figures. ``train_masks``
+    False: trained as if ``train_part`` had no masks (scored, like held-out views, on the pixels they keep)."""
     preset = cfg.active
+    trained_part = train_part
+    if not train_masks:
+        trained_part = copy.copy(train_part)
+        trained_part.masks = None
     datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(cfg.seed)
     # contraction, the appearance embedding and the camera refinement as the train stage decides them
@@ -212,45 +370,68 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
     psnr_key = f"{heldout_part.part}_psnr"
     curve_subset = evenly_spread(heldout_part.num_views, curve_views)
-    recorder = BudgetRecorder(lambda: mean_psnr(renderer, heldout_part, curve_subset),
+    positions = train_part.poses[:, :3, 3]  # (the curve's: as given; the final figures' as trained)
+    recorder = BudgetRecorder(lambda: scores(renderer, heldout_part, curve_subset, model, positions)[0],
                               eval_schedule(budget_s, every_s), budget_s, Horizon(schedule, budget_s),
                               psnr_key=psnr_key)
     print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space"
           f"{', with an appearance embedding per view' if with_appearance else ''}"
           f"{', refining the training cameras' if with_refinement else ''}", flush=True)
-    batches = datasets.train_dataset(train_part, preset.batch, cfg.seed, with_views=model.trains_on_views)
+    batches = datasets.train_dataset(trained_part, preset.batch, cfg.seed, with_views=model.trains_on_views)
     fit_start, cpu_start = time.perf_counter(), cpu_s()
     model.fit(batches, epochs=1, steps_per_epoch=10**9,
               callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)
     train_s = recorder.train_s()
     fit = {"wall_s": round(time.perf_counter() - fit_start, 1), "cpu_s": round(cpu_s() - cpu_start, 1)}
     start = time.perf_counter()
-    heldout_psnr, heldout_ssim = scores(renderer, heldout_part, range(heldout_part.num_views))
+    poses = train_part.poses if model.pose_refinement is None else model.pose_refinement.corrected_poses(
+        train_part.poses)
+    heldout_psnr, heldout_ssim = scores(renderer, heldout_part, range(heldout_part.num_views), model,
+                                        poses[:, :3, 3])
+    # the same model, held-out views in the mean appearance (what validation and renders took before)
+    mean_psnr, mean_ssim = (heldout_psnr, heldout_ssim) if not with_appearance else scores(
+        renderer, heldout_part, range(heldout_part.num_views))
     train_psnr, train_ssim = scores(renderer, train_part, evenly_spread(train_part.num_views, train_views))
     final_eval_s = time.perf_counter() - start
+    shown = write_pictures(cfg, model, renderer, train_part, heldout_part, pictures)
     print(f"  [{name}] {recorder.step} steps in {train_s:.0f} s: {heldout_part.part} PSNR {heldout_psnr:.2f} dB, "
           f"SSIM {heldout_ssim:.3f}; train PSNR {train_psnr:.2f} dB (evaluated in {final_eval_s:.0f} s)", flush=True)
     return {"curve": recorder.curve, "curve_views": [int(v) for v in curve_subset],
             "contracted": is_contracted, "appearance": with_appearance, "camera_refinement": with_refinement,
+            "masks": trained_part.masks is not None,
             "camera_corrections": model.pose_refinement.sizes() if with_refinement else None,
             "final": {"split": heldout_part.part, "num_views": heldout_part.num_views,
                       "psnr": round(heldout_psnr, 3), "ssim": round(heldout_ssim, 4),
+                      "psnr_mean_appearance": round(mean_psnr, 3), "ssim_mean_appearance": round(mean_ssim, 4),
                       "masked": heldout_part.masks is not None,
                       "train_psnr": round(train_psnr, 3), "train_ssim": round(train_ssim, 4),
                       "train_views_scored": min(train_views, train_part.num_views),
                       "wall_s": round(train_s, 2), "steps": recorder.step, "eval_s": round(final_eval_s, 1)},
             "steps_per_s": round(recorder.step / train_s, 3), "eval_s_total": round(recorder.eval_s, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "pictures": shown,
             "fit": fit}  # CPU seconds per wall second well below the cores: the process was starved or stopped
 
 
-def bench_capture(capture: Capture, variants, plans: dict, work: Path, args, summary: dict, write) -> None:
+def bench_capture(capture: Capture, variants, plans: dict, work: Path, pictures: Path, args, summary: dict,
+                  write) -> None:
     """Every variant of ``capture`` (``plans``: its params per variant name) into ``summary["captures"]``."""
-    entry = None
+    entry, trained = None, {}
     for name, sets in variants:
         cfg = plans[name]
         rays, prep = prepared_rays(cfg, capture, work)
         train_part, heldout_part = ray_files.load(rays, "train"), evaluation_part(cfg, rays)
+        train_masks = bench_value(sets, "bench.train_masks") == "on"
+        # What the variant trains, with scene.*'s auto resolved for this capture: one that trains as an
+        # earlier variant did (e.g. camera refinement under auto, for a capture that gets none) is not rerun.
+        trains = json.dumps([cfg.model_dump(mode="json", exclude={"scene"}), cfg.scene.bound,
+                             contracted(cfg, train_part.unbounded), appearance(cfg, train_part.unbounded),
+                             camera_refinement(cfg, train_part.unbounded), train_masks or train_part.masks is None],
+                            sort_keys=True)
+        same = next((earlier for earlier, what in trained.items() if what == trains), None)
+        if same is not None:
+            print(f"  [{name}] not run: for {capture.name} it trains as {same} does", flush=True)
+            continue
+        trained[name] = trains
         if entry is None:
             entry = summary["captures"][capture.name] = {
                 "source": cfg.data.source, "sets": list(capture.sets), "about": capture.about, "prepare": prep,
@@ -258,7 +439,8 @@ def bench_capture(capture: Capture, variants, plans: dict, work: Path, args, sum
             print(f"[{capture.name}] {train_part.num_views} train views, scored on {heldout_part.num_views} "
                   f"{heldout_part.part} views of {heldout_part.width}x{heldout_part.height}", flush=True)
         result = train_variant(cfg, name, train_part, heldout_part, args.budget_s, args.eval_every_s,
-                               args.curve_views, args.train_views)
+                               args.curve_views, args.train_views, pictures / f"{capture.name}-{name}",
+                               train_masks)
         entry["variants"][name] = {"set": sets, "prepare_key": prep_key(cfg), "size": [heldout_part.height,
                                    heldout_part.width], "split": {"train": train_part.num_views,
                                    heldout_part.part: heldout_part.num_views}, **result}
@@ -275,7 +457,7 @@ def markdown_table(summary: dict) -> str:
             final = result["final"]
             delta = "" if base is None or variant == "baseline" else f"{final['psnr'] - base:+.2f}"
             views = f"{result['split']['train']} / {result['split'][final['split']]} ({final['split']})"
-            on = ", ".join(feature for feature in ("contracted", "appearance", "camera_refinement")
+            on = ", ".join(feature for feature in ("contracted", "appearance", "camera_refinement", "masks")
                            if result.get(feature)) or "—"
             rows.append(f"| {name} | {result['size'][1]}×{result['size'][0]} | {views} | {variant} | {on} | "
                         f"{final['psnr']:.2f} | {final['ssim']:.3f} | {delta} | {final['train_psnr']:.2f} | "
@@ -287,7 +469,8 @@ def markdown_table(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--data", required=True, help="the folder holding beer/ and stitch/, e.g. ../shared/data")
+    parser.add_argument("--data", required=True,
+                        help="the folder holding beer/, stitch/ and chair/, e.g. ../shared/data")
     parser.add_argument("--capture", action="append", default=None, choices=[c.name for c in CAPTURES],
                         help="only these captures (repeatable; default: all)")
     parser.add_argument("--variant", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
@@ -302,6 +485,8 @@ def main() -> None:
                         help="change a params.yaml key for every capture and variant, after the capture's own")
     parser.add_argument("--work", default=None,
                         help="keep the prepared rays here and reuse them in later runs (default: a temporary folder)")
+    parser.add_argument("--pictures", default=None,
+                        help="write each variant's held-out views and video frames (PNG) here (default: WORK/pictures)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="    %(message)s")  # the stages' own lines (SfM, split, …)
@@ -319,13 +504,8 @@ def main() -> None:
         raise UserError(f"--variant: each variant needs its own name; got {', '.join(names)}")
     data = Path(args.data)
     if not data.is_dir():
-        raise UserError(f"--data {data}: not a folder (expected the one holding beer/ and stitch/)")
+        raise UserError(f"--data {data}: not a folder (expected the one holding beer/, stitch/ and chair/)")
     captures = [c for c in CAPTURES if args.capture is None or c.name in args.capture]
-    # Every variant's params are checked before anything trains, so a typo fails in a second, not an hour in.
-    plans = {c.name: {name: configured(params, (data / c.source).as_posix(), [*c.sets, *args.set, *sets],
-                                           args.params) for name, sets in variants}
-             for c in captures}
-
     out = Path(args.out)
     summary = {"data": str(data), "machine": machine(), "params": args.params, "set": args.set,
                "budget_s": args.budget_s, "variants": {name: sets for name, sets in variants},
@@ -337,15 +517,26 @@ def main() -> None:
 
     scratch = None if args.work else tempfile.TemporaryDirectory(prefix="nerf-bench-captures-")
     work = Path(args.work or scratch.name)
+    work.mkdir(parents=True, exist_ok=True)
+    pictures = Path(args.pictures) if args.pictures else work / "pictures"
+    plans = {}
     for capture in captures:
-        if not (data / capture.present).exists():
-            reason = f"{(data / capture.present).as_posix()} not found"
+        missing = [(data / path).as_posix() for path in capture.present if not (data / path).exists()]
+        if missing:
+            reason = f"{', '.join(missing)} not found"
             print(f"[{capture.name}] skipped: {reason}", flush=True)
             summary["skipped"][capture.name] = reason
             continue
+        source = (capture.build(data, work) if capture.build else data) / capture.source
+        # Every variant's params are checked before anything trains, so a typo fails in a second, not an hour in.
+        plans[capture.name] = {name: configured(params, source.as_posix(), [*capture.sets, *args.set, *sets],
+                                                args.params) for name, sets in variants}
+    for capture in captures:
+        if capture.name not in plans:
+            continue
         print(f"[{capture.name}] {capture.about}", flush=True)
         try:
-            bench_capture(capture, variants, plans[capture.name], work, args, summary, write)
+            bench_capture(capture, variants, plans[capture.name], work, pictures, args, summary, write)
         except UserError as e:  # e.g. structure from motion registers too few frames: the other captures still run
             print(f"[{capture.name}] failed: {e}", flush=True)
             summary["failed"][capture.name] = str(e)

@@ -214,6 +214,30 @@ def normalize_poses(poses: np.ndarray) -> tuple[np.ndarray, dict]:
     return out, {"center": center.tolist(), "rotation": rotation.tolist(), "scale": scale}
 
 
+NEAREST_VIEWS = 2  # training views whose appearance a held-out view takes (camera.nearest_views_weights)
+
+
+def nearest_views_weights(positions: np.ndarray, position, count: int = NEAREST_VIEWS) -> np.ndarray:
+    """Weights ``[V]`` summing to 1 of the ``count`` camera centres of ``positions [V, 3]`` nearest ``position
+    [3]``: ``1/d - 1/d'`` for a centre ``d`` away, ``d'`` the distance of the next nearest (so a centre's weight
+    falls to zero as it stops being among the nearest: a moving ``position``, a video's frames, sees the
+    weights change continuously); one at ``position`` takes all; zero for the others."""
+    positions = np.asarray(positions, dtype=np.float64)
+    distances = np.linalg.norm(positions - np.asarray(position, dtype=np.float64), axis=-1)
+    order = np.argsort(distances, kind="stable")
+    weights = np.zeros(len(positions))
+    if distances[order[0]] < 1e-9:
+        weights[order[0]] = 1.0
+        return weights
+    nearest = order[:count]
+    weights[nearest] = 1.0 / distances[nearest]
+    if len(order) > count:
+        weights[nearest] -= 1.0 / distances[order[count]]
+    if weights.sum() <= 0:  # as far as the next: all alike
+        weights[nearest] = 1.0
+    return weights / weights.sum()
+
+
 def bounds_from_cameras(poses: np.ndarray) -> tuple[float, float]:
     """``(near, far)``: half the closest and 1.5 times the farthest camera distance to the origin."""
     distances = np.linalg.norm(poses[:, :3, 3], axis=-1)

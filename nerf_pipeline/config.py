@@ -121,7 +121,8 @@ class SceneConfig(Section):
     # file says so), not object scenes; on | off force it.
     contraction: Literal["auto", "on", "off"]
     # A learned appearance embedding per training view (exposure, white balance), of the hash-grid
-    # field's appearance_dim numbers, fed to its colour head; held-out views and renders use the mean.
+    # field's appearance_dim numbers, fed to its colour head; held-out views (validation, evaluate) and
+    # video frames take the mix of their 2 nearest training cameras' (NeRF.appearance_near).
     # auto: for captures (photos, videos, COLMAP, LLFF, unbounded transforms.json: the scenes that
     # contraction auto contracts), not synthetic object scenes; on | off force it.
     appearance: Literal["auto", "on", "off"]

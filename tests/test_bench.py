@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import yaml
@@ -105,13 +106,19 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
         "--data", "data", "--params", "params.yaml", "--budget-s", "3", "--eval-every-s", "2", "--curve-views", "1",
         "--train-views", "2", "--set", "data.downscale=1", "--variant", "baseline",
         "--variant", "plain:scene.contraction=off,scene.appearance=off,presets.hashgrid.batch.size=256",
+        "--variant", "no_masks:bench.train_masks=off", "--variant", "same:scene.camera_refinement=off",
         "--work", "work", "--out", "results/captures.json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "results" / "captures.json").read_text())
 
     assert summary["variants"] == {"baseline": [], "plain": ["scene.contraction=off", "scene.appearance=off",
-                                                              "presets.hashgrid.batch.size=256"]}
-    assert summary["skipped"] == {"beer_video": "data/beer/Beer.mp4 not found"}
+                                                              "presets.hashgrid.batch.size=256"],
+                                   "no_masks": ["bench.train_masks=off"], "same": ["scene.camera_refinement=off"]}
+    # a capture without masks trains the same without them; params.yaml's refinement is already off
+    assert "[no_masks] not run: for beer_colmap it trains as baseline does" in result.stdout
+    assert "[same] not run: for beer_colmap it trains as baseline does" in result.stdout
+    assert summary["skipped"] == {"beer_video": "data/beer/Beer.mp4 not found", "turntable":
+                                  "data/chair/transforms_train.json, data/beer/images/0000.jpg not found"}
     assert set(summary["failed"]) == {"stitch"} and "transforms_train.json" in summary["failed"]["stitch"]
     beer = summary["captures"]["beer_colmap"]
     assert set(summary["captures"]) == {"beer_colmap"} and set(beer["variants"]) == {"baseline", "plain"}
@@ -124,6 +131,9 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
         assert final["wall_s"] >= 3 and final["steps"] == variant["curve"][-1]["step"] >= 1
         assert all(0 < point["val_psnr"] < 60 for point in variant["curve"])
         assert variant["fit"]["wall_s"] >= 3 and variant["fit"]["cpu_s"] > 0
+        held_out, video = (np.asarray(iio.imread(tmp_path / path)) for path in variant["pictures"])
+        frames = sum(i < tiny_params()["render"]["num_frames"] for i in (0, 30, 60, 90))  # of the path's frames
+        assert held_out.shape == (2 * 20, 2 * 28, 3) and video.shape == (20, frames * 28, 3)  # both val views
     baseline, plain = beer["variants"]["baseline"], beer["variants"]["plain"]
     assert baseline["contracted"] is baseline["appearance"] is True  # a capture: both on under auto
     assert plain["contracted"] is plain["appearance"] is False
@@ -160,3 +170,73 @@ def test_bench_captures_default_variants_use_only_keys_params_has():
         for name, sets in bench_captures.default_variants(yaml.safe_load((REPO / "params.yaml").read_text())):
             bench_captures.configured(yaml.safe_load((REPO / "params.yaml").read_text()), capture.source,
                                       [*capture.sets, *sets], "params.yaml")
+
+
+def load_bench_captures():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_captures
+
+    return bench_captures
+
+
+def test_the_turntable_capture_is_the_chair_over_one_photo_masked_by_its_alpha(tmp_path):
+    """Views of 8x8 RGBA (as the chair's 800x800) into 4x4: colour over the photo by alpha, averaged in 2x2
+    blocks, a mask where the block's alpha passes 1/2; the folder reads as a capture with those masks."""
+    from nerf_pipeline.scenes import folders
+
+    bench_captures = load_bench_captures()
+    data = tmp_path / "data"
+    (data / "chair" / "train").mkdir(parents=True)
+    (data / "beer" / "images").mkdir(parents=True)
+    iio.imwrite(data / "beer" / "images" / "0000.jpg", np.full((16, 8, 3), (200, 100, 50), np.uint8))  # portrait
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (2, 8, 8, 4)).astype(np.uint8)
+    rgba[0, ..., 3] = 0
+    rgba[0, :4, :4, 3] = 255  # view 0: one opaque block of 4x4, the rest transparent
+    frames = []
+    for i, image in enumerate(rgba):
+        iio.imwrite(data / "chair" / "train" / f"r_{i}.png", image)
+        pose = np.eye(4)
+        pose[:3, 3] = [0.0, -4.0 + i, 1.0]
+        frames.append({"file_path": f"./train/r_{i}", "transform_matrix": pose.tolist()})
+    (data / "chair" / "transforms_train.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
+
+    folder = bench_captures.turntable(data, tmp_path / "work", side=4)
+    images = np.stack([iio.imread(folder / "images" / f"r_{i}.png") for i in range(2)]).astype(np.float64)
+    masks = np.stack([iio.imread(folder / "masks" / f"r_{i}.png") for i in range(2)])
+    photo = np.array([200, 100, 50], np.float64)
+    a = rgba[..., 3:] / 255.0
+    expected = (rgba[..., :3] * a + photo * (1 - a)).reshape(2, 4, 2, 4, 2, 3).mean((2, 4))
+    np.testing.assert_allclose(images, expected, atol=2.5)  # the photo went through JPEG
+    opaque_block = np.zeros((4, 4), np.uint8)
+    opaque_block[:2, :2] = 255
+    np.testing.assert_array_equal(masks[0], opaque_block)
+    np.testing.assert_array_equal(masks[1] != 0, a[1, ..., 0].reshape(4, 2, 4, 2).mean((1, 3)) > 0.5)
+
+    views = folders.read_transforms(folder / "transforms.json", 0.0, None)
+    assert views.count == 2 and (views.height, views.width) == (4, 4)
+    np.testing.assert_array_equal(views.mask(0), masks[0] != 0)
+    assert bench_captures.turntable(data, tmp_path / "work", side=4) == folder  # made once
+
+
+def test_stitchs_val_file_is_read_from_a_copy_that_names_the_folder_its_frames_are_in(tmp_path, capsys):
+    bench_captures = load_bench_captures()
+    stitch = tmp_path / "data" / "stitch"
+    (stitch / "val").mkdir(parents=True)
+    (stitch / "train").mkdir()
+    iio.imwrite(stitch / "val" / "0001.png", np.zeros((2, 2, 3), np.uint8))
+    (stitch / "transforms_train.json").write_text("{}")
+    val = {"fl_x": 1.0, "frames": [{"file_path": "./test/0001", "transform_matrix": np.eye(4).tolist()},
+                                   {"file_path": "./test/0009"}]}  # not in val/ either: left for download to refuse
+    (stitch / "transforms_val.json").write_text(json.dumps(val))
+
+    folder = bench_captures.mended_stitch(tmp_path / "data", tmp_path / "work")
+    mended = json.loads((folder / "transforms_val.json").read_text())
+    assert [frame["file_path"] for frame in mended["frames"]] == ["./val/0001", "./test/0009"]
+    assert mended["fl_x"] == 1.0 and json.loads((stitch / "transforms_val.json").read_text()) == val  # left as it was
+    assert (folder / "val" / "0001.png").is_file() and (folder / "transforms_train.json").read_text() == "{}"
+    assert "names ./test/ for 1 frames that are in val/" in capsys.readouterr().out
+
+    (stitch / "transforms_val.json").write_text("{")  # broken: passed on as it is
+    folder = bench_captures.mended_stitch(tmp_path / "data", tmp_path / "work")
+    assert (folder / "transforms_val.json").read_text() == "{"

@@ -159,3 +159,22 @@ def test_rig_up_is_the_axis_level_cameras_share_even_where_their_mean_up_leans()
     positions = np.array([[x, -5.0, z] for x in (-1.0, 0.0, 1.0) for z in (0.0, 1.0)])
     parallel = np.stack([camera.look_at(p, p + [0.0, 1.0, 0.0]) for p in positions])  # rights all alike
     np.testing.assert_allclose(camera.rig_up(parallel), camera.mean_up(parallel))
+
+
+def test_nearest_views_weights_mix_the_nearest_cameras_and_change_continuously():
+    positions = np.array([[0.0, 0, 0], [1.0, 0, 0], [3.0, 0, 0], [10.0, 0, 0]])
+    np.testing.assert_array_equal(camera.nearest_views_weights(positions, [1.0, 0, 0]), [0, 1, 0, 0])
+    # at 0.5: 1/0.5 - 1/2.5 each for the two nearest, nothing for the others
+    np.testing.assert_allclose(camera.nearest_views_weights(positions, [0.5, 0, 0]), [0.5, 0.5, 0, 0])
+    near_first = camera.nearest_views_weights(positions, [0.2, 0, 0])
+    assert near_first[0] > near_first[1] > 0 == near_first[2] == near_first[3]
+    np.testing.assert_allclose(near_first.sum(), 1.0)
+    # crossing 1.5, where camera 0 and camera 2 (both 1.5 away) swap places as second and third nearest:
+    # each weight moves a little, none jumps (the second's weight is zero at the swap)
+    path = np.linspace(1.1, 1.9, 81)
+    weights = np.stack([camera.nearest_views_weights(positions, [x, 0, 0]) for x in path])
+    assert np.abs(np.diff(weights, axis=0)).max() < 0.05
+    assert camera.nearest_views_weights(positions[:1], [5.0, 0, 0]).tolist() == [1.0]
+    # every camera as far as the next: alike
+    ring = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0]])
+    np.testing.assert_allclose(camera.nearest_views_weights(ring, [0, 0, 0]), [0.5, 0.5, 0])

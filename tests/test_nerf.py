@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import psnr, tiny_params
 
-from nerf_pipeline import config
+from nerf_pipeline import camera, config
 from nerf_pipeline.camera import generate_rays
 from nerf_pipeline.config import from_dict
 from nerf_pipeline.model import fields, sampling
@@ -325,3 +325,41 @@ def test_an_appearance_embedding_learns_views_that_differ_by_exposure(tiny_scene
     as_mean = model.render_rays(tf.constant(flat[0][:576]), tf.constant(flat[1][:576]),
                                 views=tf.constant(views[:576]))["rgb"].numpy()
     np.testing.assert_allclose(held_out, as_mean, atol=1e-5)
+
+
+def test_a_held_out_view_takes_the_appearance_of_the_training_views_nearest_it(tiny_scene):
+    """Rendered in ``appearance_near`` of a training camera's own position, held-out rays (no views) look as that
+    view's rays do; between two cameras, as their mix; and the table is as it was after, even after an error."""
+    scene, origins, directions = tiny_scene
+    model = tiny_model(appearance_views=8)
+    model.sampler.grid.occupied.assign(tf.ones_like(model.sampler.grid.occupied))
+    model.field.encoding.table.assign(tf.random.normal(model.field.encoding.table.shape, seed=3))
+    table = tf.random.normal(model.field.appearance.shape, stddev=3.0, seed=4).numpy()
+    model.field.appearance.assign(table)
+    positions = scene["poses"][:, :3, 3]
+    rays = origins[0].reshape(-1, 3), directions[0].reshape(-1, 3)
+    renderer = ChunkedRenderer(model, 1000)
+
+    def rendered_as_view(view):
+        return model.render_rays(*rays, views=tf.fill([len(rays[0])], view))["rgb"].numpy()
+
+    mean = renderer(*rays)["rgb"].reshape(-1, 3)
+    with model.appearance_near(positions, positions[3]):
+        near_3 = renderer(*rays)["rgb"].reshape(-1, 3)
+    np.testing.assert_allclose(near_3, rendered_as_view(3), atol=1e-5)
+    assert np.abs(near_3 - mean).max() > 0.01  # the view's own appearance is not the mean's
+    np.testing.assert_array_equal(model.field.appearance.numpy(), table)
+
+    weights = camera.nearest_views_weights(positions, 0.5 * (positions[1] + positions[2]))
+    with model.appearance_near(positions, 0.5 * (positions[1] + positions[2])):
+        np.testing.assert_allclose(model.field.appearance.numpy()[0], weights @ table, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError):
+        with model.appearance_near(positions, positions[5]):
+            raise RuntimeError("a render fails")
+    np.testing.assert_array_equal(model.field.appearance.numpy(), table)
+    with pytest.raises(ValueError, match="7 training cameras for an embedding of 8 views"):
+        with model.appearance_near(positions[:7], positions[0]):
+            pass
+    plain = tiny_model()
+    with plain.appearance_near(positions[:2], positions[0]):  # no embedding: renders as it does
+        pass

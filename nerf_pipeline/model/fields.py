@@ -7,7 +7,8 @@ A field is a Keras layer with two methods:
 
 ``views [N]`` int32 are the training views the samples' rays come from: a field with an appearance
 embedding (``HashGridField``) colours them with their view's embedding, and without ``views`` (held-out
-views, renders, exports) with the mean of the training views'. Other fields ignore them.
+views, renders, exports) with the mean of the table's rows (the training views' embeddings; inside
+``NeRF.appearance_near`` every row holds the mix of the views nearest the camera). Other fields ignore them.
 
 Points are in the space's field coordinates (``space.warp``: world units inside the scene's
 bound, contracted beyond), directions unit length in world coordinates. A field is built from its

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nerf_pipeline import camera
 from nerf_pipeline.config import OptimizerConfig, PresetConfig, RayBatchConfig
 from nerf_pipeline.model import rendering, xla
 from nerf_pipeline.model.fields import make_field
@@ -76,6 +77,29 @@ class NeRF(keras.Model):
     def uses_native_op(self) -> bool:
         """Whether the field runs a native op (the fused hash grid), which XLA cannot compile."""
         return bool(getattr(self.field, "uses_native_op", False))
+
+    @contextlib.contextmanager
+    def appearance_near(self, train_positions, position):
+        """Held-out rays rendered meanwhile with the appearance embedding of the training views nearest
+        ``position [3]`` (``camera.nearest_views_weights`` of their centres ``train_positions [V, 3]``) rather
+        than the mean of all: a phone's exposure and white balance drift through a capture, and a view's
+        neighbours were taken in its light. Every row of the field's table holds that mix meanwhile (the
+        renderers, compiled once, read the table's mean: nothing is retraced) and is put back after. A model
+        without an embedding renders as it does."""
+        table = getattr(self.field, "appearance", None)
+        if table is None:
+            yield
+            return
+        saved = np.asarray(keras.ops.convert_to_numpy(table))
+        if len(train_positions) != len(saved):
+            raise ValueError(f"appearance_near: {len(train_positions)} training cameras for an embedding of "
+                             f"{len(saved)} views")
+        mix = camera.nearest_views_weights(train_positions, position) @ saved
+        table.assign(np.broadcast_to(mix, saved.shape).astype(saved.dtype))
+        try:
+            yield
+        finally:
+            table.assign(saved)
 
     @property
     def trains_on_views(self) -> bool:

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from nerf_pipeline import media
 from nerf_pipeline.config import Config
-from nerf_pipeline.model.nerf import RUN_FILE, load_model
+from nerf_pipeline.model.nerf import RUN_FILE, load_model, trained_poses
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, tracking
 from nerf_pipeline.runtime.progress import Progress
@@ -83,12 +83,14 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
     views = evenly_spread(part.num_views, cfg.evaluate.max_views)
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
+    train_positions = trained_poses(in_model, ray_files.load(in_rays, "train"))[:, :3, 3]
     rows, shown, render_s = [], [], 0.0
     with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as run:
         with Progress(len(views), f"evaluating {part.part} views", "views") as progress:
             for done, view in enumerate(views, 1):
                 start = time.perf_counter()
-                out = renderer(*part.view_rays(int(view)))
+                with model.appearance_near(train_positions, part.poses[view][:3, 3]):
+                    out = renderer(*part.view_rays(int(view)))
                 render_s += time.perf_counter() - start
                 target = part.view_rgb(int(view))
                 kept = part.view_mask(int(view))

@@ -119,6 +119,7 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
     progress_frames = read_npz(Path(in_model) / PROGRESS_FILE, required=("frames",))["frames"]
     model = load_model(in_model)
     renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.active.jit_compile)
+    train_positions = trained_poses(in_model, train)[:, :3, 3]  # a frame takes its nearest views' appearance
     r = cfg.render
     fps = r.fps
     if r.camera_path.endswith(".json"):
@@ -145,7 +146,8 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
         start = time.perf_counter()
         with Progress(len(poses), "rendering frames", "frames") as progress:
             for i, (pose, lens) in enumerate(zip(poses, lenses)):
-                out = renderer(*camera.generate_rays(pose, height, width, lens))
+                with model.appearance_near(train_positions, pose[:3, 3]):
+                    out = renderer(*camera.generate_rays(pose, height, width, lens))
                 rgb[i], depth[i], acc[i] = media.to_uint8(out["rgb"]), out["depth"], media.to_uint8(out["acc"])
                 progress(i + 1)
         render_s = time.perf_counter() - start

@@ -149,11 +149,11 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
         recorder = TrainingRecord(mlflow, renderer, val, validated, outs["out_checkpoint"],
                                   {"fingerprint": key, "run_id": run.info.run_id},
                                   {"history": meta["history"], "steps": meta.get("steps", []), "frames": list(frames)},
-                                  steps, cfg.mlflow.log_every_steps)
+                                  steps, cfg.mlflow.log_every_steps, train_poses=train.poses)
         log.info("training preset '%s' in a %s space%s%s: %d epochs of %d steps, batches of %d %s on %d replica(s); "
                  "validating on %d of %d val views", cfg.preset, "contracted" if is_contracted else "box",
-                 f", with an appearance embedding of {preset.field.appearance_dim} per training view (the mean for "
-                 "held-out views)" if with_appearance else "",
+                 f", with an appearance embedding of {preset.field.appearance_dim} per training view (held-out views "
+                 "take their nearest training views')" if with_appearance else "",
                  ", refining the training views' camera poses" if with_refinement else "", cfg.epochs, steps,
                  preset.batch.size,
                  preset.batch.mode, strategy.num_replicas_in_sync, len(validated), val.num_views)

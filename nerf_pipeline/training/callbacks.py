@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -33,7 +34,9 @@ class TrainingRecord(keras.callbacks.Callback):
       a checkpoint.
 
     Validation renders each view of ``val_views`` (``val_part``'s indices) whole with ``renderer``
-    (in chunks: memory stays at one chunk's, whatever the resolution) and puts ``val_loss`` (the
+    (in chunks: memory stays at one chunk's, whatever the resolution), in the appearance of the training
+    views nearest it (``NeRF.appearance_near`` of ``train_poses [V, 4, 4]``, as the model's pose
+    refinement has them so far; the mean appearance without ``train_poses``), and puts ``val_loss`` (the
     mean of the views' MSE) and ``val_psnr`` (the mean of their PSNR) into the epoch's ``logs``, as
     Keras' own ``validation_data`` would, for the callbacks after this one.
 
@@ -42,9 +45,9 @@ class TrainingRecord(keras.callbacks.Callback):
     """
 
     def __init__(self, mlflow, renderer, val_part, val_views, checkpoint_dir, meta: dict, record: dict,
-                 steps_per_epoch: int, log_every: int):
+                 steps_per_epoch: int, log_every: int, train_poses=None):
         super().__init__()
-        self.mlflow, self.renderer = mlflow, renderer
+        self.mlflow, self.renderer, self.train_poses = mlflow, renderer, train_poses
         self.val_part, self.val_views = val_part, [int(view) for view in val_views]
         self.checkpoint_dir, self.meta = checkpoint_dir, meta
         self.history, self.steps = list(record.get("history", [])), list(record.get("steps", []))
@@ -71,8 +74,16 @@ class TrainingRecord(keras.callbacks.Callback):
     def validate(self) -> tuple[float, float, np.ndarray]:
         """``(val_loss, val_psnr, first_view_rgb [H, W, 3])`` over the validated views."""
         errors, first = [], None
+        positions = None
+        if self.train_poses is not None:
+            refinement = self.model.pose_refinement
+            positions = (self.train_poses if refinement is None else refinement.corrected_poses(self.train_poses))
+            positions = positions[:, :3, 3]
         for view in self.val_views:
-            rgb = self.renderer(*self.val_part.view_rays(view))["rgb"]
+            near = (contextlib.nullcontext() if positions is None
+                    else self.model.appearance_near(positions, self.val_part.poses[view][:3, 3]))
+            with near:
+                rgb = self.renderer(*self.val_part.view_rays(view))["rgb"]
             errors.append(float(np.mean(np.square(rgb - self.val_part.view_rgb(view)))))
             first = rgb if first is None else first
         errors = np.maximum(np.asarray(errors, np.float64), 1e-10)
