@@ -35,7 +35,9 @@ excluded), with the learning rate decayed over the budget as ``bench_train`` doe
 ``--curve-views`` held-out views every ``--eval-every-s``; the final figures score every held-out view (PSNR
 and SSIM as the evaluate stage computes them, on the kept pixels where the capture has masks) and
 ``--train-views`` training views (how far val lags train: overfitting; rendered with the mean appearance
-embedding, as held-out views are), and write what to look at into ``--pictures`` (default ``WORK/pictures``):
+embedding). Held-out views are rendered as the evaluate stage renders them, in the appearance of the training
+views nearest each (``NeRF.appearance_near``), and scored once more in the mean appearance
+(``psnr_mean_appearance``: published protocols' way). The pictures go into ``--pictures`` (default ``WORK/pictures``):
 ``<capture>-<variant>-heldout.png`` (3 held-out views: truth | rendered, masked-out pixels darkened) and
 ``<capture>-<variant>-video.png`` (frames 0, 30, 60, 90 of the camera path the render stage takes). The JSON is
 rewritten after each

@@ -207,7 +207,8 @@ def reproduced_project(tmp_path_factory):
     """One tiny project reproduced once by the real ``dvc repro`` and committed, shared by the end-to-end
     tests (which leave its committed state as they found it): ``(path, repro result, its MLflow run id)``."""
     path = make_project(tmp_path_factory.mktemp("project"), tiny_params(epochs=2))
-    result = run(DVC + ["repro"], path)
+    # MLflow samples system metrics every 10 s by default; on a fast machine the tiny train stage ends sooner
+    result = run(DVC + ["repro"], path, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     first_run = json.loads((path / "models/trained/run.json").read_text())["run_id"]
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "first repro"], path)

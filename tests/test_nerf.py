@@ -357,7 +357,7 @@ def test_a_held_out_view_takes_the_appearance_of_the_training_views_nearest_it(t
         with model.appearance_near(positions, positions[5]):
             raise RuntimeError("a render fails")
     np.testing.assert_array_equal(model.field.appearance.numpy(), table)
-    with pytest.raises(ValueError, match="7 training cameras for an embedding of 8 views"):
+    with pytest.raises(DataError, match="embedding has 8 training views but the rays' train part has 7; run the train"):
         with model.appearance_near(positions[:7], positions[0]):
             pass
     plain = tiny_model()

@@ -91,9 +91,9 @@ class NeRF(keras.Model):
             yield
             return
         saved = np.asarray(keras.ops.convert_to_numpy(table))
-        if len(train_positions) != len(saved):
-            raise ValueError(f"appearance_near: {len(train_positions)} training cameras for an embedding of "
-                             f"{len(saved)} views")
+        if len(train_positions) != len(saved):  # a model trained on other rays than these
+            raise DataError(f"the model's appearance embedding has {len(saved)} training views but the rays' train "
+                            f"part has {len(train_positions)}; run the train stage again.")
         mix = camera.nearest_views_weights(train_positions, position) @ saved
         table.assign(np.broadcast_to(mix, saved.shape).astype(saved.dtype))
         try:
