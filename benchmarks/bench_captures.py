@@ -48,7 +48,6 @@ asserts a figure.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import hashlib
 import json
@@ -301,16 +300,15 @@ class Horizon:
         self.schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
 
 
-def scores(renderer, part, views, model=None, train_positions=None) -> tuple[float, float]:
+def scores(renderer, part, views, train_positions=None) -> tuple[float, float]:
     """Mean PSNR and SSIM of ``views`` of ``part`` (the evaluate stage's metrics, masked where it has masks),
     each rendered with the appearance of the training views nearest it (``train_positions [V, 3]``, as the
-    evaluate stage does), or with the mean appearance when ``model`` is None."""
+    evaluate stage does), or with the mean appearance when ``train_positions`` is None."""
+    model = renderer.model
     psnr, ssim = [], []
     for view in views:
         kept = part.view_mask(int(view))
-        near = (contextlib.nullcontext() if model is None
-                else model.appearance_near(train_positions, part.poses[int(view)][:3, 3]))
-        with near:
+        with model.appearance_near(train_positions, part.poses[int(view)][:3, 3]):
             rgb = renderer(*part.view_rays(int(view)))["rgb"]
         p, s = image_metrics(rgb[None], part.view_rgb(int(view))[None], None if kept is None else kept[None])
         psnr.append(float(p[0]))
@@ -322,13 +320,11 @@ PICTURE_VIEWS = 3  # held-out views shown, evenly spread
 PICTURE_FRAMES = (0, 30, 60, 90)  # frames of the render stage's camera path shown (of render.num_frames)
 
 
-def write_pictures(cfg: config.Config, model, renderer, train_part, heldout_part, stem: Path) -> list[str]:
+def write_pictures(cfg: config.Config, renderer, poses, heldout_part, stem: Path) -> list[str]:
     """What to look at: ``<stem>-heldout.png`` (rows of held-out views: truth | rendered; with masks, the
     dropped pixels darkened in both) and ``<stem>-video.png`` (frames of the camera path the render stage
-    takes, side by side). Returns the files written."""
-    poses = train_part.poses if model.pose_refinement is None else model.pose_refinement.corrected_poses(
-        train_part.poses)
-    positions = poses[:, :3, 3]
+    takes, side by side), with the training views' ``poses [V, 4, 4]`` as trained. Returns the files written."""
+    model, positions = renderer.model, poses[:, :3, 3]
 
     def render(pose, lens):  # as evaluate and render do: in the appearance of the nearest training views
         with model.appearance_near(positions, pose[:3, 3]):
@@ -373,7 +369,7 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     psnr_key = f"{heldout_part.part}_psnr"
     curve_subset = evenly_spread(heldout_part.num_views, curve_views)
     positions = train_part.poses[:, :3, 3]  # (the curve's: as given; the final figures' as trained)
-    recorder = BudgetRecorder(lambda: scores(renderer, heldout_part, curve_subset, model, positions)[0],
+    recorder = BudgetRecorder(lambda: scores(renderer, heldout_part, curve_subset, positions)[0],
                               eval_schedule(budget_s, every_s), budget_s, Horizon(schedule, budget_s),
                               psnr_key=psnr_key)
     print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space"
@@ -386,16 +382,14 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     train_s = recorder.train_s()
     fit = {"wall_s": round(time.perf_counter() - fit_start, 1), "cpu_s": round(cpu_s() - cpu_start, 1)}
     start = time.perf_counter()
-    poses = train_part.poses if model.pose_refinement is None else model.pose_refinement.corrected_poses(
-        train_part.poses)
-    heldout_psnr, heldout_ssim = scores(renderer, heldout_part, range(heldout_part.num_views), model,
-                                        poses[:, :3, 3])
+    poses = model.refined_poses(train_part.poses)
+    heldout_psnr, heldout_ssim = scores(renderer, heldout_part, range(heldout_part.num_views), poses[:, :3, 3])
     # the same model, held-out views in the mean appearance (what validation and renders took before)
     mean_psnr, mean_ssim = (heldout_psnr, heldout_ssim) if not with_appearance else scores(
         renderer, heldout_part, range(heldout_part.num_views))
     train_psnr, train_ssim = scores(renderer, train_part, evenly_spread(train_part.num_views, train_views))
     final_eval_s = time.perf_counter() - start
-    shown = write_pictures(cfg, model, renderer, train_part, heldout_part, pictures)
+    shown = write_pictures(cfg, renderer, poses, heldout_part, pictures)
     print(f"  [{name}] {recorder.step} steps in {train_s:.0f} s: {heldout_part.part} PSNR {heldout_psnr:.2f} dB, "
           f"SSIM {heldout_ssim:.3f}; train PSNR {train_psnr:.2f} dB (evaluated in {final_eval_s:.0f} s)", flush=True)
     return {"curve": recorder.curve, "curve_views": [int(v) for v in curve_subset],

@@ -360,6 +360,8 @@ def test_a_held_out_view_takes_the_appearance_of_the_training_views_nearest_it(t
     with pytest.raises(DataError, match="embedding has 8 training views but the rays' train part has 7; run the train"):
         with model.appearance_near(positions[:7], positions[0]):
             pass
+    with model.appearance_near(None, positions[3]):  # no training cameras: the mean, as without the context
+        np.testing.assert_allclose(renderer(*rays)["rgb"].reshape(-1, 3), mean, atol=1e-6)
     plain = tiny_model()
     with plain.appearance_near(positions[:2], positions[0]):  # no embedding: renders as it does
         pass

@@ -85,9 +85,9 @@ class NeRF(keras.Model):
         than the mean of all: a phone's exposure and white balance drift through a capture, and a view's
         neighbours were taken in its light. Every row of the field's table holds that mix meanwhile (the
         renderers, compiled once, read the table's mean: nothing is retraced) and is put back after. A model
-        without an embedding renders as it does."""
+        without an embedding, or ``train_positions`` None, renders as it does (the mean)."""
         table = getattr(self.field, "appearance", None)
-        if table is None:
+        if table is None or train_positions is None:
             yield
             return
         saved = np.asarray(keras.ops.convert_to_numpy(table))
@@ -100,6 +100,11 @@ class NeRF(keras.Model):
             yield
         finally:
             table.assign(saved)
+
+    def refined_poses(self, poses) -> np.ndarray:
+        """The training views' camera-to-world ``poses [V, 4, 4]`` as the pose refinement has them so far (as given
+        without one); ``trained_poses`` reads those a trained model saved."""
+        return poses if self.pose_refinement is None else self.pose_refinement.corrected_poses(poses)
 
     @property
     def trains_on_views(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
@@ -74,15 +73,9 @@ class TrainingRecord(keras.callbacks.Callback):
     def validate(self) -> tuple[float, float, np.ndarray]:
         """``(val_loss, val_psnr, first_view_rgb [H, W, 3])`` over the validated views."""
         errors, first = [], None
-        positions = None
-        if self.train_poses is not None:
-            refinement = self.model.pose_refinement
-            positions = (self.train_poses if refinement is None else refinement.corrected_poses(self.train_poses))
-            positions = positions[:, :3, 3]
+        positions = None if self.train_poses is None else self.model.refined_poses(self.train_poses)[:, :3, 3]
         for view in self.val_views:
-            near = (contextlib.nullcontext() if positions is None
-                    else self.model.appearance_near(positions, self.val_part.poses[view][:3, 3]))
-            with near:
+            with self.model.appearance_near(positions, self.val_part.poses[view][:3, 3]):
                 rgb = self.renderer(*self.val_part.view_rays(view))["rgb"]
             errors.append(float(np.mean(np.square(rgb - self.val_part.view_rgb(view)))))
             first = rgb if first is None else first
