@@ -52,7 +52,6 @@ import copy
 import hashlib
 import json
 import logging
-import resource
 import shutil
 import sys
 import tempfile
@@ -64,22 +63,17 @@ from typing import Callable, Optional
 import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_stages import set_key  # noqa: E402
-from bench_train import (BudgetRecorder, eval_schedule, machine, peak_rss_mb,  # noqa: E402
-                         prepare_rays, read_yaml)
-
-from nerf_pipeline import camera, config, media  # noqa: E402
-from nerf_pipeline.model.nerf import compile_for_training  # noqa: E402
-from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
-from nerf_pipeline.runtime import atomic  # noqa: E402
-from nerf_pipeline.runtime.errors import UserError  # noqa: E402
-from nerf_pipeline.scenes import ray_files  # noqa: E402
-from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
-from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
-from nerf_pipeline.stages.render import camera_path, depth_ahead  # noqa: E402
-from nerf_pipeline.stages.train import appearance, build_model, camera_refinement, contracted  # noqa: E402
-from nerf_pipeline.training import datasets  # noqa: E402
+from nerf_pipeline import config, media, methods, scoring
+from nerf_pipeline.benchmarking import (BudgetRecorder, Horizon, cpu_s, eval_schedule, machine, peak_rss_mb,
+                                        prepare_rays, read_yaml, set_key)
+from nerf_pipeline.methods import Camera
+from nerf_pipeline.methods.nerf import appearance, camera_refinement, contracted
+from nerf_pipeline.render_paths import fitted_path
+from nerf_pipeline.runtime import atomic
+from nerf_pipeline.runtime.errors import UserError
+from nerf_pipeline.scenes import ray_files
+from nerf_pipeline.scenes.scene import evenly_spread
+from nerf_pipeline.training import datasets
 
 
 def mended_stitch(data: Path, work: Path) -> Path:
@@ -279,70 +273,34 @@ def prepared_rays(cfg: config.Config, capture: Capture, work: Path) -> tuple[Pat
     return folder / "rays", prep
 
 
-def cpu_s() -> float:
-    """CPU time this process has used (all threads), s."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Horizon:
-    """Stretches the learning-rate schedule to the budget: at each curve point the steps left are estimated
-    from the speed since the point before (the first interval holds XLA compilation, so it starts long)."""
-
-    def __init__(self, schedule, budget_s: float):
-        self.schedule, self.budget_s = schedule, budget_s
-
-    def __call__(self, curve: list[dict]) -> None:
-        if len(curve) < 2:
-            return
-        (a, b), remaining_s = curve[-2:], self.budget_s - curve[-1]["wall_s"]
-        speed = (b["step"] - a["step"]) / max(b["wall_s"] - a["wall_s"], 1e-6)
-        self.schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
-
-
-def scores(renderer, part, views, train_positions=None) -> tuple[float, float]:
-    """Mean PSNR and SSIM of ``views`` of ``part`` (the evaluate stage's metrics, masked where it has masks),
-    each rendered with the appearance of the training views nearest it (``train_positions [V, 3]``, as the
-    evaluate stage does), or with the mean appearance when ``train_positions`` is None."""
-    model = renderer.model
-    psnr, ssim = [], []
-    for view in views:
-        kept = part.view_mask(int(view))
-        with model.appearance_near(train_positions, part.poses[int(view)][:3, 3]):
-            rgb = renderer(*part.view_rays(int(view)))["rgb"]
-        p, s = image_metrics(rgb[None], part.view_rgb(int(view))[None], None if kept is None else kept[None])
-        psnr.append(float(p[0]))
-        ssim.append(float(s[0]))
-    return float(np.mean(psnr)), float(np.mean(ssim))
+def scores(method, part, views) -> tuple[float, float]:
+    """Mean PSNR and SSIM of ``views`` of ``part`` as ``method`` renders them (``scoring.score_views``: the
+    evaluate stage's metrics, masked where the part has masks)."""
+    rows = scoring.score_views(method, part, views)
+    return float(np.mean([row["psnr"] for row in rows])), float(np.mean([row["ssim"] for row in rows]))
 
 
 PICTURE_VIEWS = 3  # held-out views shown, evenly spread
 PICTURE_FRAMES = (0, 30, 60, 90)  # frames of the render stage's camera path shown (of render.num_frames)
 
 
-def write_pictures(cfg: config.Config, renderer, poses, heldout_part, stem: Path) -> list[str]:
+def write_pictures(cfg: config.Config, method, heldout_part, stem: Path) -> list[str]:
     """What to look at: ``<stem>-heldout.png`` (rows of held-out views: truth | rendered; with masks, the
     dropped pixels darkened in both) and ``<stem>-video.png`` (frames of the camera path the render stage
-    takes, side by side), with the training views' ``poses [V, 4, 4]`` as trained. Returns the files written."""
-    model, positions = renderer.model, poses[:, :3, 3]
-
-    def render(pose, lens):  # as evaluate and render do: in the appearance of the nearest training views
-        with model.appearance_near(positions, pose[:3, 3]):
-            return renderer(*camera.generate_rays(pose, heldout_part.height, heldout_part.width, lens))["rgb"]
-
+    takes, side by side), rendered by ``method`` as evaluate and render do. Returns the files written."""
     rows = []
     for view in evenly_spread(heldout_part.num_views, PICTURE_VIEWS):
         truth = heldout_part.view_rgb(int(view))
-        rgb = render(heldout_part.poses[int(view)], heldout_part.intrinsics[int(view)])
+        rgb = method.render(Camera.of_view(heldout_part, int(view)))["rgb"]
         kept = heldout_part.view_mask(int(view))
         shade = 1.0 if kept is None else np.where(kept, 1.0, 0.35)[..., None]
         rows.append(np.concatenate([media.to_uint8(truth * shade), media.to_uint8(rgb * shade)], axis=1))
-    cameras = np.concatenate([poses, heldout_part.poses])
-    lens = heldout_part.intrinsics[0]
-    depth = None if camera.looked_at_point(cameras) is not None else depth_ahead(
-        renderer, cameras, lens, heldout_part.height, heldout_part.width)
-    path, _ = camera_path(cfg.render, cameras, heldout_part.near, heldout_part.far, depth)
-    frames = [media.to_uint8(render(path[i], lens)) for i in PICTURE_FRAMES if i < len(path)]
+    # the render stage's path (of the held-out views' size and lens), on the cameras as trained
+    render = cfg.render.model_copy(update={"width": None, "height": None})
+    path, lenses, height, width, _ = fitted_path(render, method, np.concatenate([method.training_poses(),
+                                                                                heldout_part.poses]), heldout_part)
+    frames = [media.to_uint8(method.render(Camera(path[i], lenses[i], height, width))["rgb"])
+              for i in PICTURE_FRAMES if i < len(path)]
     stem.parent.mkdir(parents=True, exist_ok=True)
     media.write_png(Path(f"{stem}-heldout.png"), np.concatenate(rows, axis=0))
     media.write_png(Path(f"{stem}-video.png"), np.concatenate(frames, axis=1))
@@ -353,7 +311,6 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
                   curve_views: int, train_views: int, pictures: Path, train_masks: bool = True) -> dict:
     """Train ``cfg``'s preset for ``budget_s`` s of training time; its curve and final figures. ``train_masks``
     False: trained as if ``train_part`` had no masks (scored, like held-out views, on the pixels they keep)."""
-    preset = cfg.active
     trained_part = train_part
     if not train_masks:
         trained_part = copy.copy(train_part)
@@ -363,39 +320,37 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     # contraction, the appearance embedding and the camera refinement as the train stage decides them
     is_contracted, with_appearance = contracted(cfg, train_part.unbounded), appearance(cfg, train_part.unbounded)
     with_refinement = camera_refinement(cfg, train_part.unbounded)
-    model = build_model(cfg, train_part)
-    schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
-    renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, preset.jit_compile)
+    method = methods.build(cfg, train_part)
+    method.compile(total_steps=10**6)
     psnr_key = f"{heldout_part.part}_psnr"
     curve_subset = evenly_spread(heldout_part.num_views, curve_views)
-    positions = train_part.poses[:, :3, 3]  # (the curve's: as given; the final figures' as trained)
-    recorder = BudgetRecorder(lambda: scores(renderer, heldout_part, curve_subset, positions)[0],
-                              eval_schedule(budget_s, every_s), budget_s, Horizon(schedule, budget_s),
+    as_given = method.with_training_poses(train_part.poses)  # (the curve's: as given; the final figures' as trained)
+    recorder = BudgetRecorder(lambda: scores(as_given, heldout_part, curve_subset)[0],
+                              eval_schedule(budget_s, every_s), budget_s, Horizon(method, budget_s),
                               psnr_key=psnr_key)
     print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space"
           f"{', with an appearance embedding per view' if with_appearance else ''}"
           f"{', refining the training cameras' if with_refinement else ''}", flush=True)
-    batches = datasets.train_dataset(trained_part, preset.batch, cfg.seed, with_views=model.trains_on_views)
     fit_start, cpu_start = time.perf_counter(), cpu_s()
-    model.fit(batches, epochs=1, steps_per_epoch=10**9,
-              callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)
+    method.fit(trained_part, epochs=1, steps_per_epoch=10**9, total_steps=10**6, seed=cfg.seed, callbacks=[recorder])
     train_s = recorder.train_s()
     fit = {"wall_s": round(time.perf_counter() - fit_start, 1), "cpu_s": round(cpu_s() - cpu_start, 1)}
     start = time.perf_counter()
-    poses = model.refined_poses(train_part.poses)
-    heldout_psnr, heldout_ssim = scores(renderer, heldout_part, range(heldout_part.num_views), poses[:, :3, 3])
+    trained = method.with_training_poses(method.training_poses())  # the poses as trained, computed once
+    heldout_psnr, heldout_ssim = scores(trained, heldout_part, range(heldout_part.num_views))
     # the same model, held-out views in the mean appearance (what validation and renders took before)
+    mean = method.with_training_poses(None)
     mean_psnr, mean_ssim = (heldout_psnr, heldout_ssim) if not with_appearance else scores(
-        renderer, heldout_part, range(heldout_part.num_views))
-    train_psnr, train_ssim = scores(renderer, train_part, evenly_spread(train_part.num_views, train_views))
+        mean, heldout_part, range(heldout_part.num_views))
+    train_psnr, train_ssim = scores(mean, train_part, evenly_spread(train_part.num_views, train_views))
     final_eval_s = time.perf_counter() - start
-    shown = write_pictures(cfg, renderer, poses, heldout_part, pictures)
+    shown = write_pictures(cfg, trained, heldout_part, pictures)
     print(f"  [{name}] {recorder.step} steps in {train_s:.0f} s: {heldout_part.part} PSNR {heldout_psnr:.2f} dB, "
           f"SSIM {heldout_ssim:.3f}; train PSNR {train_psnr:.2f} dB (evaluated in {final_eval_s:.0f} s)", flush=True)
     return {"curve": recorder.curve, "curve_views": [int(v) for v in curve_subset],
             "contracted": is_contracted, "appearance": with_appearance, "camera_refinement": with_refinement,
             "masks": trained_part.masks is not None,
-            "camera_corrections": model.pose_refinement.sizes() if with_refinement else None,
+            "camera_corrections": method.training_figures().get("camera_refinement"),
             "final": {"split": heldout_part.part, "num_views": heldout_part.num_views,
                       "psnr": round(heldout_psnr, 3), "ssim": round(heldout_ssim, 4),
                       "psnr_mean_appearance": round(mean_psnr, 3), "ssim_mean_appearance": round(mean_ssim, 4),
@@ -415,7 +370,7 @@ def bench_capture(capture: Capture, variants, plans: dict, work: Path, pictures:
     for name, sets in variants:
         cfg = plans[name]
         rays, prep = prepared_rays(cfg, capture, work)
-        train_part, heldout_part = ray_files.load(rays, "train"), evaluation_part(cfg, rays)
+        train_part, heldout_part = ray_files.load(rays, "train"), ray_files.evaluation_part(rays, cfg.evaluate.split)
         train_masks = bench_value(sets, "bench.train_masks") == "on"
         # What the variant trains, with scene.*'s auto resolved for this capture: one that trains as an
         # earlier variant did (e.g. camera refinement under auto, for a capture that gets none) is not rerun.

@@ -26,7 +26,8 @@ from nerf_pipeline.model.encodings import HashEncoding  # noqa: E402
 
 
 def step_samples(num_rays: int, num_samples: int, bound: float, seed: int = 0) -> np.ndarray:
-    """``[num_rays * num_samples, 3]`` points along rays from a sphere of radius 4 through the box ``[-bound, bound]^3``."""
+    """``[num_rays * num_samples, 3]`` points along rays from a sphere of radius 4 through the box
+    ``[-bound, bound]^3``."""
     rng = np.random.default_rng(seed)
     origins = rng.normal(size=(num_rays, 3))
     origins *= 4.0 / np.linalg.norm(origins, axis=1, keepdims=True)

@@ -23,6 +23,8 @@ from pathlib import Path
 import yaml
 from ruamel.yaml import YAML
 
+from nerf_pipeline.benchmarking import set_key
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,13 +37,6 @@ def pipeline_stages() -> dict[str, list[str]]:
 def size_mb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return round(sum(p.stat().st_size for p in files) / 2**20, 1)
-
-
-def set_key(params: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for key in parents:
-        params = params[key]
-    params[last] = value
 
 
 def run_stage(name: str, cmd: list[str], work: Path) -> dict:

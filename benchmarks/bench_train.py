@@ -28,11 +28,8 @@ Figures are printed and written to ``--out``; nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -43,48 +40,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from ruamel.yaml import YAML, YAMLError  # noqa: E402
 
-from nerf_pipeline import camera, config  # noqa: E402
-from nerf_pipeline.model.fields import HashGridField, MLPField  # noqa: E402
-from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
-from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
+from nerf_pipeline import camera, methods, scoring  # noqa: E402
+from nerf_pipeline.benchmarking import (BudgetRecorder, Horizon, eval_schedule, load_config,  # noqa: E402
+                                        machine, mean_psnr, peak_rss_mb, prepare_rays, rss_mb)
+from nerf_pipeline.methods import Camera  # noqa: E402
 from nerf_pipeline.runtime import atomic  # noqa: E402
 from nerf_pipeline.runtime.errors import UserError  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
-from nerf_pipeline.stages import download, poses, rays, split  # noqa: E402
-from nerf_pipeline.stages.evaluate import evaluation_part, image_metrics  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_stages import set_key  # noqa: E402
 
 KERAS_EXAMPLE = {  # the Keras example as published, measured on lego_tiny (../shared/data/README.md)
     "time_to_18.9_s": 3886.0, "train_20_epochs_s": 3886.0, "render_120_frames_s": 136.0, "val_psnr_20_epochs": 18.90}
-
-
-def rss_mb() -> float:
-    """Current resident memory of this process, MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def eval_schedule(budget_s: float, every_s: float | None, at_s: list[float] | None = None) -> list[float]:
-    """Training times at which to evaluate: ``at_s``, or every ``every_s``, or dense early (where thresholds
-    are crossed) and sparse later; always at the budget."""
-    if at_s:
-        points = sorted(at_s)
-    elif every_s:
-        points = list(np.arange(every_s, budget_s, every_s))
-    else:
-        # (every minute from 5 min on, so a threshold crossed late is still timed to within 60 s)
-        points = [*range(5, 60, 5), *range(60, 300, 15), *range(300, 100000, 60)]
-    return [float(p) for p in points if p < budget_s] + [float(budget_s)]
 
 
 def matmul_flops_per_s(width: int) -> dict:
@@ -102,124 +70,40 @@ def matmul_flops_per_s(width: int) -> dict:
     return results
 
 
-def mlp_flops_per_sample(model) -> float:
-    """Multiply-adds ×2 of the field's dense layers for one sample (encodings and gathers not counted)."""
-    field = model.field
-    layers = field.hidden + [field.output_layer] if isinstance(field, MLPField) else [
-        field.density_hidden, field.density_out, *field.color_hidden, field.color_out]
-    assert isinstance(field, (MLPField, HashGridField))
+def mlp_flops_per_sample(method) -> float | None:
+    """Multiply-adds ×2 of a NeRF's field's dense layers for one sample (encodings and gathers not counted); None
+    for a method that is no NeRF."""
+    field = getattr(getattr(method, "model", None), "field", None)
+    layers = getattr(field, "hidden", None)
+    layers = layers + [field.output_layer] if layers is not None else [
+        getattr(field, name, None) for name in ("density_hidden", "density_out")] + list(
+        getattr(field, "color_hidden", [])) + [getattr(field, "color_out", None)]
+    if field is None or any(layer is None for layer in layers):
+        return None
     return float(sum(2 * int(np.prod(layer.kernel.shape)) for layer in layers))
 
 
-class BudgetRecorder(keras.callbacks.Callback):
-    """Stops ``fit`` at the budget; at each scheduled training time, pauses the clock and evaluates."""
-
-    def __init__(self, evaluate, schedule: list[float], budget_s: float, on_point=None,
-                 stop_psnr: float | None = None, psnr_key: str = "val_psnr"):
-        super().__init__()
-        self.evaluate, self.schedule, self.budget_s = evaluate, list(schedule), budget_s
-        self.psnr_key = psnr_key
-        self.stop_psnr = stop_psnr
-        self.on_point = on_point
-        self.curve: list[dict] = []
-        self.eval_s = 0.0
-        self.step = 0
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def train_s(self) -> float:
-        return time.perf_counter() - self.start - self.eval_s
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if not self.schedule or self.train_s() < self.schedule[0]:
-            return
-        wall_s = self.train_s()
-        while self.schedule and self.schedule[0] <= wall_s:
-            self.schedule.pop(0)
-        pause = time.perf_counter()
-        psnr = self.evaluate()
-        self.curve.append({"wall_s": round(wall_s, 2), "step": self.step, self.psnr_key: round(psnr, 3),
-                           "rss_mb": round(rss_mb(), 1)})
-        print(f"  {wall_s:8.1f} s  step {self.step:6d}  {self.psnr_key.replace('_psnr', '')} PSNR {psnr:6.2f} dB "
-              f"(evaluated in {time.perf_counter() - pause:.0f} s)", flush=True)
-        if self.on_point is not None:
-            self.on_point(self.curve)
-        self.eval_s += time.perf_counter() - pause
-        if wall_s >= self.budget_s or (self.stop_psnr is not None and psnr >= self.stop_psnr):
-            self.model.stop_training = True
-
-
-def read_yaml(text: str, what: str):
-    """``text`` read as YAML 1.2, as DVC and ``config.load`` read params.yaml (``on``/``off`` stay strings,
-    ``1e-2`` is a number)."""
-    try:
-        return YAML(typ="safe").load(io.StringIO(text))
-    except YAMLError as e:
-        raise UserError(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
-
-
-def load_config(params_path, sets: list[str]) -> config.Config:
-    """``params_path`` with each ``KEY=VALUE`` of ``sets`` applied (dotted keys, YAML 1.2 values), validated."""
-    params = read_yaml(Path(params_path).read_text(), str(params_path))
-    for item in sets:
-        key, _, value = item.partition("=")
-        set_key(params, key, read_yaml(value, f"the value of {key} in {item!r}"))
-    return config.from_dict(params, str(params_path))
-
-
-def prepare_rays(cfg: config.Config, folder: Path) -> Path:
-    """The scene of ``cfg.data.source`` through the pipeline's data stages into ``folder``; the rays folder."""
-    download.run(cfg, out_scene=folder / "scene")
-    poses.run(cfg, in_scene=folder / "scene", out_cameras=folder / "cameras.npz")
-    split.run(cfg, in_cameras=folder / "cameras.npz", out_split=folder / "split.json")
-    rays.run(cfg, in_scene=folder / "scene", in_cameras=folder / "cameras.npz", in_split=folder / "split.json",
-             out_rays=folder / "rays")
-    return folder / "rays"
-
-
-def mean_psnr(renderer, part, views) -> float:
-    """The mean per-view PSNR of ``views`` of ``part``, rendered one at a time."""
-    values = []
-    for view in views:
-        out = renderer(*part.view_rays(view))
-        values.append(-10 * np.log10(np.mean((out["rgb"] - part.view_rgb(view)) ** 2)))
-    return float(np.mean(values))
-
-
-def bench_preset(cfg: config.Config, name: str, train_part, heldout_part, budget_s: float, schedule_s: list[float],
+def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, schedule_s: list[float],
                  thresholds: list[float], seed: int, stop_psnr: float | None = None, curve_views: int | None = None,
                  render_frames: int = 120, final_views: int | None = None) -> dict:
     """Train preset ``name`` for ``budget_s`` s of training time on ``train_part``, scored on ``heldout_part``
     (the curve on ``curve_views`` of its views, the final figures on ``final_views``, evenly spread; None: all)."""
-    cfg = cfg.model_copy(update={"preset": name})
+    cfg = cfg.model_copy(update={"preset": name, "seed": seed})
     preset = cfg.active
     datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(seed)
-    # The learning rate decays over the budget. Its length in steps is unknown until the speed is:
-    # at each evaluation point it is re-estimated from the speed since the previous point (the
-    # first interval includes XLA compilation, so the estimate starts long and settles).
-    model = build_nerf(preset, near=train_part.near, far=train_part.far, contracted=False,
-                       bound=cfg.scene.bound, background=cfg.data.background, seed=seed)
-    schedule = compile_for_training(model, preset.optimizer, total_steps=10**6, jit_compile=preset.jit_compile)
-
-    def set_horizon(curve: list[dict]) -> None:
-        if len(curve) < 2:
-            return
-        (a, b), remaining_s = curve[-2:], budget_s - curve[-1]["wall_s"]
-        speed = (b["step"] - a["step"]) / max(b["wall_s"] - a["wall_s"], 1e-6)
-        schedule.set_total_steps(b["step"] + speed * max(remaining_s, 0.0))
-
-    renderer = ChunkedRenderer(model, 16384, preset.jit_compile)
+    # As the train stage builds it (methods.build); the learning rate decays over the budget. Its length in steps
+    # is unknown until the speed is: at each evaluation point it is re-estimated from the speed since the previous
+    # point (the first interval includes XLA compilation, so the estimate starts long and settles).
+    method = methods.build(cfg, train_part)
+    method.compile(total_steps=10**6)
     psnr_key = f"{heldout_part.part}_psnr"
     curve_subset = evenly_spread(heldout_part.num_views, curve_views or heldout_part.num_views)
-    recorder = BudgetRecorder(lambda: mean_psnr(renderer, heldout_part, curve_subset), schedule_s, budget_s,
-                              set_horizon, stop_psnr, psnr_key)
+    recorder = BudgetRecorder(lambda: mean_psnr(method, heldout_part, curve_subset), schedule_s, budget_s,
+                              Horizon(method, budget_s), stop_psnr, psnr_key)
     rss_before = rss_mb()
     print(f"[{name}] training for {budget_s:.0f} s", flush=True)
-    model.fit(datasets.train_dataset(train_part, preset.batch, seed), epochs=1, steps_per_epoch=10**9,
-              callbacks=[*model.training_callbacks(), recorder], verbose=0, shuffle=False)
+    method.fit(train_part, epochs=1, steps_per_epoch=10**9, total_steps=10**6, seed=seed, callbacks=[recorder])
     train_s = recorder.train_s()
     peak = peak_rss_mb()
 
@@ -227,25 +111,27 @@ def bench_preset(cfg: config.Config, name: str, train_part, heldout_part, budget
     print(f"[{name}] final evaluation on {len(final_subset)} of {heldout_part.num_views} {heldout_part.part} views",
           flush=True)
     start = time.perf_counter()
-    scores = [image_metrics(renderer(*heldout_part.view_rays(v))["rgb"][None], heldout_part.view_rgb(v)[None])
-              for v in final_subset]
+    rows = scoring.score_views(method, heldout_part, final_subset)
     final_eval_s = time.perf_counter() - start
-    psnr, ssim = (np.concatenate(values) for values in zip(*scores))
+    psnr, ssim = (np.array([row[key] for row in rows]) for key in ("psnr", "ssim"))
 
-    # The Keras example's orbit (theta over 360°, phi -30°, radius 4) at the held-out views' size:
-    # its first frame compiles every chunk size, the next ``render_frames`` are timed.
+    # The Keras example's orbit (theta over 360°, phi -30°, radius 4) at the held-out views' size, a frame at a
+    # time: its first frame compiles every chunk size, the next ``render_frames`` are timed.
     height, width = heldout_part.height, heldout_part.width
-    orbit_poses = camera.orbit_poses(render_frames + 1, 30.0, 4.0)
-    orbit_origins, orbit_directions = camera.generate_rays(orbit_poses, height, width, heldout_part.intrinsics[0])
-    renderer(orbit_origins[:1], orbit_directions[:1])
-    renderer.samples_evaluated = 0
+    cameras = [Camera(pose, heldout_part.intrinsics[0], height, width)
+               for pose in camera.orbit_poses(render_frames + 1, 30.0, 4.0)]
+    method.render(cameras[0])
+    renderer = getattr(method, "renderer", None)  # a NeRF's: it counts the field's samples
+    if renderer is not None:
+        renderer.samples_evaluated = 0
     start = time.perf_counter()
-    orbit = renderer(orbit_origins[1:], orbit_directions[1:])
+    hit = sum(int(np.count_nonzero(method.render(cam)["opacity"] > 0)) for cam in cameras[1:])
     render_s = time.perf_counter() - start
-    hit = np.count_nonzero(orbit["acc"] > 0)
-    samples_per_frame = renderer.samples_evaluated / render_frames  # those behind opaque matter are never asked
-    flops_per_frame = samples_per_frame * mlp_flops_per_sample(model)
-    matmul = matmul_flops_per_s(preset.field.width)
+    samples = renderer.samples_evaluated if renderer is not None else None
+    flops_per_sample = mlp_flops_per_sample(method)
+    # (samples behind opaque matter are never asked)
+    flops_per_frame = samples / render_frames * flops_per_sample if samples is not None and flops_per_sample else None
+    matmul = matmul_flops_per_s(getattr(preset.field, "width", 64))
 
     curve = recorder.curve
     return {
@@ -268,24 +154,13 @@ def bench_preset(cfg: config.Config, name: str, train_part, heldout_part, budget
                          "seconds_per_frame": round(render_s / render_frames, 3),
                          "frames_per_s": round(render_frames / render_s, 2),
                          "rays_through_occupied_space": int(hit),
-                         "field_samples_per_hit_ray": round(renderer.samples_evaluated / max(hit, 1), 2),
+                         "field_samples_per_hit_ray": round(samples / max(hit, 1), 2) if samples is not None
+                         else None,
                          "mlp_flops_per_frame": flops_per_frame,
                          "matmul_flops_per_s": matmul,
                          "compute_bound_frames_per_s": round(matmul["model_layer"] / flops_per_frame, 1)
                          if flops_per_frame else None},
     }
-
-
-def machine() -> dict:
-    gpus = tf.config.list_physical_devices("GPU")
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": [g.name for g in gpus],
-            "gpu_details": [tf.config.experimental.get_device_details(g) for g in gpus],
-            "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 def main() -> None:
@@ -311,7 +186,8 @@ def main() -> None:
                         help="the final PSNR/SSIM score this many held-out views, evenly spread (default: all)")
     parser.add_argument("--render-frames", type=int, default=120, help="orbit frames timed after the first")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a params.yaml key for this run (YAML value), e.g. presets.hashgrid.batch.size=8192")
+                        help="change a params.yaml key for this run (YAML value), "
+                             "e.g. presets.hashgrid.batch.size=8192")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[18.9, 25.0, 28.0, 30.0])
     parser.add_argument("--near", type=float, default=None, help="sampling bounds (default: the scene's own)")
     parser.add_argument("--far", type=float, default=None)
@@ -329,7 +205,8 @@ def main() -> None:
                                  "evaluate": cfg.evaluate.model_copy(update={"split": "test"})})
     scratch = tempfile.TemporaryDirectory(prefix="nerf-bench-")
     rays_folder = prepare_rays(cfg, Path(scratch.name))
-    train_part, heldout_part = ray_files.load(rays_folder, "train"), evaluation_part(cfg, rays_folder)
+    train_part = ray_files.load(rays_folder, "train")
+    heldout_part = ray_files.evaluation_part(rays_folder, cfg.evaluate.split)
     heldout = heldout_part.part
     print(f"{args.scene}: {train_part.num_views} train views, scored on {heldout_part.num_views} {heldout} views of "
           f"{heldout_part.height}x{heldout_part.width}")

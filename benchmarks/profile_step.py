@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +33,9 @@ from nerf_pipeline.model.fields import HashGridField  # noqa: E402
 from nerf_pipeline.model.nerf import build_nerf, compile_for_training  # noqa: E402
 from nerf_pipeline.model.renderer import ChunkedRenderer  # noqa: E402
 from nerf_pipeline.model.sampling import OccupancySampler  # noqa: E402
+from nerf_pipeline.benchmarking import load_config, prepare_rays  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
-from nerf_pipeline.stages.evaluate import evaluation_part  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import load_config, prepare_rays  # noqa: E402
 
 
 def timed(name: str, function, *args, repeats: int = 10) -> float:
@@ -73,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nerf-profile-") as scratch:
         rays_folder = prepare_rays(cfg, Path(scratch))
         part = ray_files.load(rays_folder, "train")
-        heldout = evaluation_part(cfg, rays_folder)
+        heldout = ray_files.evaluation_part(rays_folder, cfg.evaluate.split)
         model = profile(cfg, name, preset, part, args.warmup_steps)
         profile_render(model, heldout, cfg.evaluate.chunk_rays, preset.jit_compile)
 

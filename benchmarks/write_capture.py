@@ -40,7 +40,8 @@ def main() -> None:
         name = f"images/frame_{i:04d}.jpg"
         iio.imwrite(args.out / name, (rgb * 255 + 0.5).astype(np.uint8), quality=95)
         frames.append({"file_path": name, "transform_matrix": pose.tolist()})
-        print(f"\r{i + 1}/{args.views} frames, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr, flush=True)
+        print(f"\r{i + 1}/{args.views} frames, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr,
+              flush=True)
     fx, fy, cx, cy = intrinsics
     meta = {"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": args.width, "h": args.height, "aabb_scale": 1,
             "frames": frames}

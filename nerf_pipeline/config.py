@@ -34,6 +34,21 @@ CAMERA_PATHS = ("auto", "orbit", "spiral")
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
+# Upper bounds on sizes, so that params a 24 GB machine cannot run are refused up front, naming the key, rather than
+# asking for tens of GiB (or TiB) at once, overflowing an int32 or taking minutes before any work. Each is generous
+# (many times the default, at least the largest that instant-ngp, nerfacc or nerfstudio use) and says why it is safe.
+MAX_RENDER_FRAMES = 100_000  # 55 minutes at 30 fps; the render stage streams frames (its poses take 13 MB)
+MAX_RENDER_SIDE = 8192  # pixels a side of a rendered frame: its rays and outputs take about 10 GB at 8192²
+MAX_CHUNK_RAYS = 2**18  # rays per compiled render call (16x the default), each with num_samples samples
+MAX_CHUNK_POINTS = 2**22  # field queries per export call (64x the default): 760 bytes each (measured), 3 GB
+# Occupancy-grid bins marched per compiled call (rays x sampler.num_march): about 100 bytes each on TensorFlow's
+# path (measured on the CPU without XLA; 50 with it), so 6.4 GiB at most; the default reads 2^21 to 2^22.
+MAX_MARCHED_BINS = 2**26
+# Numbers in the hash grid's table (levels x 2^log2_table_size x features, counted as if every level were hashed):
+# 2 GiB of float32, 8 GiB while training (its gradient and Adam's two moments); instant-ngp's largest, 16 levels of
+# 2^24 entries of 2 features, is exactly this.
+MAX_HASH_TABLE_NUMBERS = 2**29
+
 
 class Invalid(ValueError):
     """Raised by a section's cross-key check: ``key`` (relative to the section) is the one to fix."""
@@ -74,6 +89,10 @@ class DataConfig(Section):
     max_views: Optional[Annotated[int, Field(ge=2)]]  # folders and captures: at most this many views, evenly spread
     max_frames: Annotated[int, Field(ge=2)]  # videos: frames taken at even spacing
     drop_blurriest: Annotated[float, Field(ge=0, lt=1)]  # videos: the fraction of those frames dropped as blurriest
+    # May the files that a capture's transforms.json (file_path, mask_path) or COLMAP model (image names) names
+    # lie outside its folder (absolute, or climbing out with ../)? Off, they are refused: whatever they name
+    # would be copied into data/scene and go out with `dvc push` (scenes/folders.py: capture_file).
+    allow_paths_outside: bool
     tiny_nerf_url: str
     tiny_nerf_sha256: str
     download_retries: PositiveInt
@@ -140,21 +159,36 @@ class HashGridFieldConfig(Section):
     """Multiresolution hash encoding (instant-ngp) + a small density MLP + a view-dependent colour MLP."""
 
     type: Literal["hashgrid"]
-    num_levels: PositiveInt
-    features_per_level: PositiveInt
+    num_levels: Annotated[int, Field(ge=1, le=32)]  # instant-ngp uses 16; with 2^24 entries, 32 keep offsets in int32
+    features_per_level: Annotated[int, Field(ge=1, le=8)]  # instant-ngp's study tries 1 to 8
     log2_table_size: Annotated[int, Field(ge=10, le=24)]
     base_resolution: PositiveInt
-    max_resolution: PositiveInt
+    max_resolution: Annotated[int, Field(ge=1, le=65536)]  # instant-ngp's finest is 2048 x the scene's scale (<= 16)
     width: PositiveInt  # hidden units of the density and colour MLPs
     # Numbers per training view in the appearance embedding, when scene.appearance turns it on (0: never)
     appearance_dim: Annotated[int, Field(ge=0)]
 
     implied_by_older_models: ClassVar[dict[str, Any]] = {"appearance_dim": 0}  # added after b89c5c3 (issue 23)
 
+    @property
+    def has_appearance(self) -> bool:
+        """Whether the field learns an appearance embedding when ``scene.appearance`` turns it on."""
+        return self.appearance_dim > 0
+
     @model_validator(mode="after")
     def _resolutions(self):
         if self.max_resolution < self.base_resolution:
             raise Invalid("max_resolution", f"must be >= base_resolution ({self.base_resolution})")
+        return self
+
+    @model_validator(mode="after")
+    def _table_fits(self):
+        numbers = self.num_levels * 2**self.log2_table_size * self.features_per_level
+        if numbers > MAX_HASH_TABLE_NUMBERS:
+            raise Invalid("log2_table_size", f"makes a hash table of up to {self.num_levels} levels x "
+                          f"2^{self.log2_table_size} entries x {self.features_per_level} features = {numbers} numbers; "
+                          f"at most {MAX_HASH_TABLE_NUMBERS} (2 GiB, 8 GiB while training): lower log2_table_size, "
+                          "num_levels or features_per_level")
         return self
 
 
@@ -166,6 +200,8 @@ class MLPFieldConfig(Section):
     width: PositiveInt
     num_frequencies: Annotated[int, Field(ge=0)]
     skip_every: Annotated[int, Field(ge=0)]  # 0: no skip connection
+
+    has_appearance: ClassVar[bool] = False  # no appearance embedding (its config has no appearance_dim)
 
 
 FieldConfig = Annotated[Union[HashGridFieldConfig, MLPFieldConfig], Field(discriminator="type")]
@@ -185,8 +221,8 @@ class OccupancySamplerConfig(Section):
     type: Literal["occupancy"]
     num_samples: PositiveInt
     stratified: bool
-    num_march: PositiveInt  # bins per ray in which the grid is read
-    grid_resolution: PositiveInt  # cells per side of the grid over the scene's space
+    num_march: Annotated[int, Field(ge=1, le=4096)]  # bins per ray in which the grid is read (instant-ngp: 1024)
+    grid_resolution: Annotated[int, Field(ge=1, le=512)]  # cells per side of the grid over the scene's space (512 MB)
     update_every: PositiveInt  # training steps between grid updates
     warmup_steps: Annotated[int, Field(ge=0)]  # steps before the first update (all cells occupied until then)
     alpha_threshold: Fraction  # a cell is empty if crossing it absorbs less light than this
@@ -200,11 +236,11 @@ class RayBatchConfig(Section):
     """Random rays drawn from all training views."""
 
     mode: Literal["rays"]
-    size: PositiveInt  # rays trained on per step
+    size: Annotated[int, Field(ge=1, le=2**20)]  # rays trained on per step (instant-ngp: 2^18 samples a step)
     # Draw candidate_factor * size rays and train on the size of them that cross occupied space first
     # (the others render as the background whatever the weights, so they carry no gradient).
     # Needs the occupancy sampler when > 1.
-    candidate_factor: PositiveInt
+    candidate_factor: Annotated[int, Field(ge=1, le=64)]  # (size x it must stay far below int32's 2^31)
 
 
 class ImageBatchConfig(Section):
@@ -228,11 +264,17 @@ class OptimizerConfig(Section):
     # The pose corrections' (scene.camera_refinement): about how far, in radians and scene units, a step moves
     # them at first; it decays with learning_rate (model/pose_refinement.py)
     camera_learning_rate: PositiveFloat
+    # The hash table's Adam second moment: samples, the sum of its samples' squared gradients (a row many samples
+    # agree on steps up to sqrt(samples) times the learning rate: the coarse levels learn fast); batch, Adam's own,
+    # the square of the batch's summed gradient (model/optimizer.py). No effect without a hash table.
+    table_second_moment: Literal["samples", "batch"]
 
 
 class PresetConfig(Section):
-    """A model (field + sampler) and how it trains: one entry of ``presets``."""
+    """A NeRF (field + sampler) and how it trains: one entry of ``presets``. ``method`` names the model family
+    (``methods.METHODS``): a preset of another family is its own class, chosen by ``method`` (a tagged union)."""
 
+    method: Literal["nerf"]
     field: FieldConfig
     sampler: SamplerConfig
     batch: BatchConfig
@@ -250,6 +292,92 @@ class PresetConfig(Section):
                           "the occupancy sampler's grid (the rays that cross occupied space)")
         return self
 
+    @model_validator(mode="after")
+    def _marched_bins_fit(self):
+        if isinstance(self.batch, RayBatchConfig) and isinstance(self.sampler, OccupancySamplerConfig):
+            b, march = self.batch, self.sampler.num_march
+            bins = b.size * b.candidate_factor * march
+            if bins > MAX_MARCHED_BINS:
+                raise Invalid("batch.size", f"x candidate_factor x sampler.num_march = {b.size} x {b.candidate_factor} "
+                              f"x {march} = {bins} grid bins marched a step; at most {MAX_MARCHED_BINS} (about 6 GiB): "
+                              "lower one of them")
+        return self
+
+
+# ----------------------------------------------------------------------------- 3D Gaussian splatting
+
+MAX_GAUSSIANS = 2**22  # 4 M Gaussians: 1 GiB of parameters and Adam moments (248 bytes each); 3DGS scenes reach 1-6 M
+
+
+class SplatsInitConfig(Section):
+    """The first Gaussians (``splats/gaussians.py``): the scene's sparse points where it has them, else random."""
+
+    num_random: Annotated[int, Field(ge=1, le=MAX_GAUSSIANS)]  # points uniform in the box [-scene.bound, bound]^3
+    opacity: Fraction  # each Gaussian's first opacity (3DGS: 0.1)
+
+
+class SplatsOptimizerConfig(Section):
+    """Adam per parameter group, each with its own learning rate (per step; ``splats/training.py``)."""
+
+    means: PositiveFloat  # at the first step, times the cameras' extent (3DGS's spatial_lr_scale)
+    means_final: PositiveFloat  # at the last step (exponential decay), times the extent
+    sh_dc: PositiveFloat  # the colours' degree-0 SH coefficients
+    sh_rest: PositiveFloat  # degrees 1-3 (3DGS: sh_dc / 20)
+    opacity: PositiveFloat  # opacity logits
+    scales: PositiveFloat  # log scales
+    quats: PositiveFloat  # rotations (quaternions)
+    beta_1: Annotated[float, Field(ge=0, lt=1)]
+    beta_2: Annotated[float, Field(ge=0, lt=1)]
+    epsilon: PositiveFloat
+
+
+class DensityControlConfig(Section):
+    """Adaptive density control (``splats/density_control.py``): steps are 1-based, as 3DGS counts them."""
+
+    start: Annotated[int, Field(ge=0)]  # densify at the steps after this one ...
+    stop: PositiveInt  # ... and before this one (no densification, pruning nor opacity reset from it on)
+    every: PositiveInt  # steps between densifications
+    grad_threshold: PositiveFloat  # mean NDC gradient norm of a Gaussian's projected mean from which it densifies
+    dense_fraction: Fraction  # clone up to this size (times the extent), split above it (3DGS's percent_dense)
+    min_opacity: Fraction  # prune below this opacity
+    max_world_fraction: PositiveFloat  # prune larger than this (times the extent)
+    # prune drawn larger (radius) than this fraction of the image's longer side, after the first opacity reset
+    # (null: never)
+    max_screen_fraction: Optional[PositiveFloat]
+    opacity_reset_every: PositiveInt  # steps between opacity resets
+    reset_opacity: Fraction  # a reset lowers every opacity to this
+    max_gaussians: Annotated[int, Field(ge=1, le=MAX_GAUSSIANS)]  # densification adds no more than this
+
+    @model_validator(mode="after")
+    def _stop_after_start(self):
+        if self.stop <= self.start:
+            raise Invalid("stop", f"must be above densify.start ({self.start})")
+        return self
+
+
+class SplatsPresetConfig(Section):
+    """3D Gaussian splatting (``splats/``): one entry of ``presets`` with ``method: splats``. Trains one view (or a
+    ``crop`` of one) a step; the schedules count steps."""
+
+    method: Literal["splats"]
+    init: SplatsInitConfig
+    sh_degree: Annotated[int, Field(ge=0, le=3)]  # the largest SH degree of the colours
+    sh_degree_every: PositiveInt  # steps between raising the degree by one (from 0)
+    optimizer: SplatsOptimizerConfig
+    ssim_weight: Annotated[float, Field(ge=0, le=1)]  # loss: (1 - this) L1 + this (1 - SSIM)
+    crop: Optional[Annotated[int, Field(ge=16, le=MAX_RENDER_SIDE)]]  # train on random crop x crop squares; null: whole
+    steps_per_epoch: PositiveInt
+    densify: DensityControlConfig
+
+    # What the stages read of every preset: the splats' step is no XLA computation (its rasterizer is a native op),
+    # and its batch is one view (or a crop of one).
+    jit_compile: ClassVar[bool] = False
+    batch: ClassVar[ImageBatchConfig] = ImageBatchConfig(mode="images", size=1)
+
+
+# A preset is chosen by its method (``methods.METHODS``).
+AnyPresetConfig = Annotated[Union[PresetConfig, SplatsPresetConfig], Field(discriminator="method")]
+
 
 # ----------------------------------------------------------------------------- the rest
 
@@ -263,15 +391,17 @@ class ValidationConfig(Section):
 class EvaluateConfig(Section):
     split: Literal["test", "val"]  # test: the scene's test split when it has one (else val, said in the log)
     max_views: Optional[PositiveInt]  # null: every view of the split; else this many, evenly spread
-    chunk_rays: PositiveInt  # rays rendered per compiled call
+    chunk_rays: Annotated[int, Field(ge=1, le=MAX_CHUNK_RAYS)]  # rays rendered per compiled call
     grid_views: PositiveInt  # views shown in the PNG grid
 
 
 class ExportConfig(Section):
-    resolution: Annotated[int, Field(ge=16, le=512)]  # marching cubes: density sampled on resolution^3 points of the box
+    # marching cubes: density sampled on resolution^3 points of the box
+    resolution: Annotated[int, Field(ge=16, le=512)]
     density_threshold: PositiveFloat  # the mesh is the surface where density (per unit length) crosses this
-    chunk_points: PositiveInt  # field queries per compiled call
-    num_points: PositiveInt  # point cloud: training rays rendered (one point each)
+    chunk_points: Annotated[int, Field(ge=1, le=MAX_CHUNK_POINTS)]  # field queries per compiled call
+    # point cloud: training rays rendered (one point each); at most 2^24: their rays and outputs take about 1 GB
+    num_points: Annotated[int, Field(ge=1, le=2**24)]
     min_opacity: Annotated[float, Field(gt=0, le=1)]  # point cloud: rays less opaque than this are left out
 
 
@@ -280,16 +410,16 @@ class RenderConfig(Section):
     # (as LLFF renders forward-facing captures); orbit | spiral force one; or the path of a
     # nerfstudio camera_path.json (in camera_paths/, which the render stage depends on)
     camera_path: Annotated[str, Field(min_length=1)]
-    num_frames: PositiveInt
+    num_frames: Annotated[int, Field(ge=1, le=MAX_RENDER_FRAMES)]  # (a camera_path.json: at most as many frames)
     # Output size; null: the training views' size (one given: the other follows their aspect ratio).
-    width: Optional[Annotated[int, Field(ge=8, le=8192)]]
-    height: Optional[Annotated[int, Field(ge=8, le=8192)]]
+    width: Optional[Annotated[int, Field(ge=8, le=MAX_RENDER_SIDE)]]
+    height: Optional[Annotated[int, Field(ge=8, le=MAX_RENDER_SIDE)]]
     # The orbit's height and distance; null: the median of the scene's cameras.
     # (The Keras example's orbit is elevation 30, radius 4.)
     elevation_deg: Optional[Annotated[float, Field(gt=-90, lt=90)]]
     radius: Optional[PositiveFloat]
     fps: PositiveInt
-    chunk_rays: PositiveInt
+    chunk_rays: Annotated[int, Field(ge=1, le=MAX_CHUNK_RAYS)]
     gif_frame_ms: Annotated[int, Field(ge=10)]  # duration of each epoch's frame in the training-progress GIF
 
     @model_validator(mode="after")
@@ -317,7 +447,7 @@ class Config(Section):
     poses: PosesConfig
     split: SplitConfig
     scene: SceneConfig
-    presets: Annotated[dict[str, PresetConfig], Field(min_length=1)]
+    presets: Annotated[dict[str, AnyPresetConfig], Field(min_length=1)]
     validation: ValidationConfig
     evaluate: EvaluateConfig
     export: ExportConfig
@@ -334,20 +464,37 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _rendered_bins_fit(self):
+        sampler = getattr(self.active, "sampler", None)  # (a preset of another method has none)
+        if not isinstance(sampler, OccupancySamplerConfig):
+            return self
+        for key, chunk in (("evaluate.chunk_rays", self.evaluate.chunk_rays),
+                           ("render.chunk_rays", self.render.chunk_rays)):
+            bins = chunk * sampler.num_march
+            if bins > MAX_MARCHED_BINS:
+                raise Invalid(key, f"x 'presets.{self.preset}.sampler.num_march' = {chunk} x {sampler.num_march} = "
+                              f"{bins} grid bins marched a call; at most {MAX_MARCHED_BINS} (about 6 GiB): lower one "
+                              "of them")
+        return self
+
+    @model_validator(mode="after")
     def _appearance_needs_an_embedding(self):
         if self.scene.appearance != "on":
             return self
-        field = self.active.field
-        if not isinstance(field, HashGridFieldConfig):
+        field = getattr(self.active, "field", None)
+        if field is None:
+            raise Invalid("scene.appearance", f"is 'on' but preset '{self.preset}' (method '{self.active.method}') "
+                          "has no appearance embedding; use auto or off")
+        if field.has_appearance:
+            return self
+        if getattr(field, "appearance_dim", None) is None:
             raise Invalid("scene.appearance", f"is 'on' but preset '{self.preset}' has a field of type "
                           f"'{field.type}', which has no appearance embedding; use auto or off")
-        if field.appearance_dim == 0:
-            raise Invalid("scene.appearance", f"is 'on' but 'presets.{self.preset}.field.appearance_dim' is 0; "
-                          "give the embedding a size (e.g. 16) or use auto or off")
-        return self
+        raise Invalid("scene.appearance", f"is 'on' but 'presets.{self.preset}.field.appearance_dim' is 0; "
+                      "give the embedding a size (e.g. 16) or use auto or off")
 
     @property
-    def active(self) -> PresetConfig:
+    def active(self) -> PresetConfig | SplatsPresetConfig:
         """The preset that trains (``presets[preset]``)."""
         return self.presets[self.preset]
 
@@ -399,10 +546,14 @@ def _tag(model) -> tuple[str, str] | None:
 
 
 def _members(annotation) -> dict:
-    """A tagged union's members by tag (``{'hashgrid': HashGridFieldConfig, ...}``); {} for other annotations."""
+    """A tagged union's members by tag (``{'hashgrid': HashGridFieldConfig, ...}``, ``{'nerf': PresetConfig, ...}``);
+    {} for other annotations."""
+    if typing.get_origin(annotation) is Annotated:  # (a dict's values keep their Annotated: the presets)
+        annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) is not Union:
         return {}
-    return {_tag(m)[1]: m for m in typing.get_args(annotation) if isinstance(m, type) and issubclass(m, Section)}
+    members = [m for m in typing.get_args(annotation) if isinstance(m, type) and issubclass(m, Section)]
+    return {(_tag(m) or ("method", typing.get_args(m.model_fields["method"].annotation)[0]))[1]: m for m in members}
 
 
 def _locate(loc: tuple):
@@ -452,7 +603,9 @@ def _message(error: dict, source: str) -> str:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"{source}: '{path}.{tag_key}' must be one of {one_of}; got {got!r}.{hint}"
     if kind in COMPARISONS:
-        return f"{source}: {where} must be {COMPARISONS[kind]} {next(iter(ctx.values())):g}; got {got!r}."
+        bound = next(iter(ctx.values()))
+        bound = bound if isinstance(bound, int) else f"{bound:g}"  # 4194304, not 4.1943e+06
+        return f"{source}: {where} must be {COMPARISONS[kind]} {bound}; got {got!r}."
     if kind == "value_error":  # a section's cross-key check
         problem = ctx.get("error")
         if isinstance(problem, Invalid):

@@ -150,3 +150,75 @@ def test_a_crash_after_the_new_folder_moved_in_leaves_it_and_the_next_call_tidie
     with atomic.atomic_dir(tmp_path / "d") as tmp:
         (tmp / "new.txt").write_text("new")
     assert contents(tmp_path / "d") == ["new.txt"] and contents(tmp_path) == ["d"]
+
+
+# ----------------------------------------------------------------------------- what killed writes leave
+
+# A child process writes the folder or file ``target`` and is killed with SIGKILL before the rename, or, given a
+# third argument, prints its temporary path and waits for its stdin to close first: a write still going on.
+WRITER = """
+import os, signal, sys
+from nerf_pipeline.runtime import atomic
+
+target, kind = sys.argv[1], sys.argv[2]
+with (atomic.atomic_dir(target) if kind == "folder" else atomic.atomic_path(target)) as tmp:
+    (tmp / "model.keras" if kind == "folder" else tmp).write_text("half")
+    if len(sys.argv) > 3:
+        print(tmp, flush=True)
+        sys.stdin.read()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def write_and_kill(target, kind: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", WRITER, str(target), kind], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def write(target, kind: str, text: str) -> None:
+    with (atomic.atomic_dir(target) if kind == "folder" else atomic.atomic_path(target)) as tmp:
+        (tmp / "model.keras" if kind == "folder" else tmp).write_text(text)
+
+
+@pytest.mark.parametrize("kind, name", [("folder", "trained"), ("file", "model.keras")])
+def test_the_next_write_removes_what_a_killed_write_left(tmp_path, kind, name):
+    """`kill -9` during the model's write left `models/.trained.<hex>/` beside it for good (and in `git status`)."""
+    write(tmp_path / name, kind, "old")
+    write_and_kill(tmp_path / name, kind)
+    assert len(contents(tmp_path)) == 2  # the target and what the killed write left
+    write(tmp_path / name, kind, "new")
+    assert contents(tmp_path) == [name]
+
+
+def test_a_write_still_going_on_keeps_its_temporary_folder(tmp_path):
+    """Only what a process that is gone left is removed: a write of the same target by a live process goes on."""
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "d"), "folder", "wait"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        its_folder = live.stdout.readline().strip()
+        assert its_folder and os.path.isdir(its_folder)
+        write(tmp_path / "d", "folder", "mine")
+        assert os.path.isdir(its_folder) and contents(tmp_path / "d") == ["model.keras"]
+    finally:
+        live.stdin.close()  # it kills itself: what it leaves is a killed write's
+        live.wait(timeout=60)
+    write(tmp_path / "d", "folder", "again")
+    assert contents(tmp_path) == ["d"]
+
+
+def test_only_the_targets_own_leftovers_are_removed(tmp_path):
+    """A temporary name from before names carried their process (12 hex digits) is removed too: it is older than
+    this write, whose process cannot tell whose it is; the temporaries of other targets, and other dot files, stay."""
+    (tmp_path / ".d.0123456789ab").mkdir()  # made by an older version of this module
+    (tmp_path / ".d.0123456789ab.keras").write_text("")  # that of a file with another suffix: not the folder's
+    (tmp_path / ".dd.1-0123456789ab").mkdir()  # another target's
+    (tmp_path / ".d.notes").write_text("")
+    write(tmp_path / "d", "folder", "new")
+    assert contents(tmp_path) == [".d.0123456789ab.keras", ".d.notes", ".dd.1-0123456789ab", "d"]

@@ -17,7 +17,8 @@ def test_intrinsics_fx_fy_and_principal_point():
     np.testing.assert_allclose(directions[0, 0], [(0.5 - 1.0) / 2.0, -(0.5 - 3.0) / 4.0, -1.0])
     np.testing.assert_allclose(directions[3, 1], [(1.5 - 1.0) / 2.0, -(3.5 - 3.0) / 4.0, -1.0])
     # a scalar focal is fx = fy with the principal point at the centre
-    np.testing.assert_allclose(camera.camera_directions(4, 2, 3.0), camera.camera_directions(4, 2, (3.0, 3.0, 1.0, 2.0)))
+    np.testing.assert_allclose(camera.camera_directions(4, 2, 3.0),
+                               camera.camera_directions(4, 2, (3.0, 3.0, 1.0, 2.0)))
 
 
 def test_per_camera_intrinsics():

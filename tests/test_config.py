@@ -87,8 +87,8 @@ def changed(change: dict) -> dict:
     ({"split": {"val_fraction": 0}}, "'split.val_fraction' must be > 0"),
     ({"split": {"order": "random"}}, "'split.order' must be one of 'shuffled', 'last', 'every_8th'; got 'random'"),
     ({"data": {"near": 6.0, "far": 2.0}}, "'data.near' must be below data.far"),
-    ({"preset": "hashgird"}, "'preset' must name an entry of 'presets' (hashgrid, keras_example); got 'hashgird'. "
-                             "Did you mean 'hashgrid'?"),
+    ({"preset": "hashgird"}, "'preset' must name an entry of 'presets' (hashgrid, keras_example, splats); got "
+                             "'hashgird'. Did you mean 'hashgrid'?"),
     ({"presets": {"hashgrid": {"sampler": {"num_sample": 8}}}},
      "unknown key 'presets.hashgrid.sampler.num_sample'. A sampler of type 'occupancy' takes"),
     ({"presets": {"hashgrid": {"sampler": {"num_sample": 8}}}},
@@ -105,12 +105,14 @@ def changed(change: dict) -> dict:
     ({"presets": {"hashgrid": {"sampler": {"type": "uniform"}}}},
      "unknown key 'presets.hashgrid.sampler.num_march'. A sampler of type 'uniform'"),
     ({"presets": {"hashgrid": {"sampler": {"type": "occupncy"}}}},
-     "'presets.hashgrid.sampler.type' must be one of 'uniform', 'occupancy'; got 'occupncy'. Did you mean 'occupancy'?"),
+     "'presets.hashgrid.sampler.type' must be one of 'uniform', 'occupancy'; got 'occupncy'. "
+     "Did you mean 'occupancy'?"),
     ({"presets": {"hashgrid": {"field": {"type": "siren"}}}},
      "'presets.hashgrid.field.type' must be one of 'hashgrid', 'mlp'; got 'siren'"),
     ({"presets": {"hashgrid": {"field": {"type": None}}}},
      "missing key 'presets.hashgrid.field.type' (one of 'hashgrid', 'mlp')"),
-    ({"presets": {"hashgrid": {"sampler": {"decay": None}}}}, "missing key 'presets.hashgrid.sampler.decay' (a number)"),
+    ({"presets": {"hashgrid": {"sampler": {"decay": None}}}},
+     "missing key 'presets.hashgrid.sampler.decay' (a number)"),
     ({"presets": {"hashgrid": {"batch": {"size": -1}}}}, "'presets.hashgrid.batch.size' must be >= 1; got -1"),
     ({"presets": {"hashgrid": {"field": {"max_resolution": 8}}}},
      "'presets.hashgrid.field.max_resolution' must be >= base_resolution (16)"),
@@ -121,7 +123,7 @@ def changed(change: dict) -> dict:
     ({"render": {"fps": 0}}, "'render.fps' must be >= 1"),
     ({"render": {"elevation_deg": "x"}}, "'render.elevation_deg' must be a number or null; got 'x'"),
     ({"mlflow": {"experiment": ""}}, "'mlflow.experiment' must not be empty"),
-    ({"presets": {"hashgrid": None, "keras_example": None}}, "'presets' must not be empty"),
+    ({"presets": {"hashgrid": None, "keras_example": None, "splats": None}}, "'presets' must not be empty"),
 ])
 def test_bad_params_are_refused_with_the_key(change, message):
     with pytest.raises(ConfigError) as error:
@@ -241,3 +243,52 @@ def test_a_saved_part_config_drops_removed_keys_and_refuses_what_it_cannot_fill(
 def test_params_yaml_gives_every_key_even_one_older_models_imply():
     with pytest.raises(pydantic.ValidationError, match="appearance_dim"):
         GrownGridConfig(**SAVED_GRID)
+
+
+# Sizes beyond what a 24 GB machine runs (issue 30): each refused up front, naming the key and its bound, where it
+# used to ask for tens of GiB (or TiB), overflow an int32 or wrap the hash grid's offsets.
+@pytest.mark.parametrize("change, message", [
+    ({"render": {"num_frames": 10**7}}, "'render.num_frames' must be <= 100000; got 10000000"),
+    ({"render": {"chunk_rays": 10**9}}, "'render.chunk_rays' must be <= 262144; got 1000000000"),
+    ({"evaluate": {"chunk_rays": 10**9}}, "'evaluate.chunk_rays' must be <= 262144; got 1000000000"),
+    ({"export": {"chunk_points": 10**9}}, "'export.chunk_points' must be <= 4194304; got 1000000000"),
+    ({"export": {"num_points": 10**10}}, "'export.num_points' must be <= 16777216; got 10000000000"),
+    ({"presets": {"hashgrid": {"sampler": {"num_march": 10**9}}}},
+     "'presets.hashgrid.sampler.num_march' must be <= 4096; got 1000000000"),
+    ({"presets": {"hashgrid": {"sampler": {"grid_resolution": 10**5}}}},
+     "'presets.hashgrid.sampler.grid_resolution' must be <= 512; got 100000"),
+    ({"presets": {"hashgrid": {"batch": {"candidate_factor": 10**6}}}},
+     "'presets.hashgrid.batch.candidate_factor' must be <= 64; got 1000000"),
+    ({"presets": {"hashgrid": {"batch": {"size": 10**8}}}},
+     "'presets.hashgrid.batch.size' must be <= 1048576; got 100000000"),
+    ({"presets": {"hashgrid": {"field": {"num_levels": 130, "log2_table_size": 24}}}},
+     "'presets.hashgrid.field.num_levels' must be <= 32; got 130"),
+    ({"presets": {"hashgrid": {"field": {"features_per_level": 64}}}},
+     "'presets.hashgrid.field.features_per_level' must be <= 8; got 64"),
+    ({"presets": {"hashgrid": {"field": {"max_resolution": 10**7}}}},
+     "'presets.hashgrid.field.max_resolution' must be <= 65536; got 10000000"),
+    # each key within its bound, together too much
+    ({"presets": {"hashgrid": {"field": {"num_levels": 32, "log2_table_size": 24}}}},
+     "'presets.hashgrid.field.log2_table_size' makes a hash table of up to 32 levels x 2^24 entries x 2 features = "
+     "1073741824 numbers; at most 536870912"),
+    ({"presets": {"hashgrid": {"batch": {"size": 65536, "candidate_factor": 8}}}},
+     "'presets.hashgrid.batch.size' x candidate_factor x sampler.num_march = 65536 x 8 x 256 = 134217728 grid bins "
+     "marched a step; at most 67108864"),
+    ({"render": {"chunk_rays": 262144}, "presets": {"hashgrid": {"sampler": {"num_march": 1024}}}},
+     "'render.chunk_rays' x 'presets.hashgrid.sampler.num_march' = 262144 x 1024 = 268435456 grid bins marched a "
+     "call; at most 67108864"),
+])
+def test_sizes_beyond_a_24_gb_machine_are_refused_naming_the_key(change, message):
+    with pytest.raises(ConfigError) as error:
+        config.from_dict(changed(change))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("change", [
+    {"presets": {"hashgrid": {"field": {"num_levels": 16, "log2_table_size": 24}}}},  # instant-ngp's largest
+    {"presets": {"hashgrid": {"sampler": {"num_march": 1024}}}},
+    {"render": {"num_frames": 100_000, "chunk_rays": 131072}, "evaluate": {"chunk_rays": 131072}},
+    {"presets": {"hashgrid": {"batch": {"size": 16384, "candidate_factor": 8}}}},
+])
+def test_generous_sizes_within_the_bounds_are_accepted(change):
+    config.from_dict(changed(change))

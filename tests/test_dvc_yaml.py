@@ -9,6 +9,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from nerf_pipeline import methods
 from nerf_pipeline.native import build as native_build
 from nerf_pipeline.runtime import cli
 
@@ -17,8 +18,8 @@ STAGES = ("download", "poses", "split", "rays", "train", "evaluate", "export", "
 # Modules that carry a stage but cannot change what it writes: argument parsing and error
 # reporting, the quiet console, signal handling, progress lines (training's too), atomic writes (the
 # bytes are the same, only the way they land differs), MLflow logging and the Logged Model (what goes
-# to the tracking store is not a DVC out). Editing one of these reruns no stage. Package __init__
-# files hold docstrings only.
+# to the tracking store is not a DVC out). Editing one of these reruns no stage. Most package __init__
+# files hold docstrings only (those that hold code, methods' and scoring's, are modules like the others).
 NON_OUTPUT_MODULES = {
     "nerf_pipeline/runtime/progress.py",
     "nerf_pipeline/training/fit_progress.py",
@@ -33,17 +34,33 @@ NON_OUTPUT_MODULES = {
     "nerf_pipeline/runtime/atomic.py",
     "nerf_pipeline/runtime/tracking.py",
     "nerf_pipeline/native/build.py",  # how a native op is compiled and cached; its source is the dep (below)
+    "nerf_pipeline/benchmarking.py",  # the benchmarks' shared helpers: they run stages, no stage imports them
 }
 
 
+def has_code(path: Path) -> bool:
+    """Whether a file holds more than a docstring (most packages' ``__init__.py`` hold one only)."""
+    body = ast.parse(path.read_text()).body
+    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)) for node in body)
+
+
 def imported_modules(path: Path) -> set[str]:
-    """``nerf_pipeline`` modules a file imports (``from nerf_pipeline.x import y``, ``from nerf_pipeline.x.y import z``)."""
+    """``nerf_pipeline`` modules a file imports (``from nerf_pipeline.x import y``, ``from nerf_pipeline.x.y import z``;
+    a package's ``__init__.py`` where it holds code, such as ``methods``' and ``scoring``'), and for the methods'
+    registry (``methods/__init__.py``) the modules of every registered method, which it imports by name when
+    asked."""
     modules = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nerf_pipeline":
             base = node.module.replace(".", "/")
             candidates = [f"{base}.py", *(f"{base}/{alias.name}.py" for alias in node.names)]
+            packages = [f"{base}/{alias.name}/__init__.py" for alias in node.names]
+            if base != "nerf_pipeline":  # (the top package's holds its version only)
+                packages.append(f"{base}/__init__.py")
             modules |= {c for c in candidates if (REPO / c).is_file()}
+            modules |= {p for p in packages if (REPO / p).is_file() and has_code(REPO / p)}
+    if path == REPO / "nerf_pipeline/methods/__init__.py":
+        modules |= {f"{module.replace('.', '/')}.py" for module in methods.METHODS.values()}
     return modules
 
 
@@ -75,7 +92,8 @@ def test_stage_order_and_code_deps_are_exact():
 
 def test_every_module_is_a_dep_or_declared_not_to_change_outputs():
     used = set().union(*(code_closure(f"nerf_pipeline/stages/{name}.py") for name in STAGES))
-    modules = {str(p.relative_to(REPO)) for p in (REPO / "nerf_pipeline").rglob("*.py") if p.name != "__init__.py"}
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "nerf_pipeline").rglob("*.py")
+               if p.name != "__init__.py" or (has_code(p) and p.parent != REPO / "nerf_pipeline")}
     assert modules - used - NON_OUTPUT_MODULES == set(), "a module no stage imports: is it dead code?"
     assert NON_OUTPUT_MODULES <= modules
 
@@ -83,12 +101,14 @@ def test_every_module_is_a_dep_or_declared_not_to_change_outputs():
 def test_non_output_modules_are_plumbing_only():
     """The non-output modules must not reach the model or the data code (else they could change outputs).
     The exceptions render with the model outside the pipeline: the Logged Model (when MLflow loads it, also
-    from its old path) and the viewer."""
+    from its old path), the viewer and the benchmarks' helpers."""
     for module in NON_OUTPUT_MODULES - {"nerf_pipeline/logged_model.py", "nerf_pipeline/runtime/logged_model.py",
-                                        "nerf_pipeline/view.py", "nerf_pipeline/commands.py"}:
+                                        "nerf_pipeline/view.py", "nerf_pipeline/commands.py",
+                                        "nerf_pipeline/benchmarking.py"}:
         reached = code_closure(module) - NON_OUTPUT_MODULES - {module}
         if module == "nerf_pipeline/native/build.py":  # it compiles the kernels' sources, which are deps
-            reached -= {str(source.relative_to(REPO)) for sources in native_build.SOURCES.values() for source in sources}
+            reached -= {str(source.relative_to(REPO)) for sources in native_build.SOURCES.values()
+                        for source in sources}
         assert reached <= {"nerf_pipeline/config.py"}, (module, reached)
 
 

@@ -7,7 +7,6 @@ from conftest import tiny_params
 
 from nerf_pipeline import config
 from nerf_pipeline.scenes import ray_files
-from nerf_pipeline.stages.evaluate import depth_errors, evaluation_part
 
 
 def rays_folder(folder, parts):
@@ -21,16 +20,11 @@ def rays_folder(folder, parts):
 
 def test_the_test_split_when_there_is_one(tmp_path, caplog):
     params = tiny_params()
-    assert evaluation_part(config.from_dict(params), rays_folder(tmp_path / "a", {"train": 3, "val": 2,
-                                                                                 "test": 4})).part == "test"
+    split = config.from_dict(params).evaluate.split
+    assert ray_files.evaluation_part(rays_folder(tmp_path / "a", {"train": 3, "val": 2, "test": 4}),
+                                     split).part == "test"
     with caplog.at_level(logging.INFO):
-        assert evaluation_part(config.from_dict(params), rays_folder(tmp_path / "b", {"train": 3, "val": 2})).part == "val"
+        assert ray_files.evaluation_part(rays_folder(tmp_path / "b", {"train": 3, "val": 2}), split).part == "val"
     assert "no test split: evaluating on val" in caplog.text
     params["evaluate"]["split"] = "val"
-    assert evaluation_part(config.from_dict(params), tmp_path / "a").part == "val"
-
-
-def test_depth_error_counts_only_pixels_with_a_surface():
-    target = np.array([[[0.0, 2.0], [3.0, 0.0]]])
-    predicted = np.array([[[9.0, 2.5], [2.0, 9.0]]])
-    np.testing.assert_allclose(depth_errors(predicted, target), [0.75])
+    assert ray_files.evaluation_part(tmp_path / "a", config.from_dict(params).evaluate.split).part == "val"

@@ -3,7 +3,9 @@ built-in scene checked against the scene's analytic surfaces."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +62,7 @@ def exported(tmp_path_factory):
                   out_checkpoint=folder / "checkpoint")
         metrics = export.run(cfg, in_model=folder / "model", in_rays=folder / "rays", out_mesh=outs["mesh.ply"],
                              out_mesh_glb=outs["mesh.glb"], out_points=outs["points.ply"],
-                             out_metrics=outs["export.json"])
+                             out_splats=folder / "splats", out_metrics=outs["export.json"])
     return outs, metrics
 
 
@@ -91,3 +93,56 @@ def test_the_point_cloud_lies_on_the_scenes_surfaces(exported):
     assert np.median(distance) < 0.07 and np.mean(distance < 0.15) > 0.8, np.percentile(distance, [50, 80])
     colours = np.asarray(cloud.colors)[:, :3].astype(np.float32)
     assert colours.std() > 20  # coloured by the scene, not one grey
+
+
+def test_a_nerf_exports_no_files_of_its_own_but_a_readme(tmp_path):
+    class NoHooks:
+        name = "nerf"
+
+    assert export.write_method_files(NoHooks(), tmp_path / "splats") == []
+    assert sorted(p.name for p in (tmp_path / "splats").iterdir()) == ["README.txt"]
+    assert "mesh" in (tmp_path / "splats" / "README.txt").read_text()
+
+
+def test_splats_export_their_ply_in_3dgs_layout(tmp_path, monkeypatch):
+    """The export stage of a (tiny, untrained) splats model writes ``export/splats/splats.ply``, which plyfile
+    reads with 3DGS's properties in 3DGS's order, and an empty mesh."""
+    plyfile = pytest.importorskip("plyfile")
+    from conftest import write_rays
+
+    from nerf_pipeline import trained_folder
+    from nerf_pipeline.splats import gaussians
+    from nerf_pipeline.splats.method import SplatsMethod
+
+    rays = tmp_path / "rays"
+    write_rays(rays, num_views=4, image_size=16, num_val=1)
+    rng = np.random.default_rng(0)
+    arrays = gaussians.initial_arrays(rng.uniform(-0.5, 0.5, (20, 3)), rng.uniform(0, 1, (20, 3)), 0.5)
+    method = SplatsMethod(gaussians.Gaussians(arrays), 0.0, 1.5)
+    model = tmp_path / "model"
+    model.mkdir()
+    trained_folder.write_method(model, method.name)
+    method.save(model)
+    params = tiny_params()
+    params["export"].update(resolution=16, num_points=50)
+    cfg = config.from_dict(params)
+    logged = []
+
+    class Run:  # no MLflow run to log into (no train stage ran): note what would be logged
+        log_metrics = staticmethod(lambda metrics: None)
+        log_artifact = staticmethod(lambda path, artifact_path=None: logged.append(Path(path).name))
+
+    monkeypatch.setattr(export.tracking, "pipeline_run", lambda cfg, run_file: contextlib.nullcontext(Run()))
+    out = tmp_path / "export"
+    metrics = export.run(cfg, in_model=model, in_rays=rays, out_mesh=out / "mesh.ply", out_mesh_glb=out / "mesh.glb",
+                         out_points=out / "points.ply", out_splats=out / "splats", out_metrics=out / "export.json")
+    assert metrics["mesh_faces"] == 0 and "splats.ply" in logged
+    assert sorted(p.name for p in (out / "splats").iterdir()) == ["README.txt", "splats.ply"]
+    vertex = plyfile.PlyData.read(str(out / "splats" / "splats.ply"))["vertex"]
+    assert [p.name for p in vertex.properties] == (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    assert all(p.val_dtype in ("f4", "float32", "float") for p in vertex.properties)
+    assert vertex.count == 20
+    np.testing.assert_allclose(np.stack([vertex["x"], vertex["y"], vertex["z"]], -1), arrays["means"], rtol=1e-6)
+    np.testing.assert_allclose(vertex["opacity"], arrays["opacity_logits"], rtol=1e-6)

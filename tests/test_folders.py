@@ -20,7 +20,7 @@ from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import folders, ray_files, synthetic
 from nerf_pipeline.scenes.images import undistort
 from nerf_pipeline.scenes.scene import check_cameras
-from nerf_pipeline.stages.render import orbit_path
+from nerf_pipeline.render_paths import orbit_path
 
 QUANTUM = 1.0 / 255  # PNG stores 8 bits
 

@@ -56,6 +56,36 @@ def test_colmaps_own_mask_names_and_any_image_extension_are_found(tmp_path):
     assert read(0).all() and not read(2).any()
 
 
+def test_masks_named_stem_mask_as_turntable_tools_write_them_are_found(tmp_path):
+    """``IMG_0001_mask.JPG`` for ``IMG_0001.JPG`` (issue 30.9: such a capture was refused), JPEG noise at the
+    edges (values 1-127) is not kept, and an image two files could be the mask of is refused naming both."""
+    written = write_llff_capture(tmp_path, num_views=3)
+    images = [tmp_path / "images" / name for name in written["names"]]
+    (tmp_path / "masks").mkdir()
+    noisy = np.zeros((20, 28), np.uint8)
+    noisy[5:15, 5:20] = 255
+    noisy[4, 5:20], noisy[15, 5:20] = 3, 127  # what JPEG leaves beside an edge
+    noisy[5:15, 4] = 128  # at half scale: kept
+    for path in images:
+        iio.imwrite(tmp_path / "masks" / f"{path.stem}_mask.png", noisy)
+    read = masks.folder_masks(tmp_path, images, 20, 28)
+    want = np.zeros((20, 28), bool)
+    want[5:15, 4:20] = True
+    np.testing.assert_array_equal(read(1), want)
+    iio.imwrite(tmp_path / "masks" / f"{images[2].stem}.png", noisy)  # a second candidate for frame_002
+    with pytest.raises(DataError, match=r"frame_002\.png and frame_002_mask\.png could each be the mask of the "
+                                        r"image frame_002\.png; keep one"):
+        masks.folder_masks(tmp_path, images, 20, 28)
+
+
+def test_a_mask_of_zeros_and_ones_keeps_its_ones():
+    binary = np.array([[0, 1], [1, 0]], np.uint8)
+    np.testing.assert_array_equal(masks.kept_pixels(binary), binary.astype(bool))
+    np.testing.assert_array_equal(masks.kept_pixels(np.array([[0, 127, 128, 255]], np.uint8)),
+                                  [[False, False, True, True]])
+    np.testing.assert_array_equal(masks.kept_pixels(np.array([[0, 32767, 32768]], np.uint16)), [[False, False, True]])
+
+
 def test_a_missing_mask_is_refused_naming_the_image(tmp_path):
     written = write_llff_capture(tmp_path / "capture", num_views=4)
     paths = write_masks(tmp_path / "capture", written["names"], object_masks(written["depth"]))
@@ -164,7 +194,7 @@ def test_training_on_masks_that_keep_nothing_is_refused(tmp_path):
 
 
 def test_eval_scores_only_the_kept_pixels():
-    from nerf_pipeline.stages.evaluate import image_metrics
+    from nerf_pipeline.scoring import image_metrics
 
     rng = np.random.default_rng(0)
     target = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)

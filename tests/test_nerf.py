@@ -15,7 +15,8 @@ from nerf_pipeline.camera import generate_rays
 from nerf_pipeline.config import from_dict
 from nerf_pipeline.model import fields, sampling
 from nerf_pipeline.model.fields import HashGridField, MLPField
-from nerf_pipeline.model.nerf import ExponentialToFinal, NeRF, build_nerf, compile_for_training, load_model
+from nerf_pipeline.methods.nerf import load_model
+from nerf_pipeline.model.nerf import ExponentialToFinal, NeRF, build_nerf, compile_for_training
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.model.sampling import OccupancySampler, UniformSampler
 from nerf_pipeline.model.space import BoxSpace, ContractedSpace

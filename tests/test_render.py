@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_params
 
 from nerf_pipeline import camera, config
-from nerf_pipeline.stages.render import camera_path, output_size
+from nerf_pipeline.render_paths import camera_path, output_size
 
 
 def render_config(**changes):
@@ -201,18 +201,20 @@ def test_a_bad_camera_path_is_refused_naming_the_file(tmp_path, content, message
 
 
 def _plane_renderer(point, normal):
-    """A stand-in for the model's renderer: an opaque plane through ``point`` across ``normal``."""
-    def render(origins, directions):
-        t = np.sum((point - origins) * normal, axis=-1) / np.sum(directions * normal, axis=-1)
-        hit = t > 0
-        return {"depth": np.where(hit, t, 0.0), "acc": hit.astype(np.float32)}
-    return render
+    """A stand-in for a method (``methods.Method.render``): an opaque plane through ``point`` across ``normal``."""
+    class Plane:
+        def render(self, cam):
+            origins, directions = cam.rays()
+            t = np.sum((point - origins) * normal, axis=-1) / np.sum(directions * normal, axis=-1)
+            hit = t > 0
+            return {"depth": np.where(hit, t, 0.0), "opacity": hit.astype(np.float32)}
+    return Plane()
 
 
 def test_a_forward_facing_video_looks_as_far_as_the_scene_is_ahead():
     """The held-out phone capture: parallel axes, centred on the cameras by the poses stage, near/far derived
     from camera distances (near about 0). The scene's depth, rendered, puts the subject in the frame."""
-    from nerf_pipeline.stages.render import depth_ahead
+    from nerf_pipeline.render_paths import depth_ahead
 
     poses, subject, _, _, _, _ = _rig("forward-facing, parallel axes, normalized by the poses stage")
     near, far = camera.bounds_from_cameras(poses)
@@ -226,3 +228,101 @@ def test_a_forward_facing_video_looks_as_far_as_the_scene_is_ahead():
     assert np.all((rows > HEIGHT / 3) & (rows < 2 * HEIGHT / 3))
     # Nothing opaque ahead (the plane is behind the cameras): no depth, and the path falls back to near/far.
     assert depth_ahead(_plane_renderer(poses[:, :3, 3].mean(0) - forward, forward), poses, LENS, HEIGHT, WIDTH) is None
+
+
+# ----------------------------------------------------------------------------- sizes and streaming (issue 30)
+
+
+def _long_camera_path(path, num_frames: int, width: int = 8, height: int = 8) -> None:
+    """A valid camera_path.json of ``num_frames`` identical frames (written directly: write_camera_path's indented
+    JSON of 100 000 frames takes a while)."""
+    frame = '{"camera_to_world": [1,0,0,0, 0,1,0,0, 0,0,1,4, 0,0,0,1], "fov": 50}'
+    path.write_text(f'{{"render_width": {width}, "render_height": {height}, "fps": 30, "camera_path": ['
+                    + ",".join([frame] * num_frames) + "]}")
+
+
+@pytest.mark.parametrize("frames, size, message", [
+    (100_001, (8, 8), "has 100001 frames; at most 100000 (render.num_frames' bound)"),
+    (3, (100_000, 50), "frames of 100000x50 pixels; at most 8192 a side"),
+])
+def test_a_camera_path_file_too_long_or_too_large_is_refused_naming_it(tmp_path, frames, size, message):
+    """Before the model or the rays are read: it used to hold all its frames in memory (10^6 frames: 27.9 GiB)."""
+    from nerf_pipeline.runtime.errors import DataError
+    from nerf_pipeline.stages import render
+
+    _long_camera_path(tmp_path / "long.json", frames, *size)
+    cfg = config.from_dict({**tiny_params(), "render": {**tiny_params()["render"],
+                                                        "camera_path": str(tmp_path / "long.json")}})
+    with pytest.raises(DataError) as error:
+        render.run(cfg, in_model=tmp_path / "model", in_rays=tmp_path / "rays", out_video=tmp_path / "v.mp4",
+                   out_depth_video=tmp_path / "d.mp4", out_gif=tmp_path / "g.gif")
+    assert str(tmp_path / "long.json") in str(error.value) and message in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json"]
+
+
+def test_frames_stream_to_the_videos_and_the_depth_video_keeps_one_colour_range(tmp_path):
+    """Only a frame at a time is in memory: 72 frames take no more than 24 do (as all frames were held, 8192x8192
+    ones asked for 45 GiB before the first rendered), and the depth video's colours still span all frames' depths.
+    (What grows with the frames, up to a bound, is the depths that pin the colour range: at most a million, which
+    24 frames of this disc already give.)"""
+    import tracemalloc
+
+    import imageio
+
+    from nerf_pipeline import media
+    from nerf_pipeline.stages.render import write_videos
+
+    height, width = 240, 320
+    poses = camera.orbit_poses(72, 20.0, 4.0)
+    lens = [width / 2 / np.tan(np.radians(25))] * 2 + [width / 2, height / 2]
+
+    def render_frame(i):
+        """A textured disc of radius 2 on the plane z = 0, seen from frame i."""
+        origins, directions = camera.generate_rays(poses[i], height, width, lens)
+        t = -origins[..., 2] / np.minimum(directions[..., 2], -1e-6)
+        points = origins + directions * t[..., None]
+        hit = (t > 0) & (np.linalg.norm(points[..., :2], axis=-1) < 2.0)
+        rgb = np.where(hit[..., None], np.abs(np.sin(points * 3)), 0.0).astype(np.float32)
+        return {"rgb": rgb, "depth": np.where(hit, t, 0.0).astype(np.float32), "opacity": hit.astype(np.float32)}
+
+    def peak_memory(num_frames: int) -> int:
+        folder = tmp_path / str(num_frames)
+        tracemalloc.start()
+        try:
+            render_s = write_videos(render_frame, num_frames, height, width, fps=12, out_video=folder / "v.mp4",
+                                    out_depth_video=folder / "d.mp4")
+            assert render_s > 0
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak_memory(2)  # matplotlib's colour maps and imageio's writer, loaded once
+    more_frames = 48 * height * width * 6  # rgb, float16 depth and uint8 opacity of 48 more frames: 22 MB
+    assert peak_memory(72) - peak_memory(24) < more_frames / 10
+    folder = tmp_path / "72"
+    assert media.count_video_frames(folder / "v.mp4") == media.count_video_frames(folder / "d.mp4") == 72
+    assert sorted(p.name for p in folder.iterdir()) == ["d.mp4", "v.mp4"]  # no scratch left behind
+    # The depth frames coloured with the range of all frames' depths, as before streaming.
+    outs = [render_frame(i) for i in range(72)]
+    depth, acc = np.stack([o["depth"] for o in outs]), np.stack([o["opacity"] for o in outs])
+    hits = depth[acc > 0.5].astype(np.float16).astype(np.float32)
+    lo, hi = media.depth_range(hits, np.ones(len(hits)))
+    with imageio.get_reader(folder / "d.mp4", format="FFMPEG") as reader:
+        for i, frame in enumerate(reader):
+            if i in (0, 36):
+                expected = media.colorize_depth(depth[i], acc[i], lo, hi).astype(np.float32)
+                assert np.abs(frame.astype(np.float32) - expected).mean() < 6, i
+
+
+def test_a_render_that_cannot_fit_its_scratch_space_is_refused_before_rendering(tmp_path):
+    from nerf_pipeline.runtime.errors import UserError
+    from nerf_pipeline.stages.render import write_videos
+
+    def render_frame(i):
+        raise AssertionError("nothing renders when the depth scratch cannot fit")
+
+    with pytest.raises(UserError, match="render.num_frames or the output size") as error:
+        write_videos(render_frame, 100_000, 8192, 8192, fps=30, out_video=tmp_path / "v.mp4",
+                     out_depth_video=tmp_path / "d.mp4")
+    assert str(tmp_path) in str(error.value)
+    assert list(tmp_path.iterdir()) == []

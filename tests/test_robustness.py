@@ -55,7 +55,9 @@ def download(tmp_path, arrays=None, raw: bytes | None = None, **params):
 
 
 def outs(tmp_path):
-    return sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else []
+    if not (tmp_path / "out").exists():
+        return []
+    return sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*"))
 
 
 # ----------------------------------------------------------------------------- bad data files
@@ -87,8 +89,10 @@ BAD_FILES = {
                  "'poses' contains NaN or Inf"),
     "skewed rotation": ({**good_arrays(), "poses": camera.hemisphere_poses(4, 4.0, 0) @ np.diag([1.0, 1.3, 1.0, 1.0])},
                         None, "is not orthonormal"),
-    "zero focal": ({**good_arrays(), "focal": np.float64(0.0)}, None, "'focal' must be a positive number"),
-    "negative focal": ({**good_arrays(), "focal": np.float64(-5.0)}, None, "'focal' must be a positive number"),
+    "zero focal": ({**good_arrays(), "focal": np.float64(0.0)}, None,
+                   "'focal' is 0; it must be a positive, finite number of pixels"),
+    "negative focal": ({**good_arrays(), "focal": np.float64(-5.0)}, None,
+                       "'focal' is -5; it must be a positive, finite number of pixels"),
     "count mismatch": ({**good_arrays(), "poses": camera.hemisphere_poses(3, 4.0, seed=0)}, None,
                        "4 images but 3 poses"),
     "near after far": ({**good_arrays(), "near": np.float32(7.0), "far": np.float32(6.0)}, None,

@@ -182,8 +182,9 @@ def test_checkerboard_gives_high_frequency_detail(medium):
     rgb_a, depth_a = trace_one((0.8, 0.0, 5.0), DOWN)
     rgb_b, depth_b = trace_one((0.6, 0.0, 5.0), DOWN)
     assert depth_a == pytest.approx(depth_b)
-    np.testing.assert_allclose(rgb_a, np.asarray(synthetic.BASE_COLOURS[0]) * (synthetic.AMBIENT + synthetic.DIFFUSE * LIGHT_Z), atol=1e-6)
-    np.testing.assert_allclose(rgb_b, np.asarray(synthetic.BASE_COLOURS[1]) * (synthetic.AMBIENT + synthetic.DIFFUSE * LIGHT_Z), atol=1e-6)
+    lit = synthetic.AMBIENT + synthetic.DIFFUSE * LIGHT_Z
+    np.testing.assert_allclose(rgb_a, np.asarray(synthetic.BASE_COLOURS[0]) * lit, atol=1e-6)
+    np.testing.assert_allclose(rgb_b, np.asarray(synthetic.BASE_COLOURS[1]) * lit, atol=1e-6)
     # In the rendered images neighbouring hit pixels differ a lot somewhere (edges, checks).
     images, depth = medium["images"], medium["depth"]
     both_hit = (depth[:, :, 1:] > 0) & (depth[:, :, :-1] > 0)

@@ -152,3 +152,78 @@ def test_two_processes_opening_a_new_store_at_once_both_succeed(tmp_path):
     assert outcomes == ["connected", "connected"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_experiment_by_name("nerf-pipeline") is not None
+
+
+@pytest.mark.parametrize("run_id", ["x' or '1'='1", "0123456789abcdef", "../../mlflow.db", "0123456789ABCDEF" * 2, 12])
+def test_a_run_file_whose_run_id_is_not_an_mlflow_run_id_is_refused_naming_the_file(store, run_id):
+    """A run id goes into an MLflow filter string (``tags.`model.run` = '<id>'``): a quote in it broke the filter
+    (an MlflowException traceback), so anything but MLflow's 32 lowercase hex characters is refused first."""
+    from nerf_pipeline.runtime.errors import DataError
+
+    (store / "run.json").write_text(json.dumps({"run_id": run_id, "run_name": "r"}))
+    with pytest.raises(DataError) as error:
+        with tracking.pipeline_run(cfg_with(num_frames=5), store / "run.json"):
+            pass
+    assert str(store / "run.json") in str(error.value)
+    assert f"run_id {run_id!r} is not an MLflow run id (32 hexadecimal characters)" in str(error.value)
+
+
+# ----------------------------------------------------------------------------- runs whose process died
+
+# A training run's process that dies without ending its run (killed outright, or crashed in native code), or,
+# told "live", keeps running with its run open. It prints its run's id first.
+TRAINER = """
+import faulthandler, os, signal, sys
+from nerf_pipeline import config
+from nerf_pipeline.runtime import tracking
+
+cfg = config.load(sys.argv[1])
+tracking.connect(cfg)
+with tracking.start_run(cfg) as run:
+    print(run.info.run_id, flush=True)
+    if sys.argv[2] == "kill -9":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif sys.argv[2] == "segfault":
+        faulthandler.disable()
+        faulthandler._sigsegv()
+    sys.stdin.read()
+"""
+
+
+def test_the_next_run_ends_the_runs_whose_process_died_and_leaves_live_ones(store, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import write_params
+
+    params = write_params(tmp_path, tiny_params())
+    trainers = {how: subprocess.Popen([sys.executable, "-c", TRAINER, str(params), how], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for how in ("kill -9", "segfault", "live")}
+    try:
+        ids = {how: trainer.stdout.readline().strip() for how, trainer in trainers.items()}
+        assert trainers["kill -9"].wait(timeout=60) == -signal.SIGKILL
+        assert trainers["segfault"].wait(timeout=60) == -signal.SIGSEGV
+        client = mlflow.MlflowClient(tracking.tracking_uri())
+        experiment = client.get_experiment_by_name("nerf-pipeline").experiment_id
+        elsewhere = client.create_run(experiment, tags={"process.host": "another-machine", "process.pid": "1"})
+        older = client.create_run(experiment)  # from before runs recorded their process: whose, nobody can tell
+        assert {status(run_id) for run_id in ids.values()} == {"RUNNING"}  # what the dead ones left
+
+        cfg = config.load(params)
+        tracking.connect(cfg)
+        with tracking.start_run(cfg) as run:  # the next run, of any stage
+            pass
+        for how in ("kill -9", "segfault"):
+            ended = client.get_run(ids[how])
+            assert ended.info.status == "KILLED", how
+            assert ended.data.tags["ended_by_run"] == run.info.run_id
+            assert "ended without ending this run" in ended.data.tags["mlflow.note.content"]
+        assert status(ids["live"]) == "RUNNING"  # still training
+        assert status(elsewhere.info.run_id) == "RUNNING" and status(older.info.run_id) == "RUNNING"
+    finally:
+        for trainer in trainers.values():
+            if trainer.poll() is None:
+                trainer.kill()
+            trainer.communicate(timeout=60)

@@ -8,11 +8,12 @@ from conftest import TRAIN_OUTS, mlflow_runs, tiny_params, write_rays
 
 from nerf_pipeline import config
 from nerf_pipeline.config import ImageBatchConfig, RayBatchConfig
-from nerf_pipeline.model.nerf import load_model, trained_poses
+from nerf_pipeline.methods.nerf import load_model
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.stages import train
+from nerf_pipeline.trained_folder import trained_poses
 from nerf_pipeline.training import datasets
 
 
@@ -46,7 +47,8 @@ def test_keras_example_preset_trains_on_whole_images(rays_dir, tmp_path, monkeyp
     assert json.loads((tmp_path / "out/train.json").read_text()) == metrics
     frames = np.load(tmp_path / "out/model/progress.npz")["frames"]
     assert frames.shape == (2, 16, 16, 3) and frames.dtype == np.uint8
-    assert sorted(p.name for p in (tmp_path / "out/model").iterdir()) == ["model.keras", "progress.npz", "run.json"]
+    assert sorted(p.name for p in (tmp_path / "out/model").iterdir()) == ["method.json", "model.keras", "progress.npz",
+                                                                         "run.json"]
     assert (tmp_path / "mlflow.db").is_file()
     history = (tmp_path / "out/history.csv").read_text().splitlines()
     assert history[0] == "epoch,step,loss,psnr,val_loss,val_psnr,epoch_s" and len(history) == 3
@@ -92,23 +94,6 @@ def test_batch_larger_than_the_data_is_refused(batch, unit):
     with pytest.raises(DataError, match=f"'presets.hashgrid.batch.size' is {batch['size']} but the training "
                                         f"split has only .* {unit}"):
         datasets.check_batch(cfg, num_train_views=6, num_train_rays=6 * 256)
-
-
-@pytest.mark.parametrize("contraction, unbounded, expected", [("auto", False, False), ("auto", True, True),
-                                                              ("on", False, True), ("off", True, False)])
-def test_contraction_follows_the_scene_unless_forced(contraction, unbounded, expected):
-    params = tiny_params()
-    params["scene"]["contraction"] = contraction
-    assert train.contracted(config.from_dict(params), np.bool_(unbounded)) is expected
-
-
-@pytest.mark.parametrize("appearance, unbounded, preset, expected", [
-    ("auto", False, "hashgrid", False), ("auto", True, "hashgrid", True), ("on", False, "hashgrid", True),
-    ("off", True, "hashgrid", False), ("auto", True, "keras_example", False)])
-def test_appearance_is_on_for_captures_unless_forced(appearance, unbounded, preset, expected):
-    params = tiny_params()
-    params["scene"]["appearance"], params["preset"] = appearance, preset
-    assert train.appearance(config.from_dict(params), np.bool_(unbounded)) is expected
 
 
 @pytest.mark.parametrize("batch", [RayBatchConfig(mode="rays", size=64, candidate_factor=2),

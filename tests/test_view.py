@@ -70,6 +70,8 @@ def wait_for(condition, timeout=120.0):
 def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser, tmp_path):
     import psutil
 
+    from selenium.webdriver.common.keys import Keys
+
     from nerf_pipeline.view import Viewer, viser_pose
 
     port = free_port()
@@ -109,10 +111,26 @@ def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser
             viewer.camera_path.add_keyframe(types.SimpleNamespace(client=client))
         viewer.camera_path.seconds.value, viewer.camera_path.fps.value = 1.0, 6
         viewer.camera_path.width.value, viewer.camera_path.height.value = 64, 48
-        saved = viewer.camera_path.save("camera_paths/two_keys.json")
+        saved = viewer.camera_path.save("two_keys.json")  # into camera_paths/, where the render stage reads it
         path = read_camera_path(saved)
         assert len(path.poses) == 6 and (path.width, path.height) == (64, 48)
         np.testing.assert_allclose(path.poses[0], camera.look_at([0.0, -4.0, 2.0]), atol=1e-4)
         np.testing.assert_allclose(path.poses[-1], camera.look_at([4.0, 0.0, 2.0]), atol=1e-4)
+        assert saved == project / "camera_paths" / "two_keys.json"
+
+        # The File field and the Save button as the browser drives them (any websocket client could): a name that
+        # climbs out of camera_paths/ is refused, in the panel, and nothing is written.
+        field = browser.find_element("xpath", "//label[normalize-space()='File']/following::input[1]")
+        browser.execute_script("arguments[0].scrollIntoView()", field)
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys("../outside.json")
+        wait_for(lambda: viewer.camera_path.file.value == "../outside.json", timeout=30)
+        browser.execute_script("arguments[0].click()",
+                               browser.find_element("xpath", "//button[normalize-space()='Save']"))
+        wait_for(lambda: "is not a plain file name ending in .json" in browser.find_element("tag name", "body").text,
+                 timeout=30)
+        assert viewer.camera_path.info.content.startswith("Not saved:")
+        assert not (project / "outside.json").exists() and not (project.parent / "outside.json").exists()
     finally:
         viewer.server.stop()
+

@@ -141,9 +141,16 @@ class HashEncoding(keras.layers.Layer):
         return self.reference_call(points)
 
     def table_gradient(self, points, encoded_gradient):
-        """The fused op's gradient for the table, ``[T, F]``, given the loss's gradient for its output ``[N, L * F]``."""
+        """The fused op's gradient for the table, ``[T, F]``, given the loss's gradient for its output
+        ``[N, L * F]``."""
         return self.native_op.nerf_hash_grid_table_grad(points, encoded_gradient, table_rows=int(self.table.shape[0]),
                                                          **self._op_attrs())
+
+    def table_gradient_and_squares(self, points, encoded_gradient):
+        """``(table_gradient, squares)``, each ``[T, F]``: the fused op's gradient for the table and, per row, the
+        sum of its samples' squared contributions (what ``optimizer.SampleWiseAdam``'s second moment takes)."""
+        return self.native_op.nerf_hash_grid_table_grad_squares(
+            points, encoded_gradient, table_rows=int(self.table.shape[0]), **self._op_attrs())
 
     def points_gradient(self, points, encoded_gradient):
         """The fused op's gradient for the points, ``[N, 3]``, given the loss's gradient for its output

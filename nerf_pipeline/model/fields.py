@@ -139,7 +139,8 @@ class HashGridField(keras.layers.Layer):
         return tf.gather(self.appearance, views)
 
     def decode(self, encoded, directions, views=None):
-        """Features ``[N, E]``, unit ``directions [N, 3]`` and optional ``views [N]`` int → ``(rgb [N, 3], sigma [N])``."""
+        """Features ``[N, E]``, unit ``directions [N, 3]`` and optional ``views [N]`` int →
+        ``(rgb [N, 3], sigma [N])``."""
         sigma, geometry = self.decode_density(encoded)
         inputs = [geometry, spherical_harmonics(directions)]
         if self.appearance is not None:

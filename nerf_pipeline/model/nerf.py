@@ -8,7 +8,7 @@ of each (a field's appearance embedding uses them, and the pose refinement, ``po
 them through their view's corrected camera; rays without them get the mean embedding and the poses as given).
 
 ``build_nerf`` makes one from a preset; ``compile_for_training`` gives it Adam with the preset's
-decaying learning rate; ``load_model`` reads one that the train stage saved.
+decaying learning rate. (Reading the one the train stage saved: ``methods/nerf.py``' ``load_model``.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -24,8 +23,9 @@ import tensorflow as tf
 
 from nerf_pipeline import camera
 from nerf_pipeline.config import OptimizerConfig, PresetConfig, RayBatchConfig
-from nerf_pipeline.model import rendering, xla
+from nerf_pipeline.model import losses, rendering, xla
 from nerf_pipeline.model.fields import make_field
+from nerf_pipeline.model.optimizer import SampleWiseAdam, sample_squares
 from nerf_pipeline.model.pose_refinement import PoseRefinement
 from nerf_pipeline.model.sampling import make_sampler
 from nerf_pipeline.model.space import make_space
@@ -53,8 +53,8 @@ class NeRF(keras.Model):
         pose_refinement: a ``PoseRefinement`` of the training views' cameras, trained with the field on
             rays that come with their views; ``None``: the poses as given.
         distortion_weight: training minimises the MSE plus this times the mean distortion loss of the rays
-            (``rendering.distortion_loss``, in the space's ``normalized_distance``); 0: the MSE alone. The
-            ``loss`` metric (and PSNR) stays the MSE.
+            (``losses.DistortionLoss``, in the space's ``normalized_distance``); 0: the MSE alone. The
+            ``loss`` metric (and PSNR) stays the MSE. (``loss_terms``: the terms added to the MSE.)
     """
 
     def __init__(self, field, sampler, space, near: float, far: float, background: float, seed: int,
@@ -103,7 +103,7 @@ class NeRF(keras.Model):
 
     def refined_poses(self, poses) -> np.ndarray:
         """The training views' camera-to-world ``poses [V, 4, 4]`` as the pose refinement has them so far (as given
-        without one); ``trained_poses`` reads those a trained model saved."""
+        without one); ``trained_folder.trained_poses`` reads those a trained model saved."""
         return poses if self.pose_refinement is None else self.pose_refinement.corrected_poses(poses)
 
     @property
@@ -123,7 +123,8 @@ class NeRF(keras.Model):
 
     def render_rays(self, ray_origins, ray_directions, training: bool = False, views=None) -> dict:
         """``rendering.composite``'s dict for flat rays: ``rgb [R, 3]``, ``depth [R]``, ``acc [R]``, ``weights [R, S]``,
-        and the samples' ``t_vals, deltas [R, S]`` (what the distortion loss measures); ``views [R]``: the training view of each ray (None: held-out rays, the mean appearance)."""
+        and the samples' ``t_vals, deltas [R, S]`` (what the distortion loss measures); ``views [R]``: the training
+        view of each ray (None: held-out rays, the mean appearance)."""
         t_vals, deltas = self.sample_rays(ray_origins, ray_directions, training)
         rgb, sigma = self.field_along_rays(ray_origins, ray_directions, t_vals, views)
         return {**rendering.composite(rgb, sigma, t_vals, deltas, self.background), "t_vals": t_vals, "deltas": deltas}
@@ -199,14 +200,24 @@ class NeRF(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.psnr_tracker]
 
-    def objective(self, mse, weights, t_vals, deltas):
-        """What training minimises: ``mse`` plus ``distortion_weight`` times the rays' mean distortion loss, each
-        sample standing for ``[t - delta / 2, t + delta / 2]`` of its ray (``weights, t_vals, deltas: [R, S]``)."""
-        if not self.distortion_weight:
-            return mse
-        s_start = self.space.normalized_distance(t_vals - 0.5 * deltas, self.near, self.far)
-        s_end = self.space.normalized_distance(t_vals + 0.5 * deltas, self.near, self.far)
-        return mse + self.distortion_weight * tf.reduce_mean(rendering.distortion_loss(weights, s_start, s_end))
+    @property
+    def loss_terms(self) -> list:
+        """What training adds to the MSE: the preset's loss terms (``losses.terms``) of this model's weights."""
+        return losses.terms(distortion_weight=self.distortion_weight)
+
+    def objective(self, mse, out):
+        """What training minimises: ``mse`` plus each of the loss terms (``loss_terms``, ``model/losses.py``) of the
+        rendered batch ``out`` (``render_rays``' dict: ``weights, t_vals, deltas: [R, S]``)."""
+        total = mse
+        for term in self.loss_terms:
+            total = total + term(self, out)
+        return total
+
+    def training_loss(self, out, target_rgb):
+        """``(mse, what this replica minimises)`` of a rendered batch ``out`` against ``target_rgb [R, 3]``."""
+        mse = tf.reduce_mean(tf.square(out["rgb"] - target_rgb))
+        # Replicas' gradients are summed; each contributes its share of the global batch's mean.
+        return mse, self.objective(mse, out) / tf.distribute.get_strategy().num_replicas_in_sync
 
     def _update_metrics(self, loss):
         self.loss_tracker.update_state(loss)
@@ -241,13 +252,30 @@ class NeRF(keras.Model):
             ray_origins, ray_directions, views, target_rgb = self._rays_to_train_on(
                 ray_origins, ray_directions, views, target_rgb)
             out = self.render_rays(ray_origins, ray_directions, training=True, views=views)
-            loss = tf.reduce_mean(tf.square(out["rgb"] - target_rgb))
-            # Replicas' gradients are summed; each contributes its share of the global batch's mean.
-            replica_loss = self.objective(loss, out["weights"], out["t_vals"], out["deltas"]) / \
-                tf.distribute.get_strategy().num_replicas_in_sync
-        gradients = _dense(tape.gradient(replica_loss, self.trainable_variables))
-        self.optimizer.apply(gradients, self.trainable_variables)
+            loss, replica_loss = self.training_loss(out, target_rgb)
+        gradients = tape.gradient(replica_loss, self.trainable_variables)
+        squares = self._table_squares(gradients)
+        self._apply_gradients(_dense(gradients), squares)
         return self._update_metrics(loss)
+
+    def _table_squares(self, gradients: list) -> dict:
+        """``{id(table): [T, F]}``: the hash table's per-row sum of its samples' squared gradients, from the
+        ``IndexedSlices`` that ``tf.gather`` gives it (one slice per sample and corner); ``{}`` without a table."""
+        table = getattr(getattr(self.field, "encoding", None), "table", None)
+        for variable, gradient in zip(self.trainable_variables, gradients):
+            if variable is table and isinstance(gradient, tf.IndexedSlices):
+                return {id(table): sample_squares(gradient, int(table.shape[0]))}
+        return {}
+
+    def _apply_gradients(self, gradients: list, squares: dict) -> None:
+        """The optimizer's step; ``SampleWiseAdam`` takes the table's ``squares`` too (``model/optimizer.py``)."""
+        if squares and isinstance(self.optimizer, SampleWiseAdam):
+            if tf.distribute.get_strategy().num_replicas_in_sync > 1:  # summed over replicas, as the gradients are
+                context = tf.distribute.get_replica_context()
+                squares = {key: context.all_reduce("sum", value) for key, value in squares.items()}
+            self.optimizer.apply_with_squares(gradients, self.trainable_variables, squares)
+        else:
+            self.optimizer.apply(gradients, self.trainable_variables)
 
     def _train_step_around_native_op(self, data):
         """``train_step`` with the fused hash grid: the same loss and gradients, computed in three parts so that
@@ -272,13 +300,18 @@ class NeRF(keras.Model):
         loss, decoder_gradients, encoded_gradient, *directions_gradient = decode_loss(
             encoded, directions, sample_views, t_vals, deltas, target_rgb)
         gradient_of = {id(v): g for v, g in zip(self._decoder_variables(), decoder_gradients)}
-        gradient_of[id(encoding.table)] = encoding.table_gradient(points, encoded_gradient)
+        squares = {}
+        if isinstance(self.optimizer, SampleWiseAdam):
+            gradient_of[id(encoding.table)], squares[id(encoding.table)] = encoding.table_gradient_and_squares(
+                points, encoded_gradient)
+        else:
+            gradient_of[id(encoding.table)] = encoding.table_gradient(points, encoded_gradient)
         if refining:
             correction = self.pose_refinement.correction
             (gradient_of[id(correction)],) = _dense(pose_tape.gradient(
                 [points, directions], [correction],
                 output_gradients=[encoding.points_gradient(points, encoded_gradient), *directions_gradient]))
-        self.optimizer.apply([gradient_of[id(v)] for v in self.trainable_variables], self.trainable_variables)
+        self._apply_gradients([gradient_of[id(v)] for v in self.trainable_variables], squares)
         return self._update_metrics(loss)
 
     def _prepare_training(self, ray_origins, ray_directions, views, target_rgb):
@@ -310,9 +343,7 @@ class NeRF(keras.Model):
             shape = tf.shape(t_vals)
             out = rendering.composite(tf.reshape(rgb, [shape[0], shape[1], 3]), tf.reshape(sigma, shape), t_vals,
                                       deltas, self.background)
-            loss = tf.reduce_mean(tf.square(out["rgb"] - target_rgb))
-            replica_loss = self.objective(loss, out["weights"], t_vals, deltas) / \
-                tf.distribute.get_strategy().num_replicas_in_sync
+            loss, replica_loss = self.training_loss({**out, "t_vals": t_vals, "deltas": deltas}, target_rgb)
         if with_directions:
             gradients = _dense(tape.gradient(replica_loss, [encoded, directions, *decoder_variables]))
             return loss, gradients[2:], gradients[0], gradients[1]
@@ -353,7 +384,8 @@ def _dense(gradients: list) -> list:
 
 
 def _rays(inputs):
-    """A batch's inputs ``(ray_origins, ray_directions[, views])`` → ``(ray_origins, ray_directions, views or None)``."""
+    """A batch's inputs ``(ray_origins, ray_directions[, views])`` →
+    ``(ray_origins, ray_directions, views or None)``."""
     if len(inputs) == 3:
         return tuple(inputs)
     ray_origins, ray_directions = inputs
@@ -408,41 +440,9 @@ def compile_for_training(model: NeRF, optimizer: OptimizerConfig, total_steps: i
     """Compile ``model`` with Adam whose learning rate decays over ``total_steps``; returns the schedule
     (a budgeted run, such as the benchmark's, stretches it with ``set_total_steps``)."""
     schedule = ExponentialToFinal(optimizer.learning_rate, optimizer.final_learning_rate, total_steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=optimizer.beta_1, beta_2=optimizer.beta_2,
-                                                  epsilon=optimizer.epsilon), jit_compile=model.plan_xla(jit_compile))
+    adam = SampleWiseAdam if optimizer.table_second_moment == "samples" else keras.optimizers.Adam
+    model.compile(optimizer=adam(schedule, beta_1=optimizer.beta_1, beta_2=optimizer.beta_2, epsilon=optimizer.epsilon),
+                  jit_compile=model.plan_xla(jit_compile))
     # Build the optimizer's slots now, in the caller's strategy scope, rather than inside fit().
     model.optimizer.build(model.trainable_variables)
     return schedule
-
-
-# The train stage's model folder: the model, the progress frames of training, its MLflow run, and with a pose
-# refinement the training views' corrected poses (``poses [V, 4, 4]``, and the ``given`` ones).
-MODEL_FILE, PROGRESS_FILE, RUN_FILE, CAMERAS_FILE = "model.keras", "progress.npz", "run.json", "cameras.npz"
-
-
-def trained_poses(model_folder, train_part) -> np.ndarray:
-    """The training views' camera-to-world poses ``[V, 4, 4]`` as the model learned them: corrected by its pose
-    refinement where training had one (``CAMERAS_FILE`` in ``model_folder``), else ``train_part``'s own."""
-    path = Path(model_folder) / CAMERAS_FILE
-    if not path.is_file():
-        return train_part.poses
-    with np.load(path) as cameras:
-        poses = cameras["poses"]
-    if poses.shape != np.shape(train_part.poses):
-        raise DataError(f"{path}: corrected poses of {poses.shape[0]} views, but the rays' train part has "
-                        f"{len(train_part.poses)}; run the train stage again.")
-    return poses
-
-
-def load_model(path) -> NeRF:
-    """A model saved by the train stage (``.keras``, or the folder that holds it), without its optimizer."""
-    if Path(path).is_dir():
-        path = Path(path) / MODEL_FILE
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError, TypeError) as e:
-        # Keras wraps what a layer's constructor raises (e.g. saved_part's ValueError) in TypeErrors that repeat
-        # the whole model config; the innermost exception of the chain is the one that says what is wrong.
-        while (e.__cause__ or e.__context__) is not None:
-            e = e.__cause__ or e.__context__
-        raise DataError(f"{path}: cannot load the trained model ({e}); run the train stage again.") from None

@@ -19,10 +19,23 @@
 // Ops (float32):
 //   NerfHashGridEncode(points [N, 3], table [T, F]) -> encoded [N, L * F]
 //   NerfHashGridTableGrad(points [N, 3], grad [N, L * F]) -> table_grad [T, F]   (T from attr table_rows)
+//   NerfHashGridTableGradSquares(points, grad) -> table_grad [T, F], squares [T, F] (per row, the sum of its
+//     samples' squared contributions: the second moment of model/optimizer.py's SampleWiseAdam)
 //   NerfHashGridPointsGrad(points [N, 3], table [T, F], grad [N, L * F]) -> points_grad [N, 3]
 // Attrs: resolutions, offsets, hashed (per level), log2_table_size, extent.
+//
+// What they check: the attrs describe levels whose rows lie in order, each in [offset_l, offset_l + size_l) with
+// size_l = (R_l + 1)^3 dense or 2^log2_table_size hashed, and the table must hold the last level's rows; else an
+// InvalidArgumentError (never a read or write past the table). A NaN coordinate is treated as the reference under
+// XLA treats it (what training runs): XLA converts NaN to the integer 0, so the point's cell on that axis is 0, in
+// the table, while its weights are NaN: its encoding is NaN on every level and the rows of its cells get a NaN table
+// gradient; its points gradient is NaN (the loss is NaN then, and training stops as diverged). The levels' loops see
+// only numbers in [0, 1] (LocatePoint): the NaN points are dealt with apart, at no cost when there are none.
+// TensorFlow's eager gather instead refuses the index that its cast made of NaN on a dense level. Infinite and huge
+// coordinates clip to the box's faces, as the reference's.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -56,6 +69,7 @@ struct Levels {
   std::vector<bool> hashed;
   uint32_t hash_mask = 0;
   float extent = 1.0f;
+  int64_t rows_needed = 0;  // the table rows the levels index: the last level's offset plus its size
 
   int count() const { return static_cast<int>(resolution.size()); }
 
@@ -71,11 +85,36 @@ struct Levels {
       return InvalidArgument("resolutions, offsets and hashed must have one entry per level");
     }
     if (log2_table_size < 1 || log2_table_size > 30) return InvalidArgument("log2_table_size must be in [1, 30]");
-    for (int r : resolution) {
-      if (r < 1) return InvalidArgument("every resolution must be at least 1");
-    }
+    if (!(extent > 0.0f) || !std::isfinite(extent)) return InvalidArgument("extent must be positive and finite");
     hashed.assign(hashed_int.begin(), hashed_int.end());
     hash_mask = (1u << log2_table_size) - 1u;
+    // Each level's rows [offset, offset + size) must follow the previous level's: the indexing below stays inside
+    // them, and the table gradient's threads (one per level) then never write the same row.
+    int64_t end = 0;
+    for (int l = 0; l < count(); ++l) {
+      const int64_t r = resolution[l];
+      if (r < 1) return InvalidArgument("every resolution must be at least 1");
+      // A dense index is computed in 32 bits, as the reference's: (R + 1)^3 must fit.
+      if (!hashed[l] && static_cast<double>(r + 1) * (r + 1) * (r + 1) > INT32_MAX) {
+        return InvalidArgument("dense level ", l, " of resolution ", r, " has more than 2^31 vertices");
+      }
+      const int64_t size = hashed[l] ? int64_t{1} << log2_table_size : (r + 1) * (r + 1) * (r + 1);
+      if (offset[l] < end) {
+        return InvalidArgument("level ", l, " starts at table row ", offset[l], ", inside the rows of the levels "
+                               "before it (they end at row ", end, ")");
+      }
+      end = offset[l] + size;
+    }
+    rows_needed = end;
+    return Status();
+  }
+
+  // The table (rows) holds every level's rows.
+  Status CheckRows(int64_t rows) const {
+    if (rows < rows_needed) {
+      return InvalidArgument("the table has ", rows, " rows but the levels index rows up to ", rows_needed,
+                             " (offsets, resolutions and log2_table_size do not match the table)");
+    }
     return Status();
   }
 };
@@ -88,20 +127,32 @@ struct Corners {
   float frac[3];
 };
 
+// The point in [0, 1]^3 and whether it lay inside the box on each axis. A NaN coordinate's x01 is 0 (std::max(0,
+// NaN) is 0: 0 < NaN is false), the cell XLA's conversion of NaN to an integer gives the reference, so that the
+// levels' loops compute cells from numbers in [0, 1] only (a cast of NaN is undefined in C++: INT32_MIN on x86, 2^31
+// rows past the table), at no cost per level; the ops then make a NaN point's results NaN apart (AnyNan).
 inline void LocatePoint(const float* p, float extent, float* x01, bool* inside) {
   const float two_extent = 2.0f * extent;
   for (int a = 0; a < 3; ++a) {
     const float x = (p[a] + extent) / two_extent;  // division, as the reference computes it
     inside[a] = x >= 0.0f && x <= 1.0f;             // clip passes its gradient on the closed interval
-    x01[a] = std::min(std::max(x, 0.0f), 1.0f);
+    x01[a] = std::min(std::max(0.0f, x), 1.0f);
   }
+}
+
+// Whether points [begin, end) hold a NaN coordinate: one vectorised pass (x != x only for NaN; an int accumulator,
+// where a bool one keeps the loop scalar), so that their rare NaN points cost nothing when there are none.
+inline bool AnyNan(const float* points, int64_t begin, int64_t end) {
+  int nan = 0;
+  for (int64_t i = 3 * begin; i < 3 * end; ++i) nan |= points[i] != points[i];
+  return nan != 0;
 }
 
 inline void Corners8(const float* x01, const Levels& levels, int level, Corners* out) {
   const float res = static_cast<float>(levels.resolution[level]);
   uint32_t cell[3];
   for (int a = 0; a < 3; ++a) {
-    const float scaled = x01[a] * res;
+    const float scaled = x01[a] * res;  // x01 in [0, 1] (LocatePoint): c in [0, res - 1]
     const float c = std::min(std::floor(scaled), res - 1.0f);
     out->frac[a] = scaled - c;
     cell[a] = static_cast<uint32_t>(static_cast<int32_t>(c));
@@ -158,11 +209,16 @@ void EncodeBlock(const float* points, const float* table, float* encoded, const 
       }
     }
   }
+  if (AnyNan(points, begin, end)) {  // a NaN point encodes as NaN on every level (its weights are NaN in the reference)
+    for (int64_t n = begin; n < end; ++n) {
+      if (AnyNan(points, n, n + 1)) std::fill_n(encoded + n * row_width, row_width, std::nanf(""));
+    }
+  }
 }
 
 template <int F>
-void TableGradLevel(const float* x01, const float* grad, float* table_grad, const Levels& levels, int features,
-                    int level, int64_t num_points) {
+void TableGradLevel(const float* x01, const float* grad, float* table_grad, float* squares, const Levels& levels,
+                    int features, int level, int64_t num_points) {
   const int nf = F > 0 ? F : features;
   const int64_t row_width = static_cast<int64_t>(levels.count()) * nf;
   Corners corners;
@@ -176,6 +232,13 @@ void TableGradLevel(const float* x01, const float* grad, float* table_grad, cons
       float* row = table_grad + corners.row[corner] * nf;
       const float w = corners.weight[corner];
       for (int k = 0; k < nf; ++k) row[k] += w * g[k];
+      if (squares != nullptr) {  // each sample's contribution squared apart (SampleWiseAdam's second moment)
+        float* square_row = squares + corners.row[corner] * nf;
+        for (int k = 0; k < nf; ++k) {
+          const float contribution = w * g[k];
+          square_row[k] += contribution * contribution;
+        }
+      }
     }
   }
 }
@@ -187,6 +250,10 @@ void PointsGradBlock(const float* points, const float* table, const float* grad,
   float x01[3];
   bool inside[3];
   for (int64_t n = begin; n < end; ++n) {
+    if (AnyNan(points, n, n + 1)) {  // a NaN point: a NaN gradient
+      std::fill_n(points_grad + 3 * n, 3, std::nanf(""));
+      continue;
+    }
     LocatePoint(points + 3 * n, levels.extent, x01, inside);
     float d_x01[3] = {0.0f, 0.0f, 0.0f};
     for (int level = 0; level < levels.count(); ++level) {
@@ -243,6 +310,7 @@ class EncodeOp : public OpKernel {
     const Tensor& table = context->input(1);
     OP_REQUIRES_OK(context, CheckPoints(points));
     OP_REQUIRES(context, table.dims() == 2, InvalidArgument("table must be [T, F]"));
+    OP_REQUIRES_OK(context, levels_.CheckRows(table.dim_size(0)));
     const int64_t n = points.dim_size(0);
     const int nf = static_cast<int>(table.dim_size(1));
     const int L = levels_.count();
@@ -267,11 +335,14 @@ class EncodeOp : public OpKernel {
   Levels levels_;
 };
 
+// With kSquares, a second output: per row, the sum of its samples' squared contributions.
+template <bool kSquares>
 class TableGradOp : public OpKernel {
  public:
   explicit TableGradOp(OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, levels_.Read(c));
     OP_REQUIRES_OK(c, c->GetAttr("table_rows", &table_rows_));
+    OP_REQUIRES_OK(c, levels_.CheckRows(table_rows_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -288,29 +359,58 @@ class TableGradOp : public OpKernel {
     const float* p = points.flat<float>().data();
     const float* g = grad.flat<float>().data();
     float* out = table_grad->flat<float>().data();
+    float* squares = nullptr;
+    if (kSquares) {
+      Tensor* squares_tensor = nullptr;
+      OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({table_rows_, nf}), &squares_tensor));
+      squares = squares_tensor->flat<float>().data();
+    }
     // Every point's box coordinates, once for all levels.
     Tensor x01_tensor;
     OP_REQUIRES_OK(context, context->allocate_temp(::tensorflow::DT_FLOAT, TensorShape({n, 3}), &x01_tensor));
     float* x01 = x01_tensor.flat<float>().data();
     auto* workers = context->device()->tensorflow_cpu_worker_threads();
+    std::atomic<bool> any_nan{false};
     ::tensorflow::Shard(workers->num_threads, workers->workers, n, 50, [&](int64_t begin, int64_t end) {
       bool inside[3];
       for (int64_t i = begin; i < end; ++i) LocatePoint(p + 3 * i, levels_.extent, x01 + 3 * i, inside);
+      if (AnyNan(p, begin, end)) any_nan = true;
     });
+    // The NaN points (none, but for a diverged input): the reference adds their NaN weights times the gradient to
+    // the rows of their cells, so each level's task below makes those rows NaN once it has added the others.
+    std::vector<int64_t> nan_points;
+    if (any_nan) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (AnyNan(p, i, i + 1)) nan_points.push_back(i);
+      }
+    }
     // Level l owns rows [offset_l, offset_{l+1}): one task per level, so no two threads add to one row.
     std::vector<int64_t> level_end(L);
     for (int l = 0; l < L; ++l) level_end[l] = l + 1 < L ? levels_.offset[l + 1] : table_rows_;
+    // Rows before the first level's (offsets[0] > 0) belong to no level: level 0 zeroes them too.
     ::tensorflow::Shard(workers->num_threads, workers->workers, L, std::max<int64_t>(n, 1) * 1000,
                         [&](int64_t first, int64_t last) {
                           for (int64_t level = first; level < last; ++level) {
-                            const int64_t begin = levels_.offset[level];
+                            const int64_t begin = level == 0 ? 0 : levels_.offset[level];
                             std::memset(out + begin * nf, 0, sizeof(float) * (level_end[level] - begin) * nf);
+                            if (squares != nullptr) {
+                              std::memset(squares + begin * nf, 0,
+                                          sizeof(float) * (level_end[level] - begin) * nf);
+                            }
                             switch (nf) {
-                              case 1: TableGradLevel<1>(x01, g, out, levels_, nf, level, n); break;
-                              case 2: TableGradLevel<2>(x01, g, out, levels_, nf, level, n); break;
-                              case 4: TableGradLevel<4>(x01, g, out, levels_, nf, level, n); break;
-                              case 8: TableGradLevel<8>(x01, g, out, levels_, nf, level, n); break;
-                              default: TableGradLevel<0>(x01, g, out, levels_, nf, level, n);
+                              case 1: TableGradLevel<1>(x01, g, out, squares, levels_, nf, level, n); break;
+                              case 2: TableGradLevel<2>(x01, g, out, squares, levels_, nf, level, n); break;
+                              case 4: TableGradLevel<4>(x01, g, out, squares, levels_, nf, level, n); break;
+                              case 8: TableGradLevel<8>(x01, g, out, squares, levels_, nf, level, n); break;
+                              default: TableGradLevel<0>(x01, g, out, squares, levels_, nf, level, n);
+                            }
+                            Corners corners;
+                            for (int64_t i : nan_points) {
+                              Corners8(x01 + 3 * i, levels_, static_cast<int>(level), &corners);
+                              for (int64_t row : corners.row) {
+                                std::fill_n(out + row * nf, nf, std::nanf(""));
+                                if (squares != nullptr) std::fill_n(squares + row * nf, nf, std::nanf(""));
+                              }
                             }
                           }
                         });
@@ -330,6 +430,8 @@ class PointsGradOp : public OpKernel {
     const Tensor& table = context->input(1);
     const Tensor& grad = context->input(2);
     OP_REQUIRES_OK(context, CheckPoints(points));
+    OP_REQUIRES(context, table.dims() == 2, InvalidArgument("table must be [T, F]"));
+    OP_REQUIRES_OK(context, levels_.CheckRows(table.dim_size(0)));
     const int L = levels_.count();
     const int nf = static_cast<int>(table.dim_size(1));
     OP_REQUIRES(context, grad.dims() == 2 && grad.dim_size(0) == points.dim_size(0) && grad.dim_size(1) == L * nf,
@@ -389,6 +491,25 @@ REGISTER_OP("NerfHashGridTableGrad")
       return Status();
     });
 
+REGISTER_OP("NerfHashGridTableGradSquares")
+    .Input("points: float")
+    .Input("grad: float")
+    .Output("table_grad: float")
+    .Output("squares: float")
+    .NERF_HASH_GRID_ATTRS
+    .Attr("table_rows: int")
+    .SetShapeFn([](ShapeContext* c) {
+      std::vector<int> resolutions;
+      int64_t rows = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("resolutions", &resolutions));
+      TF_RETURN_IF_ERROR(c->GetAttr("table_rows", &rows));
+      ::tensorflow::shape_inference::DimensionHandle width;
+      TF_RETURN_IF_ERROR(c->Divide(c->Dim(c->input(1), 1), static_cast<int64_t>(resolutions.size()), true, &width));
+      c->set_output(1, c->Matrix(rows, width));
+      c->set_output(0, c->Matrix(rows, width));
+      return Status();
+    });
+
 REGISTER_OP("NerfHashGridPointsGrad")
     .Input("points: float")
     .Input("table: float")
@@ -401,7 +522,8 @@ REGISTER_OP("NerfHashGridPointsGrad")
     });
 
 REGISTER_KERNEL_BUILDER(Name("NerfHashGridEncode").Device(::tensorflow::DEVICE_CPU), EncodeOp);
-REGISTER_KERNEL_BUILDER(Name("NerfHashGridTableGrad").Device(::tensorflow::DEVICE_CPU), TableGradOp);
+REGISTER_KERNEL_BUILDER(Name("NerfHashGridTableGrad").Device(::tensorflow::DEVICE_CPU), TableGradOp<false>);
+REGISTER_KERNEL_BUILDER(Name("NerfHashGridTableGradSquares").Device(::tensorflow::DEVICE_CPU), TableGradOp<true>);
 REGISTER_KERNEL_BUILDER(Name("NerfHashGridPointsGrad").Device(::tensorflow::DEVICE_CPU), PointsGradOp);
 
 }  // namespace

@@ -13,6 +13,10 @@
 //     the march and OccupancySampler._sample_bins in one pass per ray: the occupied bins laid end to end,
 //     sample s at (s + offset_s) / S of their length, standing for the occupied length of its stratum.
 // Attrs: extent (the grid covers [-extent, extent]^3), contract_bound (0: a box; else the contracted space's bound).
+//
+// Out-of-range input, as the reference compiled by XLA (what training runs) treats it: a point outside the grid
+// reads its nearest cell (XLA's float-to-integer conversion saturates, then the reference clips), a NaN point cell 0
+// (XLA converts NaN to 0), a NaN sample position rank 0 with a NaN depth. An empty grid (G = 0) is refused.
 
 #include <algorithm>
 #include <cmath>
@@ -61,8 +65,9 @@ struct Grid {
     int64_t cell[3];
     const float p[3] = {px, py, pz};
     for (int a = 0; a < 3; ++a) {
-      const int64_t c = static_cast<int64_t>(static_cast<int32_t>(std::floor((p[a] + extent) / two_extent * g)));
-      cell[a] = std::min<int64_t>(std::max<int64_t>(c, 0), resolution - 1);
+      // Clamped as a float: casting NaN or a float beyond int32 is undefined in C++. NaN fails c >= 0: cell 0.
+      const float c = std::floor((p[a] + extent) / two_extent * g);
+      cell[a] = c >= 0.0f ? (c < g - 1.0f ? static_cast<int64_t>(c) : resolution - 1) : 0;
     }
     return occupied[(cell[0] * resolution + cell[1]) * resolution + cell[2]];
   }
@@ -88,8 +93,8 @@ Status CheckInputs(OpKernelContext* context) {
     return InvalidArgument("edges must be [R, M + 1]");
   }
   if (occupied.dims() != 3 || occupied.dim_size(0) != occupied.dim_size(1) ||
-      occupied.dim_size(0) != occupied.dim_size(2)) {
-    return InvalidArgument("occupied must be [G, G, G]");
+      occupied.dim_size(0) != occupied.dim_size(2) || occupied.dim_size(0) < 1) {
+    return InvalidArgument("occupied must be [G, G, G] with G >= 1, got ", occupied.shape().DebugString());
   }
   return Status();
 }
@@ -186,7 +191,7 @@ class SampleOp : public MarchBase {
       auto locate = [&](float position, int32_t* rank, float* fraction) {
         const float r = std::min(std::max(std::floor(position), 0.0f), last);
         *fraction = std::min(std::max(position - r, 0.0f), 1.0f);
-        *rank = static_cast<int32_t>(r);
+        *rank = r >= 0.0f ? static_cast<int32_t>(r) : 0;  // NaN (a NaN offset): rank 0, as XLA converts it
       };
       auto covered = [&](float position) {
         if (ranked.empty()) return 0.0f;

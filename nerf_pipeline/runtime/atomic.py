@@ -12,6 +12,12 @@ always there, old or new. Elsewhere it renames the old folder aside to ``.<name>
 one into place; a crash between the two leaves no target but that ``.old`` folder, which the next
 ``atomic_dir`` of the same path puts back before it starts.
 
+A temporary name carries the id of the process that writes it (``.<name>.<pid>-<random><suffix>``). A process
+killed outright (``kill -9``, out of memory, a segfault) leaves its temporary file or folder behind; the next
+write of the same target removes those whose process is no longer running (``remove_leftovers``). A process
+that still runs, even one that merely reuses a dead writer's id, keeps its own: nothing that may be in use is
+removed, at worst a leftover waits for a later write.
+
 Temporary files and folders are created with the modes a plain ``open``/``mkdir`` would give
 (0666 and 0777, less the umask, which the kernel applies), so the published output has ordinary
 permissions. The process umask is never read or changed: changing it, even for a moment, would
@@ -24,16 +30,57 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 def _temporary_name(path: Path, suffix: str) -> Path:
-    return path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+
+
+def _writer_gone(pid: str | None) -> bool:
+    """Whether the process that made a temporary name no longer runs (``pid``: the id in the name, ``None`` for a
+    name made before names carried it: this write cannot tell whose it is, but it is older than this write)."""
+    if pid is None:
+        return True
+    if int(pid) == os.getpid() or os.name != "posix":  # elsewhere os.kill(pid, 0) is no probe (a Ctrl-C on Windows)
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # EPERM: it runs, as another user; too large: no process id, not ours
+        return False
+    return False
+
+
+def remove_leftovers(path, suffix: str = "") -> None:
+    """Remove the temporary files or folders (of ``suffix``) that killed writes of ``path`` left beside it: those
+    whose process no longer runs."""
+    path = Path(path)
+    name = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-)?[0-9a-f]{12}" + re.escape(suffix))
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        match = name.fullmatch(entry.name)
+        if match is None or not _writer_gone(match.group(1)):
+            continue
+        log.info("removing %s, left by a write of %s that was killed", entry.path, path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: the write goes on
+                os.remove(entry.path)
 
 
 def _new_file(path: Path, suffix: str) -> Path:
@@ -60,7 +107,8 @@ def _new_folder(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
-    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+    """Yield a temporary path beside ``path``; on success rename it to ``path``. What killed writes of ``path``
+    left is removed first (``remove_leftovers``).
 
     ``suffix`` (default: ``path``'s own suffix) is kept so writers that look at the file
     extension (Keras, imageio) pick the right format. On an exception the temporary file
@@ -68,7 +116,9 @@ def atomic_path(path, suffix: str | None = None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_file(path, suffix if suffix is not None else path.suffix)
+    suffix = suffix if suffix is not None else path.suffix
+    remove_leftovers(path, suffix)
+    tmp = _new_file(path, suffix)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -132,11 +182,13 @@ def atomic_dir(path):
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
     With ``exchange`` the target is never missing; otherwise the old folder is renamed aside, the
-    new one moved in, and the old one removed (``recover_dir``, run first, repairs a crash between).
+    new one moved in, and the old one removed (``recover_dir``, run first, repairs a crash between). What killed
+    writes of ``path`` left is removed first (``remove_leftovers``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
+    remove_leftovers(path)
     tmp = _new_folder(path)
     try:
         yield tmp

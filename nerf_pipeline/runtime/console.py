@@ -29,7 +29,8 @@ NATIVE_LINE = re.compile(rb"^([IWEF])(?:\d{8}|\d{4}) \d\d:\d\d:\d+\.\d+\s+\d+ [^
 NATIVE_NOISE = (
     (b"I", re.compile(rb"oneDNN custom operations are on\. You may see slightly different numerical results")),
     (b"I", re.compile(rb"Could not find cuda drivers on your machine, GPU will not be used\.$")),
-    (b"I", re.compile(rb"This TensorFlow binary is optimized to use available CPU instructions in performance-critical")),
+    (b"I", re.compile(rb"This TensorFlow binary is optimized to use available CPU instructions in "
+                      rb"performance-critical")),
     # What cuInit says where there is no CUDA driver at all; a driver that fails says something else, and is kept.
     (b"E", re.compile(rb"failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR \(303\)$")),
     (b"I", re.compile(rb"XLA service 0x[0-9a-f]+ initialized for platform Host \(this does not guarantee")),

@@ -13,7 +13,9 @@ store and at which commit, trained the model.
 
 A later stage logs into a run it did not start through ``MlflowClient`` and never ends it: its
 failure (a bad camera path, a Ctrl-C) is not the training run's, which keeps its status. Only a run
-a stage starts ends with that stage (FINISHED, FAILED, or KILLED on Ctrl-C or SIGTERM).
+a stage starts ends with that stage (FINISHED, FAILED, or KILLED on Ctrl-C or SIGTERM). A stage killed outright
+(``kill -9``, out of memory) or crashed (a segfault) cannot end its run: each run records its process, and the
+next run started on that machine ends the runs whose process has ended as KILLED, with a note (``end_dead_runs``).
 
 Metric names carry a section (``train/loss``, ``val/psnr``, ``eval/ssim``, ``time/epoch_s``), which
 the MLflow UI groups. The store is ``MLFLOW_TRACKING_URI`` when set, else
@@ -30,6 +32,8 @@ import importlib.util
 import json
 import logging
 import os
+import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -48,8 +52,19 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+def tracking_uri(project=None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the sqlite store of ``project`` (None: ``project_root()``)."""
+    root = project_root() if project is None else Path(project).resolve()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+# An MLflow run id is a uuid4's 32 lowercase hex digits. Ids are checked before use: one goes into MLflow filter
+# strings (``tags.`model.run` = '<id>'``), where a quote would change the query.
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_run_id(value) -> bool:
+    return isinstance(value, str) and RUN_ID.fullmatch(value) is not None
 
 
 def _git(*args: str) -> str | None:
@@ -86,7 +101,75 @@ def _tags(cfg: Config) -> dict:
     commit = _git_commit()
     if commit:
         tags["git.commit"] = commit
-    return tags
+    return {**tags, **_process_tags()}
+
+
+def _process_tags() -> dict:
+    """Which process starts (and owns) the run: a later run ends it should that process die first
+    (``end_dead_runs``). A process id names one process only on one machine, in one boot and pid namespace."""
+    return {"process.host": socket.gethostname(), "process.pid": str(os.getpid()), **_machine()}
+
+
+def _machine() -> dict:
+    """This boot of this machine and this process's pid namespace (a container has its own), where Linux says."""
+    found = {}
+    with contextlib.suppress(OSError):
+        found["process.boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with contextlib.suppress(OSError):
+        found["process.pid_namespace"] = os.readlink("/proc/self/ns/pid")
+    return found
+
+
+def _process_gone(tags: dict) -> bool:
+    """Whether the process that the tags of a run name (``_process_tags``) has certainly ended. Not when it ran on
+    another machine or in another pid namespace, nor while a process of its id runs (even one that reuses the
+    id): a live run is never ended, at worst a dead one waits for a later run."""
+    if tags.get("process.host") != socket.gethostname() or not (tags.get("process.pid") or "").isdigit():
+        return False
+    here = _machine()
+    if tags.get("process.boot_id") and here.get("process.boot_id") and \
+            tags["process.boot_id"] != here["process.boot_id"]:
+        return True  # the machine restarted since: every process of that boot has ended
+    if tags.get("process.pid_namespace") != here.get("process.pid_namespace"):
+        return False
+    pid = int(tags["process.pid"])
+    if pid == os.getpid() or os.name != "posix":  # elsewhere os.kill(pid, 0) is no probe (a Ctrl-C on Windows)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # EPERM: it runs, as another user
+        return False
+    return False
+
+
+def end_dead_runs(client, experiment_id: str, by_run) -> None:
+    """End as KILLED, with a note, the runs of the experiment that are RUNNING although the process that started
+    them on this machine has ended: killed outright (``kill -9``, out of memory) or crashed (a segfault), it could
+    not end them, and they would stay RUNNING for ever. ``by_run``: the run starting now, which the note names.
+
+    Any stage's run, at any commit: whether its process is gone is known exactly (``_process_gone``), and a
+    crash at a commit that never runs again must not stay RUNNING. Never fails the stage."""
+    host = socket.gethostname().replace("'", "\\'")
+    try:
+        running = client.search_runs([experiment_id], max_results=1000, filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'"))
+        for stale in running:
+            tags = stale.data.tags
+            if stale.info.run_id == by_run.info.run_id or not _process_gone(tags):
+                continue
+            note = (f"Its process (pid {tags['process.pid']} on {tags['process.host']}) ended without ending this "
+                    "run: it was killed outright (kill -9, out of memory) or crashed. Marked KILLED by run "
+                    f"{by_run.info.run_id} ({by_run.info.run_name}) at {time.strftime('%Y-%m-%d %H:%M:%S %z')}.")
+            earlier = tags.get("mlflow.note.content")
+            client.set_tag(stale.info.run_id, "mlflow.note.content", f"{earlier}\n\n{note}" if earlier else note)
+            client.set_tag(stale.info.run_id, "ended_by_run", by_run.info.run_id)
+            client.set_terminated(stale.info.run_id, "KILLED")
+            log.info("MLflow run %s (%s) was left RUNNING by its process (pid %s), which has ended: marked KILLED",
+                     stale.info.run_id, stale.info.run_name, tags["process.pid"])
+    except Exception as e:  # MLflow raises many types; tidying an old run must not stop this one
+        log.warning("could not look for MLflow runs left RUNNING by processes that ended: %s", e)
 
 
 def _log_params(mlflow, cfg: Config) -> None:
@@ -135,7 +218,8 @@ def _store_initialisation(uri: str):
     except ImportError:  # not POSIX: no lock (MLflow's own locks are POSIX-only too)
         yield
         return
-    lock_path = Path(tempfile.gettempdir()) / f"nerf-pipeline-mlflow-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"nerf-pipeline-mlflow-{digest}.lock"
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -170,8 +254,8 @@ def start_run(cfg: Config, resumes: str | None = None, resumed_epoch: int = 0):
 
     ``resumes``: the id of the run whose checkpoint this one continues from epoch
     ``resumed_epoch``. That run is marked KILLED if it never ended (a process killed outright
-    cannot end its own run), and this one is tagged with it. An interrupted run (Ctrl-C,
-    SIGTERM) ends as KILLED, a failed one as FAILED.
+    cannot end its own run), and this one is tagged with it; so is any run whose process died
+    (``end_dead_runs``). An interrupted run (Ctrl-C, SIGTERM) ends as KILLED, a failed one as FAILED.
     """
     import mlflow
 
@@ -182,6 +266,7 @@ def start_run(cfg: Config, resumes: str | None = None, resumed_epoch: int = 0):
     run = mlflow.start_run(run_name=run_name(), tags=tags, log_system_metrics=_system_metrics())
     with _ending(mlflow):
         _log_params(mlflow, cfg)
+        end_dead_runs(mlflow.MlflowClient(), run.info.experiment_id, run)
         log.info("MLflow run %s (%s) in %s%s", run.info.run_id, run.info.run_name, tracking_uri(),
                  f", resuming run {resumes} after epoch {resumed_epoch}" if resumes else "")
         yield run
@@ -257,10 +342,12 @@ def read_run_file(run_file) -> dict:
     written before they were recorded."""
     try:
         record = json.loads(Path(run_file).read_text())
-        if not isinstance(record["run_id"], str):
-            raise TypeError("run_id is not a string")
+        run_id = record["run_id"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{run_file}: not an MLflow run file written by the train stage ({e}).") from None
+    if not is_run_id(run_id):
+        raise DataError(f"{run_file}: run_id {run_id!r} is not an MLflow run id (32 hexadecimal characters); the "
+                        "train stage writes this file: run it again (dvc repro).")
     return {"run_id": record["run_id"], "run_name": record.get("run_name"),
             "tracking_uri": record.get("tracking_uri"), "git_commit": record.get("git_commit")}
 
@@ -327,6 +414,7 @@ def pipeline_run(cfg: Config, run_file):
     with _ending(mlflow):
         _log_params(mlflow, cfg)
         mlflow.set_tag("mlflow.note.content", _reuse_note(trained, parent, tracking_uri()))
+        end_dead_runs(client, experiment_id, run)
         if parent is None:
             log.info("MLflow run %s (%s) in %s: reuses the model trained in run %s at commit %s, which is not in "
                      "this store", run.info.run_id, run.info.run_name, tracking_uri(), trained_id,
@@ -354,7 +442,7 @@ class _NoTracking:
     def _nothing(self, *args, **kwargs) -> None:
         pass
 
-    log_metrics = log_artifact = log_image = log_input = _nothing
+    log_metrics = log_artifact = log_image = log_input = set_tag = _nothing
 
 
 NO_TRACKING = _NoTracking()

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.scenes.scene import check_intrinsics
 
 # model id -> (name, number of params), as COLMAP numbers them (src/colmap/sensor/models.h)
 MODELS = {
@@ -112,6 +113,14 @@ def read_model(model_folder) -> Model:
         if not np.all(np.isfinite(image.qvec)) or not np.linalg.norm(image.qvec) > 1e-12:
             raise DataError(f"{paths['images']}: image {image.name} has quaternion {image.qvec.tolist()}; "
                             "expected a finite, non-zero rotation.")
+    checked = set()  # each camera once, named with the first image that uses it
+    for image in images:
+        camera = cameras[image.camera_id]
+        # (an unsupported model's params mean other things: it is refused by name when its intrinsics are asked for)
+        if camera.model in SUPPORTED_MODELS and camera.camera_id not in checked:
+            checked.add(camera.camera_id)
+            check_intrinsics(intrinsics(camera)[0], 1, camera.height, camera.width, str(paths["cameras"]),
+                             views=[f"camera {camera.camera_id} (of image {image.name})"])
     points, colors = readers[2](paths["points3D"])
     return Model(cameras, images, points, colors)
 

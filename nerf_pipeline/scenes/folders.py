@@ -11,7 +11,8 @@
   per frame where a frame overrides them), ``aabb_scale``, and frames of ``file_path`` (with
   extension; PNG or JPG, any subfolder) and ``transform_matrix``.
 
-A frame's ``mask_path`` (nerfstudio's) names its mask (``masks.py``). Both use OpenGL
+A frame's ``mask_path`` (nerfstudio's) names its mask (``masks.py``). ``file_path`` and ``mask_path`` must
+stay inside the file's folder unless ``data.allow_paths_outside`` (``capture_file``). Both use OpenGL
 camera-to-world matrices, as ``camera.py`` does. Alpha is composited on
 ``data.background``; ``data.max_views`` keeps that many train/val views, evenly spread. Distortion
 is recorded, not applied (the rays stage undistorts); poses are re-centred and scaled by the poses
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ import numpy as np
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import masks
 from nerf_pipeline.scenes.images import read_image
-from nerf_pipeline.scenes.scene import Cameras, Views, evenly_spread, read_json
+from nerf_pipeline.scenes.scene import Cameras, Views, check_intrinsics, evenly_spread, read_json
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,26 @@ def _file_path(frame: dict, source: str, index: int) -> str:
     return frame["file_path"]
 
 
-def _frame_image(folder: Path, frame: dict, source: str, index: int, default_suffix: str) -> Path:
+def capture_file(folder: Path, name: str, what: str, allow_outside: bool, under: str = "") -> Path:
+    """``folder / under / name``: a file that a capture's metadata names (``what``: where, e.g. the file and frame).
+
+    Refused when ``name`` is absolute or climbs out of ``folder`` with ``..``, unless ``allow_outside``
+    (``data.allow_paths_outside``): the download stage copies what it names into the scene, and ``dvc push``
+    sends that away. The check is on the name as written, not on where symlinks lead: a symlink inside the
+    capture was put there by its owner (a DVC cache of symlinks makes every file one)."""
+    relative = os.path.normpath(os.path.join(under, name))
+    if not allow_outside and (os.path.isabs(relative) or relative.split(os.sep)[0] == os.pardir):
+        raise DataError(f"{what} is '{name}', outside the capture's folder {folder}: the images and masks of a "
+                        "capture must be in its folder. Move them there, or set 'data.allow_paths_outside: true' "
+                        "in params.yaml to read files outside it.")
+    return Path(folder) / under / name
+
+
+def _frame_image(folder: Path, frame: dict, source: str, index: int, default_suffix: str,
+                 allow_outside: bool) -> Path:
     relative = _file_path(frame, source, index)
-    return (folder / relative).with_suffix(default_suffix) if not Path(relative).suffix else folder / relative
+    path = capture_file(folder, relative, f"{source}: frame {index}'s 'file_path'", allow_outside)
+    return path.with_suffix(default_suffix) if not Path(relative).suffix else path
 
 
 def frame_intrinsics(meta: dict, frame: dict, image_shape, source: str, index: int) -> tuple[list, list]:
@@ -101,6 +120,9 @@ def frame_intrinsics(meta: dict, frame: dict, image_shape, source: str, index: i
             raise DataError(f"{source}: frame {index} has '{key}' = {values[key]}: fisheye or higher-order "
                             "distortion is not supported. Undistort the images (e.g. COLMAP's image_undistorter) "
                             "and drop the distortion keys.")
+    for key in ("fl_x", "fl_y", "cx", "cy", "w", "h"):
+        if values[key] is not None and (isinstance(values[key], bool) or not isinstance(values[key], (int, float))):
+            raise DataError(f"{source}: frame {index} has '{key}' = {values[key]!r}; expected a number of pixels.")
     height, width = image_shape[:2]
     w, h = values["w"] or width, values["h"] or height
     if (int(w), int(h)) != (width, height):
@@ -118,15 +140,20 @@ def frame_intrinsics(meta: dict, frame: dict, image_shape, source: str, index: i
     fx, fy = fx if fx is not None else fy, fy if fy is not None else fx
     cx = values["cx"] if values["cx"] is not None else 0.5 * width
     cy = values["cy"] if values["cy"] is not None else 0.5 * height
+    # fl_x: 0 (or NaN, or negative) passed every data stage as rays of NaN, and only train failed (a crash)
+    check_intrinsics([fx, fy, cx, cy], 1, height, width, source, views=[f"frame {index} ({frame.get('file_path')!r})"])
     return [float(fx), float(fy), float(cx), float(cy)], [float(values[k] or 0.0) for k in DISTORTION_KEYS]
 
 
 def _views(frames: list, metas: list, folder: Path, sources: list, indices: list, background: float, suffix: str,
-           split, unbounded: bool, near, far):
+           split, unbounded: bool, near, far, allow_outside: bool):
     """``sources.Views`` of the given frames (``frames[i]`` from ``metas[i]``, described in ``sources[i]``, where
     it is frame ``indices[i]``: errors name it so)."""
-    paths = [_frame_image(folder, frame, source, index, suffix)
+    paths = [_frame_image(folder, frame, source, index, suffix, allow_outside)
              for frame, source, index in zip(frames, sources, indices)]
+    for frame, source, index in zip(frames, sources, indices):  # masks.frame_masks reads them
+        if isinstance(frame.get("mask_path"), str):
+            capture_file(folder, frame["mask_path"], f"{source}: frame {index}'s 'mask_path'", allow_outside)
     first = read_image(paths[0], background, sources[0])
     intrinsics, distortion = zip(*(frame_intrinsics(meta, frame, first.shape, source, index)
                                    for meta, frame, source, index in zip(metas, frames, sources, indices)))
@@ -147,7 +174,7 @@ def _views(frames: list, metas: list, folder: Path, sources: list, indices: list
                  source=str(folder), mask=mask)
 
 
-def read_blender(folder: Path, background: float, max_views) -> Views:
+def read_blender(folder: Path, background: float, max_views, *, allow_outside: bool = False) -> Views:
     """Split files: train (required), val and test (when present), each part's frames kept in its part."""
     parts = {}
     for part in ("train", "val", "test"):
@@ -170,10 +197,11 @@ def read_blender(folder: Path, background: float, max_views) -> Views:
     unbounded = any((meta.get("aabb_scale") or 1) > 1 for meta in parts.values())
     log.info("split files in %s: %s%s", folder, ", ".join(f"{len(v)} {p}" for p, v in split.items()),
              "" if "val" in parts else " (no transforms_val.json: the split stage takes val views from train)")
-    return _views(frames, metas, folder, sources, indices, background, ".png", split, unbounded, None, None)
+    return _views(frames, metas, folder, sources, indices, background, ".png", split, unbounded, None, None,
+                  allow_outside)
 
 
-def read_transforms(path: Path, background: float, max_views) -> Views:
+def read_transforms(path: Path, background: float, max_views, *, allow_outside: bool = False) -> Views:
     """An instant-ngp / nerfstudio capture (one ``transforms.json``)."""
     meta = _load_json(path)
     unbounded = (meta.get("aabb_scale") or 1) > 1
@@ -184,4 +212,4 @@ def read_transforms(path: Path, background: float, max_views) -> Views:
     frames = [meta["frames"][i] for i in indices]
     log.info("instant-ngp/nerfstudio capture %s: %d views", path, len(frames))
     return _views(frames, [meta] * len(frames), path.parent, [str(path)] * len(frames), indices, background, "",
-                  None, unbounded, None, None)
+                  None, unbounded, None, None, allow_outside)

@@ -63,6 +63,12 @@ def read_poses_bounds(path, num_images: int | None = None) -> tuple[np.ndarray, 
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
         raise DataError(f"{path}: rows {bad[:10].tolist()} hold NaN or infinite values; expected finite numbers.")
     matrices = rows[:, :15].reshape(-1, 3, 5)
+    bad = np.flatnonzero(~(matrices[:, :, 4] > 0).all(axis=1))
+    if len(bad):  # a focal length of 0 would pass every data stage as rays of NaN, and make training fail
+        height, width, focal = matrices[bad[0], :, 4]
+        others = f" (as do rows {bad[1:10].tolist()})" if len(bad) > 1 else ""
+        raise DataError(f"{path}: row {bad[0]} (image {bad[0]} of images/ in name order) has height, width, focal = "
+                        f"{height:g}, {width:g}, {focal:g} pixels{others}; each must be positive.")
     down, right, back = matrices[:, :, 0], matrices[:, :, 1], matrices[:, :, 2]
     c2w = np.tile(np.eye(4), (len(rows), 1, 1))
     c2w[:, :3, :3] = np.stack([right, -down, back], axis=-1)  # (down, right, back) -> (right, up, back)

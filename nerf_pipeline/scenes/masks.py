@@ -5,12 +5,16 @@ Where a capture has them:
 * an instant-ngp / nerfstudio ``transforms.json`` (or split files): a frame's ``mask_path``, relative
   to the file's folder, as nerfstudio writes it;
 * a COLMAP, LLFF or photo-folder capture: a ``masks/`` folder beside ``images/`` (in the capture's
-  folder), one file per image named by the image's stem (``frame_001.png`` for ``frame_001.jpg``;
-  COLMAP's own ``frame_001.jpg.png`` too), any image extension.
+  folder), one file per image named as capture tools name them: by the image's stem (``frame_001.png``
+  for ``frame_001.jpg``), COLMAP's ``<image name>.png`` (``frame_001.jpg.png``) or ``<stem>_mask.<ext>``
+  (``IMG_0001_mask.JPG`` for ``IMG_0001.JPG``), any image extension. An image that two files could be
+  the mask of is refused, naming both.
 
-A mask is an image of its view's size; a pixel is kept where it is nonzero (in any colour channel;
-an alpha channel is ignored). Once a capture has masks, every view needs one: a missing mask, or
-one of another size than its image, is refused naming the file.
+A mask is an image of its view's size; a pixel is kept where it is at least half of full scale (in
+any colour channel; an alpha channel is ignored): masks saved as JPEG carry compression noise at
+their edges (values 1-127 beside the black), which "nonzero" would keep. A mask of 0s and 1s keeps
+its 1s. Once a capture has masks, every view needs one: a missing mask, or one of another size than
+its image, is refused naming the file.
 
 Masks travel as uint8 ``[H, W]``, 1 keep, 0 not: in the scene folder (``masks.npy``, at the
 source's resolution) and in the rays folder (``<part>/masks.npy``), where ``prepare_mask`` makes
@@ -49,8 +53,19 @@ def read_mask(path: Path, height: int, width: int, image) -> np.ndarray:
     if mask.shape[:2] != (height, width):
         raise DataError(f"{path}: this mask is {mask.shape[1]}x{mask.shape[0]} but its image {image} is "
                         f"{width}x{height}; a mask must have its image's size.")
-    keep = mask != 0 if mask.ndim == 2 else np.any(mask != 0, axis=-1)
-    return keep.astype(np.uint8)
+    keep = kept_pixels(mask)
+    return (keep if keep.ndim == 2 else np.any(keep, axis=-1)).astype(np.uint8)
+
+
+def kept_pixels(mask: np.ndarray) -> np.ndarray:
+    """``mask >= half of full scale``, per value: full scale is 1 for a mask of 0s and 1s (or of floats up to 1),
+    else its integer type's largest value (255 for 8 bits)."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask
+    if mask.size == 0 or mask.max() <= 1 or not np.issubdtype(mask.dtype, np.integer):
+        return mask >= 0.5
+    return mask >= (np.iinfo(mask.dtype).max + 1) // 2
 
 
 def reader(paths: list[Path], images: list, height: int, width: int) -> MaskReader:
@@ -64,18 +79,23 @@ def folder_masks(capture: Path, images: list[Path], height: int, width: int) -> 
     folder = Path(capture) / MASKS_FOLDER
     if not folder.is_dir():
         return None
-    by_stem = {}
+    by_stem: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in MASK_EXTENSIONS:
-            by_stem.setdefault(path.stem, path)
+            by_stem.setdefault(path.stem, []).append(path)
     paths = []
     for image in images:
-        found = by_stem.get(image.stem) or by_stem.get(image.name)
-        if found is None:
-            raise DataError(f"{folder}: has no mask for the image {image.name} (expected {image.stem}.png or another "
-                            f"image file named {image.stem}); once a capture has a masks/ folder every image needs "
-                            "its mask.")
-        paths.append(found)
+        # The names tools write: <stem>.<ext>, COLMAP's <image name>.png, <stem>_mask.<ext>.
+        found = [path for stem in dict.fromkeys((image.stem, image.name, f"{image.stem}_mask"))
+                 for path in by_stem.get(stem, [])]
+        if not found:
+            raise DataError(f"{folder}: has no mask for the image {image.name} (expected {image.stem}.png, "
+                            f"{image.name}.png or {image.stem}_mask.png, any image extension); once a capture has a "
+                            "masks/ folder every image needs its mask.")
+        if len(found) > 1:
+            raise DataError(f"{folder}: {' and '.join(p.name for p in found)} could each be the mask of the image "
+                            f"{image.name}; keep one.")
+        paths.append(found[0])
     return reader(paths, images, height, width)
 
 

@@ -25,6 +25,7 @@ NeRF-synthetic scene, where float32 origins, directions and colours would take 3
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ import numpy as np
 from nerf_pipeline import camera
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes.scene import ImageStack, open_npy, read_npy, read_npz
+
+log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 IMAGES, DEPTH, CAMERAS, MASKS = "images.npy", "depth.npy", "cameras.npz", "masks.npy"
@@ -87,6 +90,15 @@ def load(folder, part: str) -> RayPart:
     return RayPart(folder, part)
 
 
+def evaluation_part(folder, split: str) -> RayPart:
+    """The part ``split`` names (``evaluate.split``: test or val), or val when the scene has no test part (said in
+    the log)."""
+    if split == "test" and "test" not in parts(folder):
+        log.info("the scene has no test split: evaluating on val")
+        return load(folder, "val")
+    return load(folder, split)
+
+
 class PartWriter:
     """Write one part into ``folder/<part>`` view by view (``add``), then its cameras (``finish``)."""
 
@@ -111,6 +123,7 @@ class PartWriter:
     def finish(self, poses, intrinsics, view_ids, near: float, far: float, unbounded: bool) -> None:
         for f in self._files.values():
             f.close()
-        np.savez(self.folder / CAMERAS, poses=np.asarray(poses, np.float32), intrinsics=np.asarray(intrinsics, np.float32),
+        np.savez(self.folder / CAMERAS, poses=np.asarray(poses, np.float32),
+                 intrinsics=np.asarray(intrinsics, np.float32),
                  view_ids=np.asarray(view_ids, np.int32), near=np.float32(near), far=np.float32(far),
                  unbounded=np.bool_(unbounded))

@@ -92,7 +92,10 @@ class Cameras:
     @classmethod
     def from_arrays(cls, arrays: dict, source: str) -> "Cameras":
         split = {part: arrays[f"split_{part}"].tolist() for part in PARTS if f"split_{part}" in arrays} or None
-        scalar = (lambda key: float(arrays[key]) if key in arrays else None)
+
+        def scalar(key):
+            return float(arrays[key]) if key in arrays else None
+
         return check_cameras(cls(
             names=[str(n) for n in arrays["names"]], intrinsics=arrays["intrinsics"], distortion=arrays["distortion"],
             poses=arrays.get("poses"), near=scalar("near"), far=scalar("far"),
@@ -178,20 +181,35 @@ def check_poses(poses, num_views: int, source: str) -> np.ndarray:
     return poses.astype(np.float32)
 
 
-def check_intrinsics(intrinsics, num_views: int, height: int, width: int, source: str) -> np.ndarray:
-    """``[N, 4]`` float32 from a focal length, one shared ``(fx, fy, cx, cy)`` or one per view."""
+def check_intrinsics(intrinsics, num_views: int, height: int, width: int, source: str, views=None) -> np.ndarray:
+    """``[N, 4]`` float32 from a focal length (a scalar: a source's ``focal``, centred), one shared ``(fx, fy, cx,
+    cy)`` or one per view.
+
+    Every reader's cameras pass here (and ``check_cameras``): a focal length of 0 gives rays of NaN, which pass every
+    later data stage and only make training fail. Raises ``DataError`` naming ``source`` and the first bad view,
+    as ``views[i]`` says it (e.g. "frame 3 ('./train/r_3')"; else "view i"), unless every focal length is a positive,
+    finite number of pixels and every principal point finite.
+    """
     intrinsics = np.asarray(intrinsics)
     if not np.issubdtype(intrinsics.dtype, np.number):
         raise DataError(f"{source}: intrinsics must be numbers; got dtype {intrinsics.dtype}.")
+    focal_only = intrinsics.ndim == 0
     intrinsics = as_intrinsics(intrinsics, height, width)  # a focal length: centred
     if intrinsics.shape == (4,):
         intrinsics = np.broadcast_to(intrinsics, (num_views, 4))
     if intrinsics.shape != (num_views, 4):
         raise DataError(f"{source}: intrinsics must be (fx, fy, cx, cy) per view, shape ({num_views}, 4); "
                         f"got {intrinsics.shape}.")
-    if not np.all(np.isfinite(intrinsics)) or np.any(intrinsics[:, :2] <= 0):
-        raise DataError(f"{source}: focal lengths must be positive numbers of pixels and the principal point "
-                        f"finite; got fx, fy = {intrinsics[:, :2].min():.4g} at the smallest.")
+    bad = np.flatnonzero(~np.isfinite(intrinsics).all(axis=1) | ~(intrinsics[:, :2] > 0).all(axis=1))
+    if len(bad) and focal_only:
+        raise DataError(f"{source}: 'focal' is {intrinsics[0, 0]:g}; it must be a positive, finite number of pixels.")
+    if len(bad):
+        i = int(bad[0])
+        fx, fy, cx, cy = intrinsics[i]
+        more = f" ({len(bad) - 1} more view{'s' if len(bad) > 2 else ''} like it)" if len(bad) > 1 else ""
+        raise DataError(f"{source}: {views[i] if views is not None else f'view {i}'} has focal length fx = {fx:g}, "
+                        f"fy = {fy:g} and principal point cx = {cx:g}, cy = {cy:g}; a focal length must be a "
+                        f"positive, finite number of pixels and a principal point finite{more}.")
     return intrinsics.astype(np.float32)
 
 
@@ -202,6 +220,9 @@ def check_cameras(cameras: Cameras, source: str) -> Cameras:
         raise DataError(f"{source}: {n} views need intrinsics and distortion of shape ({n}, 4); got "
                         f"{cameras.intrinsics.shape} and {cameras.distortion.shape}.")
     poses = None if cameras.poses is None else check_poses(cameras.poses, n, source)
+    # the readers check each view's intrinsics as they read them; this also stops a scene written before they did
+    check_intrinsics(cameras.intrinsics, n, 0, 0, source, views=[f"view {i} ({name!r})"
+                                                                  for i, name in enumerate(cameras.names)])
     near, far = cameras.near, cameras.far
     if near is not None and far is not None and not (0 <= near < far and np.isfinite(far)):
         raise DataError(f"{source}: need 0 <= near < far; got near={near}, far={far}.")
@@ -277,7 +298,8 @@ def to_uint8_image(image, source: str) -> np.ndarray:
     """One image ``[H, W, 3]`` as uint8: uint8 kept, floats in [0, 1] rounded; anything else refused."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
-        raise DataError(f"{source}: 'images' must have shape (N, H, W, 3); got (N, {', '.join(map(str, image.shape))}).")
+        raise DataError(f"{source}: 'images' must have shape (N, H, W, 3); "
+                        f"got (N, {', '.join(map(str, image.shape))}).")
     if image.dtype == np.uint8:
         return image
     if not np.issubdtype(image.dtype, np.floating):

@@ -37,7 +37,8 @@ import numpy as np
 from nerf_pipeline.config import Config
 from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import colmap, folders, frames, llff, masks, synthetic
-from nerf_pipeline.scenes.scene import MIN_VIEWS, Cameras, Views, evenly_spread, read_npz, scalar
+from nerf_pipeline.scenes.scene import (MIN_VIEWS, Cameras, Views, check_intrinsics, evenly_spread, read_npz,
+                                         scalar)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ def in_memory_views(images, poses, focal, near, far, source: str, depth=None) ->
         raise DataError(f"{source}: 'images' must have shape (N, H, W, 3); got {images.shape}.")
     count, height, width = images.shape[:3]
     focal = scalar(focal, "focal", source)
-    if not np.isfinite(focal) or focal <= 0:
-        raise DataError(f"{source}: 'focal' must be a positive number of pixels; got {focal}.")
+    check_intrinsics(focal, count, height, width, source)  # a positive, finite number of pixels
     intrinsics, distortion = _pinhole(count, [focal, focal, 0.5 * width, 0.5 * height])
     cameras = Cameras(names=[f"view_{i:04d}" for i in range(count)], intrinsics=intrinsics, distortion=distortion,
                       poses=np.asarray(poses), near=scalar(near, "near", source), far=scalar(far, "far", source))
@@ -136,11 +136,14 @@ def download_tiny_nerf(cfg: Config, scratch: Path) -> Views:
 # ----------------------------------------------------------------------------- captures
 
 
-def read_colmap(folder: Path, model_folder: Path, max_views) -> Views:
-    """A COLMAP sparse model and the images it names, in ``folder/images``."""
+def read_colmap(folder: Path, model_folder: Path, max_views, *, allow_outside: bool = False) -> Views:
+    """A COLMAP sparse model and the images it names, in ``folder/images`` (not outside ``folder`` unless
+    ``allow_outside``: ``folders.capture_file``)."""
     model = colmap.read_model(model_folder)
     images = [model.images[i] for i in evenly_spread(len(model.images), max_views)]
-    paths = [folder / "images" / image.name for image in images]
+    images_file = model_folder / ("images.bin" if (model_folder / "cameras.bin").is_file() else "images.txt")
+    paths = [folders.capture_file(folder, image.name, f"{images_file}: image {image.image_id}'s name", allow_outside,
+                                  under="images") for image in images]
     missing = [p for p in paths if not p.is_file()]
     if len(missing) == len(paths):
         raise DataError(f"{model_folder}: the model's image names ({images[0].name}, …) match no file in "
@@ -177,6 +180,8 @@ def read_llff(folder: Path, max_views) -> Views:
     # hwf describes the images the poses were made from; images/ may hold a resized copy.
     focal = hwf[:, 2] * width / hwf[:, 1]
     intrinsics = np.stack([focal, focal, np.full_like(focal, 0.5 * width), np.full_like(focal, 0.5 * height)], -1)
+    check_intrinsics(intrinsics, len(paths), height, width, str(folder / "poses_bounds.npy"),
+                     views=[f"row {row} (image {path.name})" for row, path in zip(keep, paths)])
     cameras = Cameras(names=[p.name for p in paths], intrinsics=intrinsics, distortion=np.zeros((len(paths), 4)),
                       poses=c2w, near=float(bounds[:, 0].min()), far=float(bounds[:, 1].max()), unbounded=True,
                       normalize=True)
@@ -287,11 +292,11 @@ def _read_source(cfg: Config, scratch: Path) -> Views:
     if layout is not None:
         kind, found = layout
         reader = folders.read_blender if kind == "blender" else folders.read_transforms
-        return reader(found, data.background, data.max_views)
+        return reader(found, data.background, data.max_views, allow_outside=data.allow_paths_outside)
     if path.is_dir():
         model_folder = colmap.find_model(path)
         if model_folder is not None:
-            return read_colmap(path, model_folder, data.max_views)
+            return read_colmap(path, model_folder, data.max_views, allow_outside=data.allow_paths_outside)
         if (path / "poses_bounds.npy").is_file():
             return read_llff(path, data.max_views)
         return read_photos(path, data.max_views)

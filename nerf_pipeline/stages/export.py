@@ -4,19 +4,25 @@ Reads ``in_model`` (the train stage's model folder: the model and its MLflow run
 (its ``train`` part: cameras and image size). Writes:
 
 * ``out_mesh`` (PLY) and ``out_mesh_glb`` (GLB, for web viewers and Blender): marching cubes
-  (scikit-image) on the model's density sampled on a grid of ``export.resolution``³ points over
+  (scikit-image) on the method's density (``methods.Method.density``; empty for a method without one)
+  sampled on a grid of ``export.resolution``³ points over
   the scene's box (``[-bound, bound]^3`` of the model's space), at the level
   ``export.density_threshold``. Vertices are in world units, faces wound outward (towards lower
   density); vertex colours are the radiance field's at each vertex, seen along the mean viewing
   direction of the training cameras, uint8 RGBA;
-* ``out_points`` (PLY): a point cloud, one point per training ray of ``export.num_points`` drawn
-  at random (seed ``seed``) across the training views, at the ray's expected depth, coloured by
-  its rendered colour; rays whose opacity is below ``export.min_opacity`` (they mostly see
-  background) are left out;
+* ``out_points`` (PLY): a point cloud (``methods.Method.points``; the NeRF's: one point per training ray
+  of ``export.num_points`` drawn at random (seed ``seed``) across the training views, at the ray's
+  expected depth, coloured by its rendered colour; rays whose opacity is below ``export.min_opacity``
+  (they mostly see background) are left out);
+* ``out_splats``: a folder (written whole, atomically) of the method's own export files
+  (``methods.Method``'s optional ``export_files`` hook) and a ``README.txt`` naming them: for Gaussian splats
+  ``splats.ply`` (3DGS's layout, for SuperSplat, the SIBR viewer, …); a NeRF has none (its geometry is the mesh),
+  so its folder holds only the README. A folder, not ``splats.ply`` itself, because DVC fails a stage whose
+  declared out is missing, and the NeRF writes no such file;
 * ``out_metrics``: JSON (an out, not a DVC metric: counts and time, not quality) —
   ``mesh_vertices``, ``mesh_faces``, ``points``, ``export_s``.
 
-The mesh and point cloud are logged to the MLflow run of the model (``export/``).
+The mesh, the point cloud and the method's files are logged to the MLflow run of the model (``export/``).
 """
 
 from __future__ import annotations
@@ -27,14 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 import trimesh
 from skimage import measure
 
-from nerf_pipeline.camera import pixel_rays
+from nerf_pipeline import methods, trained_folder
 from nerf_pipeline.config import Config
-from nerf_pipeline.model.nerf import RUN_FILE, NeRF, load_model, trained_poses
-from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.runtime import atomic, tracking
 from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
@@ -47,15 +50,16 @@ def _padded_call(function, points: np.ndarray, chunk: int) -> np.ndarray:
     compiled function sees one shape; its output for the ``N`` points."""
     padded = np.zeros((chunk, 3), np.float32)
     padded[:len(points)] = points
-    return np.asarray(function(tf.constant(padded)))[:len(points)]
+    return np.asarray(function(padded))[:len(points)]
 
 
-def density_grid(model: NeRF, resolution: int, chunk: int, jit_compile: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The model's density at ``resolution``³ points spanning its box: ``(sigma [n, n, n] float32
-    indexed [x, y, z], grid_points [n] float32`` (the coordinates along each axis)). Points are made
-    a chunk at a time: at 512³ all of them would take 1.6 GB."""
-    grid_points = np.linspace(-model.space.bound, model.space.bound, resolution, dtype=np.float32)
-    density = tf.function(lambda p: model.field.density(model.space.warp(p)), jit_compile=model.plan_xla(jit_compile))
+def density_grid(method, resolution: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The method's density (``methods.Method.density``) at ``resolution``³ points spanning its box
+    (``extent``): ``(sigma [n, n, n] float32 indexed [x, y, z], grid_points [n] float32`` (the coordinates
+    along each axis)). Points are made a chunk at a time: at 512³ all of them would take 1.6 GB."""
+    bound = method.extent()
+    grid_points = np.linspace(-bound, bound, resolution, dtype=np.float32)
+    density = method.density
     total = resolution ** 3
     sigma = np.empty(total, np.float32)
     with Progress(math.ceil(total / chunk), "sampling density", "chunks") as progress:
@@ -87,38 +91,16 @@ def extract_mesh(sigma: np.ndarray, grid_points: np.ndarray, level: float) -> tu
     return (vertices + grid_points[0]).astype(np.float32), faces[:, ::-1].astype(np.int64)
 
 
-def vertex_colours(model: NeRF, vertices: np.ndarray, direction: np.ndarray, chunk: int,
-                   jit_compile: bool = True) -> np.ndarray:
-    """The radiance field's colour at each vertex ``[V, 3]`` seen along ``direction [3]``: ``[V, 3]`` float32."""
-    directions = tf.broadcast_to(tf.constant(direction), [chunk, 3])
-    colour = tf.function(lambda p: model.field(model.space.warp(p), directions)[0],
-                         jit_compile=model.plan_xla(jit_compile))
+def vertex_colours(method, vertices: np.ndarray, direction: np.ndarray, chunk: int) -> np.ndarray:
+    """The method's colour (``methods.Method.colors``) at each vertex ``[V, 3]`` seen along ``direction [3]``:
+    ``[V, 3]`` float32."""
+    directions = np.broadcast_to(np.asarray(direction, np.float32), (chunk, 3))
+
+    def colour(points):
+        return method.colors(points, directions)
+
     pieces = [_padded_call(colour, vertices[start:start + chunk], chunk) for start in range(0, len(vertices), chunk)]
     return np.concatenate(pieces) if pieces else np.zeros((0, 3), np.float32)
-
-
-def point_cloud(renderer: ChunkedRenderer, part: ray_files.RayPart, num_points: int, min_opacity: float,
-                seed: int, poses=None) -> tuple[np.ndarray, np.ndarray]:
-    """Points at the expected depth of ``num_points`` random training rays, with their colours:
-    ``(points [P, 3] float32, colours [P, 3] float32)``, rays of opacity below ``min_opacity`` dropped.
-    ``poses [V, 4, 4]``: the views' cameras as trained (``trained_poses``); None: the part's."""
-    poses = part.poses if poses is None else poses
-    rng = np.random.default_rng(seed)
-    per_view = math.ceil(num_points / part.num_views)
-    origins, directions = [], []
-    for view in range(part.num_views):
-        pixels = rng.choice(part.height * part.width, size=min(per_view, part.height * part.width), replace=False)
-        view_origins, view_directions = pixel_rays(poses[view], part.intrinsics[view], *divmod(pixels, part.width))
-        origins.append(view_origins)
-        directions.append(view_directions)
-    origins, directions = np.concatenate(origins)[:num_points], np.concatenate(directions)[:num_points]
-    out = renderer(origins, directions)
-    kept = out["acc"] >= min_opacity
-    points = origins[kept] + directions[kept] * out["depth"][kept, None]
-    # Colour the surface, not the background it was composited over: divide the opacity back out.
-    colours = np.clip((out["rgb"][kept] - (1.0 - out["acc"][kept, None]) * renderer.model.background)
-                      / out["acc"][kept, None], 0.0, 1.0)
-    return points.astype(np.float32), colours.astype(np.float32)
 
 
 def _write(path, geometry, file_type: str) -> None:
@@ -126,36 +108,59 @@ def _write(path, geometry, file_type: str) -> None:
         geometry.export(tmp, file_type=file_type)
 
 
-def run(cfg: Config, *, in_model, in_rays, out_mesh, out_mesh_glb, out_points, out_metrics) -> dict:
+def write_method_files(method, folder) -> list[Path]:
+    """Replace ``folder`` (atomically: all or nothing) with the method's own export files (its optional
+    ``export_files`` hook, ``methods.Method``) and a ``README.txt`` saying what they are; the files' paths."""
+    folder = Path(folder)
+    export_files = getattr(method, "export_files", None)
+    with atomic.atomic_dir(folder) as tmp:
+        names = list(export_files(tmp)) if export_files is not None else []
+        if names:
+            readme = (f"The {method.name} model's own files: {', '.join(names)}.\n"
+                      + ("splats.ply is the Gaussians in the layout of 3DGS's PLY files: open it in a Gaussian "
+                         "splat viewer (SuperSplat, the SIBR viewer, ...).\n" if "splats.ply" in names else ""))
+        else:
+            readme = (f"The {method.name} method has no files of its own to export: its geometry is the mesh "
+                      "(mesh.ply, mesh.glb) and the point cloud (points.ply) beside this folder.\n")
+        (tmp / "README.txt").write_text(readme)
+    return [folder / name for name in names]
+
+
+def run(cfg: Config, *, in_model, in_rays, out_mesh, out_mesh_glb, out_points, out_splats, out_metrics) -> dict:
     e = cfg.export
     start = time.perf_counter()
-    model = load_model(in_model)
     train = ray_files.load(in_rays, "train")
-    # (XLA makes the hash grid's density about 6x faster on a CPU: 350 k against 60 k points/s)
-    sigma, grid_points = density_grid(model, e.resolution, e.chunk_points, cfg.active.jit_compile)
-    vertices, faces = extract_mesh(sigma, grid_points, e.density_threshold)
-    if not len(vertices):
+    method = methods.load(in_model, train_part=train, chunk_rays=cfg.evaluate.chunk_rays,
+                          jit_compile=cfg.active.jit_compile)
+    try:
+        # (XLA makes the hash grid's density about 6x faster on a CPU: 350 k against 60 k points/s)
+        sigma, grid_points = density_grid(method, e.resolution, e.chunk_points)
+        vertices, faces = extract_mesh(sigma, grid_points, e.density_threshold)
+    except NotImplementedError:  # a method without a density field (Gaussians): no mesh
+        log.warning("the %s method has no density field: the mesh is empty", method.name)
+        sigma, vertices, faces = None, np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    if not len(vertices) and sigma is not None:
         # Not an error: a short experiment's model still gets evaluated and rendered; the mesh is empty.
         log.warning("the density never reaches export.density_threshold (%g) in the scene's box (it spans %.3g to "
                     "%.3g): the mesh is empty; lower the threshold or train longer", e.density_threshold,
                     sigma.min(), sigma.max())
-    poses = trained_poses(in_model, train)  # refined where training corrected them
-    colours = vertex_colours(model, vertices, mean_view_direction(poses), e.chunk_points, cfg.active.jit_compile)
+    poses = method.training_poses()  # refined where training corrected them
+    colours = vertex_colours(method, vertices, mean_view_direction(poses), e.chunk_points)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=np.round(colours * 255).astype(np.uint8), process=False)
-    renderer = ChunkedRenderer(model, cfg.evaluate.chunk_rays, cfg.active.jit_compile)
-    points, point_colours = point_cloud(renderer, train, e.num_points, e.min_opacity, cfg.seed, poses)
+    points, point_colours = method.points(train, e.num_points, e.min_opacity, cfg.seed)
     cloud = trimesh.PointCloud(points, colors=np.round(point_colours * 255).astype(np.uint8))
-    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as run:
+    with tracking.pipeline_run(cfg, Path(in_model) / trained_folder.RUN_FILE) as run:
         _write(out_mesh, mesh, "ply")
         _write(out_mesh_glb, trimesh.Scene(mesh), "glb")
         _write(out_points, cloud, "ply")
+        method_files = write_method_files(method, out_splats)
         export_s = time.perf_counter() - start
         metrics = {"mesh_vertices": len(vertices), "mesh_faces": len(faces), "points": len(points),
                    "export_s": export_s}
         atomic.write_json(out_metrics, metrics)
         run.log_metrics({"export/mesh_vertices": len(vertices), "export/mesh_faces": len(faces),
                          "export/points": len(points), "time/export_s": export_s})
-        for path in (out_mesh, out_mesh_glb, out_points):
+        for path in (out_mesh, out_mesh_glb, out_points, *method_files):
             run.log_artifact(str(path), artifact_path="export")
     log.info("wrote a mesh of %d vertices and %d faces (%s, %s) and %d points (%s) in %.1f s", len(vertices),
              len(faces), out_mesh, out_mesh_glb, len(points), out_points, export_s)

@@ -8,7 +8,9 @@ its pinhole camera. Ground-truth depth (the built-in scene's) is downscaled over
 see a surface only, 0 where most of a block sees none (``images.downscale_depth``). A scene's masks
 follow their views' undistortion and downscaling, a pixel kept only if all of its colour came from
 kept pixels (``masks.prepare_mask``). Views are processed one at a time, so memory does not grow
-with the scene.
+with the scene. A capture's sparse points (structure from motion, COLMAP: ``points`` and
+``point_colors`` of ``in_cameras``) go to ``points.npz`` beside the parts (``points [P, 3]`` float32,
+``point_colors [P, 3]`` uint8), where the splats method's first Gaussians come from.
 """
 
 from __future__ import annotations
@@ -78,3 +80,10 @@ def run(cfg: Config, *, in_scene, in_cameras, in_split, out_rays) -> None:
                     progress(done)
             writer.finish(cameras.poses[views], intrinsics, views, cameras.near, cameras.far, cameras.unbounded)
             log.info("%s: %d views of %dx%d (%d rays)", part, len(views), width, height, len(views) * height * width)
+        if cameras.points is not None and len(cameras.points):
+            # The capture's sparse points (structure from motion, COLMAP) in the poses' frame: the Gaussians of the
+            # splats method start from them (splats/gaussians.py: sparse_points).
+            colours = cameras.point_colors if cameras.point_colors is not None else \
+                np.full((len(cameras.points), 3), 128, np.uint8)
+            np.savez(tmp / "points.npz", points=np.asarray(cameras.points, np.float32),
+                     point_colors=np.asarray(colours, np.uint8))

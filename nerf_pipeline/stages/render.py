@@ -5,14 +5,10 @@ run) and ``in_rays`` (the train and val cameras: their poses, image size and int
 
 * ``out_video``: mp4 (H.264), ``render.num_frames`` frames at ``render.width`` x ``render.height``
   (null: the training views' size; the lens is the first val camera's, scaled), along
-  ``render.camera_path``: a full turn about the cameras' up axis (``camera.rig_up``) through the point
-  they look at, at elevation ``render.elevation_deg`` and distance ``render.radius`` (null: the
-  cameras' median) when the cameras go around the scene (``auto``: they cover at least
-  ``ORBIT_COVERAGE_DEG`` of azimuth about that axis), else a spiral where they were, as LLFF renders
-  forward-facing captures, looking where they look: the point their axes meet, or for cameras that
-  all face one way the scene as far ahead as the model's depth says (in the middle of their mean
-  view), else a focus depth from near/far. Every frame's up is the cameras' up, so no frame rolls.
-  The log says which path and why. ``render.camera_path`` may
+  ``render.camera_path``: for ``auto``, ``orbit`` and ``spiral``, the path fitted to the cameras
+  (``render_paths``: a 360° orbit when they go around the scene, else a spiral where they were); the
+  log says which path and why. Frames are rendered through the method (``methods.Method.render``), in
+  the appearance of the training views nearest each. ``render.camera_path`` may
   also name a nerfstudio ``camera_path.json`` (``scenes/camera_paths.py``): its frames, field of view,
   size (unless render.width/height are set) and fps;
 * ``out_depth_video``: the same path's depth, inferno, near bright;
@@ -27,135 +23,124 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline import camera, media
-from nerf_pipeline.config import Config, RenderConfig
-from nerf_pipeline.model.nerf import PROGRESS_FILE, RUN_FILE, load_model, trained_poses
-from nerf_pipeline.model.renderer import ChunkedRenderer
+from nerf_pipeline import media, methods, trained_folder
+from nerf_pipeline.config import MAX_RENDER_FRAMES, MAX_RENDER_SIDE, Config, RenderConfig
+from nerf_pipeline.methods import Camera
+from nerf_pipeline.render_paths import fitted_path, output_size
 from nerf_pipeline.runtime import tracking
+from nerf_pipeline.runtime.errors import DataError, UserError
 from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
-from nerf_pipeline.scenes.camera_paths import read_camera_path
-from nerf_pipeline.scenes.scene import read_npz
+from nerf_pipeline.scenes.camera_paths import CameraPath, read_camera_path
 
 log = logging.getLogger(__name__)
 
-ORBIT_COVERAGE_DEG = 270.0  # cameras spanning at least this much azimuth go around the scene
-DEPTH_VIEW_SIDE = 64  # pixels on the long side of the view rendered to find how far ahead the scene is
+
+def camera_path_file(render: RenderConfig) -> CameraPath:
+    """``render.camera_path``'s camera_path.json; a ``DataError`` naming it when it has more frames than
+    render.num_frames may, or makes frames larger than render.width/height may be."""
+    path = read_camera_path(render.camera_path)
+    if len(path.poses) > MAX_RENDER_FRAMES:
+        raise DataError(f"{render.camera_path}: has {len(path.poses)} frames; at most {MAX_RENDER_FRAMES} "
+                        "(render.num_frames' bound). Make the path shorter or its fps lower.")
+    height, width = output_size(render, path.height, path.width)
+    if max(height, width) > MAX_RENDER_SIDE:
+        raise DataError(f"{render.camera_path}: its render_width and render_height ({path.width}x{path.height}) make "
+                        f"frames of {width}x{height} pixels; at most {MAX_RENDER_SIDE} a side (render.width/height's "
+                        "bound). Set render.width and render.height, or lower them in the file.")
+    return path
 
 
-def orbit_path(poses: np.ndarray, elevation_deg, radius, target=None) -> tuple[float, float]:
-    """``(elevation_deg, radius)`` of the orbit: the given values, else the median of the cameras',
-    measured from ``target`` (None: the point the cameras look at, else their mean position) about
-    the cameras' up axis."""
-    if target is None:
-        target = camera.looked_at_point(poses)
-        target = np.asarray(poses)[:, :3, 3].mean(0) if target is None else target
-    return camera.orbit_around_cameras(poses, target, elevation_deg, radius)
+def check_scratch(num_frames: int, height: int, width: int, folder) -> None:
+    """Refuse, before rendering, a video whose depth frames (3 bytes a pixel: ``write_videos``) cannot fit on the
+    disk of ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    needed, free = num_frames * height * width * 3, shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(f"rendering {num_frames} frames of {width}x{height} keeps their depth ({needed / 2**30:.1f} "
+                        f"GiB) in {folder} until the depth video is written, and only {free / 2**30:.1f} GiB are free "
+                        "there: lower render.num_frames or the output size (render.width/height), or free space.")
 
 
-def depth_ahead(renderer, poses: np.ndarray, lens: np.ndarray, height: int, width: int) -> float | None:
-    """The scene's depth where the cameras look: the median depth of the opaque rays in the middle third
-    of the cameras' mean view (``camera.mean_pose``, rendered ``DEPTH_VIEW_SIDE`` pixels on its long side
-    through ``lens`` [4], the lens of a ``height`` x ``width`` view, scaled); None if none is opaque."""
-    scale = DEPTH_VIEW_SIDE / max(height, width)
-    small_h, small_w = max(3, round(height * scale)), max(3, round(width * scale))
-    small_lens = np.asarray(lens, np.float64) * np.array([small_w / width, small_h / height] * 2)
-    out = renderer(*camera.generate_rays(camera.mean_pose(poses), small_h, small_w, small_lens))
-    middle = (slice(small_h // 3, small_h - small_h // 3), slice(small_w // 3, small_w - small_w // 3))
-    depth, acc = out["depth"][middle], out["acc"][middle]
-    return float(np.median(depth[acc > 0.5])) if np.any(acc > 0.5) else None
+def write_videos(render_frame, num_frames: int, height: int, width: int, fps, out_video, out_depth_video) -> float:
+    """Render frames ``0 .. num_frames - 1`` (``render_frame(i)``: ``rgb [H, W, 3]``, ``depth [H, W]`` and
+    ``opacity [H, W]``, float32) into the video ``out_video`` as they come, and then the depth video
+    ``out_depth_video``, whose colour range spans every frame's depth. Only a frame at a time is in memory: the
+    depth frames (float16, and opacity as uint8) wait in a scratch file beside ``out_depth_video``, on disk (the
+    temporary folder may be memory, as /tmp often is). Returns the seconds spent rendering."""
+    out_depth_video = Path(out_depth_video)
+    check_scratch(num_frames, height, width, out_depth_video.parent)
+    render_s, opaque = 0.0, np.zeros(num_frames, np.int64)
+    with tempfile.TemporaryDirectory(dir=out_depth_video.parent, prefix=f".{out_depth_video.name}.") as scratch:
+        shape = (num_frames, height, width)
+        depth = np.lib.format.open_memmap(Path(scratch) / "depth.npy", mode="w+", dtype=np.float16, shape=shape)
+        acc = np.lib.format.open_memmap(Path(scratch) / "opacity.npy", mode="w+", dtype=np.uint8, shape=shape)
+
+        def frames(depth, acc):
+            nonlocal render_s
+            with Progress(num_frames, "rendering frames", "frames") as progress:
+                for i in range(num_frames):
+                    start = time.perf_counter()
+                    out = render_frame(i)
+                    rgb, depth[i], acc[i] = media.to_uint8(out["rgb"]), out["depth"], media.to_uint8(out["opacity"])
+                    opaque[i] = np.count_nonzero(acc[i] > 127)
+                    render_s += time.perf_counter() - start
+                    progress(i + 1)
+                    yield rgb
+
+        media.write_mp4(out_video, frames(depth, acc), fps)
+        hits = _opaque_depths(depth, acc, opaque)
+        lo, hi = media.depth_range(hits, np.ones(len(hits), np.float32))
+        media.write_mp4(out_depth_video, (media.colorize_depth(d.astype(np.float32), a.astype(np.float32) / 255.0,
+                                                               lo, hi) for d, a in zip(depth, acc)), fps)
+        del depth, acc  # the memory maps, before their folder goes
+    return render_s
 
 
-def camera_path(render: RenderConfig, poses: np.ndarray, near: float, far: float,
-                depth: float | None = None) -> tuple[np.ndarray, str]:
-    """Poses ``[num_frames, 4, 4]`` of the video and a sentence saying which path and why.
-
-    Both paths look at ``camera.view_target``: the point the cameras look at, or for cameras that
-    all face one way the point ``depth`` (the scene's depth there; None: a focus depth from
-    ``near``/``far``) ahead of them. They keep the cameras' up (``camera.rig_up``) as every frame's up,
-    and the orbit turns about that up through the target.
-    """
-    poses = np.asarray(poses, dtype=np.float64)
-    target, how = camera.view_target(poses, near, far, depth)
-    up = camera.rig_up(poses)
-    looked_at = camera.looked_at_point(poses)
-    # Cameras that look the same way (no point they all look at) face one side of the scene, however
-    # they are spread.
-    coverage = 0.0 if looked_at is None else camera.azimuth_coverage_deg(poses[:, :3, 3], looked_at, up)
-    kind = render.camera_path
-    if kind == "auto":
-        kind = "orbit" if coverage >= ORBIT_COVERAGE_DEG else "spiral"
-        why = (f"the cameras cover {coverage:.0f}° of azimuth around the scene "
-               f"({'at least' if kind == 'orbit' else 'less than'} {ORBIT_COVERAGE_DEG:.0f}°)")
-    else:
-        why = f"render.camera_path is {kind}; the cameras cover {coverage:.0f}° of azimuth"
-    if kind == "orbit":
-        elevation, radius = orbit_path(poses, render.elevation_deg, render.radius, target)
-        return camera.orbit_poses(render.num_frames, elevation, radius, target, up), (
-            f"a 360° orbit at elevation {elevation:.1f}°, radius {radius:.2f}, looking at {how}: {why}")
-    return (camera.spiral_poses(poses, render.num_frames, target),
-            f"a spiral around the cameras' mean position, looking at {how}: {why}")
-
-
-def output_size(render: RenderConfig, height: int, width: int) -> tuple[int, int]:
-    """``(height, width)`` of the video: the training views', or render.width/height (one given: same aspect)."""
-    if render.width is None and render.height is None:
-        return height, width
-    if render.width is not None and render.height is not None:
-        return render.height, render.width
-    if render.width is not None:
-        return max(1, round(render.width * height / width)), render.width
-    return render.height, max(1, round(render.height * width / height))
+def _opaque_depths(depth, acc, opaque) -> np.ndarray:
+    """Every opaque pixel's depth (``acc > 127``) of all frames in order, float32, evenly thinned to what
+    ``media.depth_range`` reads of them (a million): the same values it took from all of them at once, read a
+    frame at a time (``opaque [F]``: each frame's count)."""
+    step, taken, seen = max(1, int(opaque.sum()) // 1_000_000), [], 0
+    for d, a, count in zip(depth, acc, opaque):
+        if count:
+            taken.append(d[a > 127][(-seen) % step::step].astype(np.float32))
+        seen += int(count)
+    return np.concatenate(taken) if taken else np.zeros(0, np.float32)
 
 
 def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) -> dict:
+    # A camera path file first: a bad one is refused before the model loads.
+    path_file = camera_path_file(cfg.render) if cfg.render.camera_path.endswith(".json") else None
     val, train = ray_files.load(in_rays, "val"), ray_files.load(in_rays, "train")
-    progress_frames = read_npz(Path(in_model) / PROGRESS_FILE, required=("frames",))["frames"]
-    model = load_model(in_model)
-    renderer = ChunkedRenderer(model, cfg.render.chunk_rays, cfg.active.jit_compile)
-    train_positions = trained_poses(in_model, train)[:, :3, 3]  # a frame takes its nearest views' appearance
+    progress_frames = trained_folder.progress_frames(in_model)
+    # a frame takes the appearance of the training views nearest it
+    method = methods.load(in_model, train_part=train, chunk_rays=cfg.render.chunk_rays,
+                          jit_compile=cfg.active.jit_compile)
     r = cfg.render
     fps = r.fps
     if r.camera_path.endswith(".json"):
-        path = read_camera_path(r.camera_path)
+        path = path_file
         poses, fps, why = path.poses, path.fps, f"the camera path {r.camera_path}"
         height, width = output_size(r, path.height, path.width)
         lenses = path.intrinsics * np.array([width / path.width, height / path.height] * 2, np.float32)
-    else:
-        cameras = np.concatenate([trained_poses(in_model, train), val.poses])  # train's as refined
-        # Cameras whose axes do not meet (a forward-facing capture) look as far as the scene is ahead of them.
-        depth = None if camera.looked_at_point(cameras) is not None else depth_ahead(
-            renderer, cameras, val.intrinsics[0], val.height, val.width)
-        poses, why = camera_path(r, cameras, val.near, val.far, depth)
-        height, width = output_size(r, val.height, val.width)
-        # Every frame through the first val camera's lens, scaled to the output size.
-        lenses = np.tile(val.intrinsics[0] * np.array([width / val.width, height / val.height] * 2, np.float32),
-                         (len(poses), 1))
-    # Kept small (a 1080p video of 120 frames holds 1.5 GB this way): the depth video's colour range
-    # needs every frame's depth before the first is coloured.
-    rgb = np.zeros((len(poses), height, width, 3), np.uint8)
-    depth, acc = np.zeros((len(poses), height, width), np.float16), np.zeros((len(poses), height, width), np.uint8)
+    else:  # fitted to the cameras (train's as trained), every frame through the first val camera's lens, scaled
+        poses, lenses, height, width, why = fitted_path(r, method, np.concatenate([method.training_poses(),
+                                                                                 val.poses]), val)
+    check_scratch(len(poses), height, width, Path(out_depth_video).parent)  # before a run is started for nothing
     log.info("rendering %d frames of %dx%d along %s", len(poses), width, height, why)
-    with tracking.pipeline_run(cfg, Path(in_model) / RUN_FILE) as run:
-        start = time.perf_counter()
-        with Progress(len(poses), "rendering frames", "frames") as progress:
-            for i, (pose, lens) in enumerate(zip(poses, lenses)):
-                with model.appearance_near(train_positions, pose[:3, 3]):
-                    out = renderer(*camera.generate_rays(pose, height, width, lens))
-                rgb[i], depth[i], acc[i] = media.to_uint8(out["rgb"]), out["depth"], media.to_uint8(out["acc"])
-                progress(i + 1)
-        render_s = time.perf_counter() - start
-        opaque = acc > 127
-        lo, hi = media.depth_range(depth[opaque].astype(np.float32), np.ones(int(opaque.sum()), np.float32))
-        media.write_mp4(out_video, rgb, fps)
-        media.write_mp4(out_depth_video, (media.colorize_depth(d.astype(np.float32), a.astype(np.float32) / 255.0, lo, hi)
-                                          for d, a in zip(depth, acc)), fps)
+    with tracking.pipeline_run(cfg, Path(in_model) / trained_folder.RUN_FILE) as run:
+        render_s = write_videos(lambda i: method.render(Camera(poses[i], lenses[i], height, width)), len(poses),
+                                height, width, fps, out_video, out_depth_video)
         media.write_gif(out_gif, np.asarray(progress_frames), r.gif_frame_ms)
         metrics = {"render_s": render_s, "render_fps": len(poses) / render_s}
         run.log_metrics({"time/render_s": render_s, "time/render_fps": metrics["render_fps"]})
@@ -170,11 +155,13 @@ def run(cfg: Config, *, in_model, in_rays, out_video, out_depth_video, out_gif) 
 def summary(out_video, in_model, run_name: str, eval_file=Path("metrics/eval.json"), grid=Path("eval/grid.png"),
             mesh=Path("export/mesh.glb")) -> str:
     """What the pipeline made, how good it is, and what to do next (a few lines for the console)."""
-    lines = [f"Done. Video: {out_video}   model: {in_model}" + (f"   views vs prediction: {grid}" if grid.exists() else "")
+    lines = [f"Done. Video: {out_video}   model: {in_model}"
+             + (f"   views vs prediction: {grid}" if grid.exists() else "")
              + (f"   mesh: {mesh}" if mesh.exists() else "")]
     try:
         e = json.loads(eval_file.read_text())
-        lines.append(f"Quality on {e['num_views']} {e['split']} views of {e['width']}x{e['height']}: PSNR {e['psnr']:.2f} dB, "
+        lines.append(f"Quality on {e['num_views']} {e['split']} views of {e['width']}x{e['height']}: "
+                     f"PSNR {e['psnr']:.2f} dB, "
                      f"SSIM {e['ssim']:.3f}")
     except (OSError, ValueError, KeyError, TypeError):
         pass

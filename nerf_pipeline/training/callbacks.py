@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -9,10 +10,13 @@ import keras
 import numpy as np
 import pandas as pd
 
+from nerf_pipeline import scoring
 from nerf_pipeline.media import to_uint8
 from nerf_pipeline.runtime import interrupts
 from nerf_pipeline.runtime.errors import UserError
 from nerf_pipeline.training import checkpoint
+
+log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ("epoch", "step", "loss", "psnr", "val_loss", "val_psnr", "epoch_s")
 STEP_COLUMNS = ("step", "loss", "psnr")
@@ -32,27 +36,27 @@ class TrainingRecord(keras.callbacks.Callback):
       in MLflow), a progress frame (the first validated view; MLflow's image slider ``progress``) and
       a checkpoint.
 
-    Validation renders each view of ``val_views`` (``val_part``'s indices) whole with ``renderer``
-    (in chunks: memory stays at one chunk's, whatever the resolution), in the appearance of the training
-    views nearest it (``NeRF.appearance_near`` of ``train_poses [V, 4, 4]``, as the model's pose
-    refinement has them so far; the mean appearance without ``train_poses``), and puts ``val_loss`` (the
-    mean of the views' MSE) and ``val_psnr`` (the mean of their PSNR) into the epoch's ``logs``, as
-    Keras' own ``validation_data`` would, for the callbacks after this one.
+    Validation renders each view of ``val_views`` (``val_part``'s indices) whole through ``method`` (a
+    ``methods.Method``: the NeRF renders in chunks, so memory stays at one chunk's whatever the resolution, in the
+    appearance of the training views nearest it, as its pose refinement has them so far) and scores it
+    (``scoring.score_views``), and puts ``val_loss`` (the mean of the views' MSE) and ``val_psnr`` (the mean of
+    their PSNR) into the epoch's ``logs``, as Keras' own ``validation_data`` would, for the callbacks after this one.
 
     ``record`` holds what a resumed checkpoint had (``history``, ``steps`` rows, ``frames``); MLflow
     steps are global training steps, so resumed curves continue where they stopped.
     """
 
-    def __init__(self, mlflow, renderer, val_part, val_views, checkpoint_dir, meta: dict, record: dict,
-                 steps_per_epoch: int, log_every: int, train_poses=None):
+    def __init__(self, mlflow, method, val_part, val_views, checkpoint_dir, meta: dict, record: dict,
+                 steps_per_epoch: int, log_every: int):
         super().__init__()
-        self.mlflow, self.renderer, self.train_poses = mlflow, renderer, train_poses
+        self.mlflow, self.method = mlflow, method
         self.val_part, self.val_views = val_part, [int(view) for view in val_views]
         self.checkpoint_dir, self.meta = checkpoint_dir, meta
         self.history, self.steps = list(record.get("history", [])), list(record.get("steps", []))
         self.frames = list(record.get("frames", []))
         self.steps_per_epoch, self.log_every = steps_per_epoch, log_every
         self._start, self._epoch, self._window, self._previous = 0.0, 0, [], (0.0, 0.0)
+        self._warned = False  # the held-out-flat warning is given once a run
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._epoch, self._window, self._previous = time.perf_counter(), epoch, [], (0.0, 0.0)
@@ -61,7 +65,8 @@ class TrainingRecord(keras.callbacks.Callback):
         # Keras reports running means over the epoch: this step's own values are their increments.
         count = batch + 1
         mean_loss, mean_psnr = float(logs["loss"]), float(logs["psnr"])
-        self._window.append((count * mean_loss - batch * self._previous[0], count * mean_psnr - batch * self._previous[1]))
+        self._window.append((count * mean_loss - batch * self._previous[0],
+                             count * mean_psnr - batch * self._previous[1]))
         self._previous = (mean_loss, mean_psnr)
         step = self._epoch * self.steps_per_epoch + count
         if step % self.log_every == 0 or count == self.steps_per_epoch:
@@ -72,15 +77,11 @@ class TrainingRecord(keras.callbacks.Callback):
 
     def validate(self) -> tuple[float, float, np.ndarray]:
         """``(val_loss, val_psnr, first_view_rgb [H, W, 3])`` over the validated views."""
-        errors, first = [], None
-        positions = None if self.train_poses is None else self.model.refined_poses(self.train_poses)[:, :3, 3]
-        for view in self.val_views:
-            with self.model.appearance_near(positions, self.val_part.poses[view][:3, 3]):
-                rgb = self.renderer(*self.val_part.view_rays(view))["rgb"]
-            errors.append(float(np.mean(np.square(rgb - self.val_part.view_rgb(view)))))
-            first = rgb if first is None else first
-        errors = np.maximum(np.asarray(errors, np.float64), 1e-10)
-        return float(errors.mean()), float(np.mean(-10.0 * np.log10(errors))), first
+        shown = []
+        rows = scoring.score_views(self.method, self.val_part, self.val_views,
+                                   on_view=lambda view, out, target: shown.append(out["rgb"]) if not shown else None)
+        errors = np.maximum(np.asarray([row["mse"] for row in rows], np.float64), 1e-10)
+        return float(errors.mean()), float(np.mean(-10.0 * np.log10(errors))), shown[0]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -96,6 +97,32 @@ class TrainingRecord(keras.callbacks.Callback):
         self.mlflow.log_image(frame, key="progress", step=epoch + 1)
         checkpoint.save(self.checkpoint_dir, self.model, {**self.meta, "epoch": epoch + 1, "history": self.history,
                                                           "steps": self.steps}, np.stack(self.frames))
+        warning = heldout_flat(self.history)
+        if warning and not self._warned:
+            self._warned = True
+            log.warning("%s", warning)
+            self.mlflow.set_tag("warning.heldout_flat", warning)
+
+
+# Held-out views that gain less than this while training views gain TRAIN_GAIN_DB: they do not learn what training
+# learns (issue 30.9: a turntable whose poses did not fit its images sat at 8 dB while training climbed to 25.7).
+HELDOUT_GAIN_DB, TRAIN_GAIN_DB = 0.5, 3.0
+
+
+def heldout_flat(history: list[dict]) -> str | None:
+    """A warning when, since the first epoch, the held-out PSNR rose less than ``HELDOUT_GAIN_DB`` while the
+    training PSNR rose at least ``TRAIN_GAIN_DB`` (``history``: the per-epoch rows); None otherwise."""
+    if len(history) < 2:
+        return None
+    first, last = history[0], history[-1]
+    train_gain, heldout_gain = last["psnr"] - first["psnr"], last["val_psnr"] - first["val_psnr"]
+    if train_gain < TRAIN_GAIN_DB or heldout_gain >= HELDOUT_GAIN_DB:
+        return None
+    return (f"held-out views are not improving: val PSNR {first['val_psnr']:.1f} -> {last['val_psnr']:.1f} dB over "
+            f"epochs 1-{last['epoch']} while training PSNR rose {first['psnr']:.1f} -> {last['psnr']:.1f} dB. The "
+            "model fits the training views but not the others; likely causes: camera poses that do not fit the "
+            "images (renders as fog in front of each camera: check the poses stage's reprojection error, or try "
+            "scene.camera_refinement: on), masks that leave out what the views share, or too few views.")
 
 
 class TrainingDiverged(UserError):

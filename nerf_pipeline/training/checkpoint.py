@@ -7,8 +7,9 @@ the last complete epoch E:
   occupancy grid);
 * ``progress-E.npz``: ``frames [E, H, W, 3]`` uint8, the progress frames of epochs 1..E;
 * ``meta.json``: ``{"fingerprint", "epoch", "history", "steps", "run_id", "seed_state", "state",
-  "progress"}``: ``history`` and ``steps`` are the rows recorded so far; ``seed_state`` is the sampler's random-generator state (Keras does not save
-  it with the weights); ``state`` and ``progress`` name the two files above.
+  "progress"}``: ``history`` and ``steps`` are the rows recorded so far; ``seed_state`` is the sampler's
+  random-generator state (Keras does not save it with the weights); ``state`` and ``progress`` name the two
+  files above.
 
 Each file is written atomically and ``meta.json`` last, so whenever the process dies,
 ``meta.json`` names complete files of one epoch; older epochs' files are deleted after.

@@ -25,7 +25,8 @@ class FitProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        self._progress(batch + 1, loss=float(logs.get("loss", float("nan"))), psnr=float(logs.get("psnr", float("nan"))))
+        self._progress(batch + 1, loss=float(logs.get("loss", float("nan"))),
+                       psnr=float(logs.get("psnr", float("nan"))))
 
     def on_epoch_end(self, epoch, logs=None):
         self._progress.__exit__(None, None, None)

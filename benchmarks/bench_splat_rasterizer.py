@@ -1,0 +1,146 @@
+"""The Gaussian-splat rasterizer: the native op against its TensorFlow-ops reference, and the op on a full view.
+
+    python benchmarks/bench_splat_rasterizer.py [--repeats 10] [--reference-repeats 2] [--large-repeats 3]
+                                                [--skip-large] [--out FILE.json]
+
+Scenes: random Gaussians in the box [-1.5, 1.5]^3 seen from 4 units away by a camera like the NeRF-synthetic
+chair's (fx = fy = 1111 at 800 x 800, scaled with the image), opacities uniform in [0.1, 0.9], random colours,
+a white background, random rotations and scales log-uniform in a range that makes splats of a few to a few tens
+of pixels:
+  * small: 128 x 128, 5 k Gaussians (scales 0.02 to 0.08): the op against the reference (TensorFlow's ops,
+    traced, and XLA-compiled: every Gaussian against every pixel);
+  * large: 800 x 800, 300 k Gaussians (scales 0.005 to 0.02): the op alone.
+Times in milliseconds, the median of the repeats, of the rasterizer alone (the projection is done once,
+beforehand): forward (what rendering asks), and forward plus the gradient with respect to the 2D means, conics,
+colours, opacities and depths (what training asks); the op's with this machine's intra-op threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from nerf_pipeline import camera as camera_math  # noqa: E402
+from nerf_pipeline.splats import rasterizer as splats  # noqa: E402
+
+
+def make_scene(size: int, count: int, scales: tuple[float, float], seed: int = 0):
+    """Rasterizer inputs (means2d, conics, colours, opacities, depths, radii), the camera and the background."""
+    rng = np.random.default_rng(seed)
+    focal = 1111.0 * size / 800
+    camera = splats.Camera.from_focal(camera_math.look_at([0.0, -4.0, 1.0]), focal, size, size)
+    means = tf.constant(rng.uniform(-1.5, 1.5, (count, 3)), tf.float32)
+    log_scales = tf.constant(rng.uniform(np.log(scales[0]), np.log(scales[1]), (count, 3)), tf.float32)
+    quats = tf.constant(rng.normal(size=(count, 4)), tf.float32)
+    means2d, conics, depths, radii = splats.project(means, log_scales, quats, camera)
+    colors = tf.constant(rng.uniform(0.0, 1.0, (count, 3)), tf.float32)
+    opacities = tf.constant(rng.uniform(0.1, 0.9, count), tf.float32)
+    return [means2d, conics, colors, opacities, depths, radii], camera, tf.ones([3])
+
+
+def timed(function, *args, repeats: int, cpu: bool = False):
+    """Median wall time in ms; with ``cpu``, also the median CPU time of the process (all threads), which a
+    machine shared with other work disturbs less."""
+    tf.nest.map_structure(lambda t: t.numpy(), function(*args))  # trace, compile, warm up
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        tf.nest.map_structure(lambda t: t.numpy(), function(*args))
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    wall = statistics.median(times) * 1000
+    return (wall, statistics.median(cpu_times) * 1000) if cpu else wall
+
+
+def functions(rasterizer, width: int, height: int, background, jit_compile: bool = False):
+    """(forward, forward + backward) as tf.functions of the rasterizer's inputs."""
+    rng = np.random.default_rng(1)
+    weights = [tf.constant(rng.normal(size=shape), tf.float32) for shape in ((height, width, 3), (height, width),
+                                                                             (height, width))]
+
+    def forward(means2d, conics, colors, opacities, depths, radii):
+        return rasterizer(means2d, conics, colors, opacities, depths, radii, width, height, background)
+
+    def forward_backward(means2d, conics, colors, opacities, depths, radii):
+        inputs = [means2d, conics, colors, opacities, depths]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            images = forward(*inputs, radii)
+            loss = sum(tf.reduce_sum(image * w) for image, w in zip(images, weights))
+        return images, tape.gradient(loss, inputs)
+
+    return (tf.function(forward, jit_compile=jit_compile), tf.function(forward_backward, jit_compile=jit_compile))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs of each of the op's small-scene figures")
+    parser.add_argument("--reference-repeats", type=int, default=2,
+                        help="timed runs of each of the reference's (seconds each)")
+    parser.add_argument("--large-repeats", type=int, default=3, help="timed runs of each large-scene figure")
+    parser.add_argument("--skip-large", action="store_true", help="only the small scene")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    if splats.native_library() is None:
+        raise SystemExit("the native splat rasterizer is not available here (see the warning above)")
+
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    results = {"machine": {"cpus": os.cpu_count(), "intra_op_threads": threads, "processor": platform.processor(),
+                           "tensorflow": tf.__version__}}
+    print(f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}; times in ms, median of the repeats")
+
+    inputs, camera, background = make_scene(128, 5000, (0.02, 0.08))
+    visible = int(tf.math.count_nonzero(inputs[5]))
+    print(f"\nsmall: {camera.width} x {camera.height}, 5,000 Gaussians ({visible:,} visible)")
+    columns = {"native op": functions(splats.rasterize, camera.width, camera.height, background),
+               "TF ops": functions(splats.reference_rasterize, camera.width, camera.height, background),
+               "TF ops (XLA)": functions(splats.reference_rasterize, camera.width, camera.height, background,
+                                         jit_compile=True)}
+    small = {"width": camera.width, "height": camera.height, "gaussians": 5000, "visible": visible}
+    print(f"{'':<20}" + "".join(f"{name:>14}" for name in columns) + f"{'op speed-up':>14}")
+    for row, index in (("forward", 0), ("forward + backward", 1)):
+        figures = {name: timed(pair[index], *inputs, repeats=args.repeats if name == "native op" else
+                               args.reference_repeats) for name, pair in columns.items()}
+        best_reference = min(figures["TF ops"], figures["TF ops (XLA)"])
+        print(f"{row:<20}" + "".join(f"{ms:>11.1f} ms" for ms in figures.values())
+              + f"{best_reference / figures['native op']:>13.1f}x")
+        small[row.replace(" + ", "_").replace(" ", "_") + "_ms"] = figures
+    results["small"] = small
+
+    if not args.skip_large:
+        inputs, camera, background = make_scene(800, 300_000, (0.005, 0.02))
+        visible = int(tf.math.count_nonzero(inputs[5]))
+        library = splats.native_library()
+        saved = library.nerf_splat_rasterize(*inputs, background, width=camera.width, height=camera.height)
+        entries, last = int(saved.tile_entries.shape[0]), saved.last.numpy()
+        print(f"\nlarge: {camera.width} x {camera.height}, 300,000 Gaussians ({visible:,} visible, {entries:,} "
+              f"(Gaussian, tile) pairs, a pixel goes {last.mean():.0f} entries down its tile's list on average)")
+        forward, forward_backward = functions(splats.rasterize, camera.width, camera.height, background)
+        forward_ms, forward_cpu_ms = timed(forward, *inputs, repeats=args.large_repeats, cpu=True)
+        both_ms, both_cpu_ms = timed(forward_backward, *inputs, repeats=args.large_repeats, cpu=True)
+        print(f"{'':<28}{'wall':>10}{'CPU (all threads)':>20}")
+        for name, wall, cpu in (("forward", forward_ms, forward_cpu_ms), ("forward + backward", both_ms, both_cpu_ms),
+                                ("backward (the difference)", both_ms - forward_ms, both_cpu_ms - forward_cpu_ms)):
+            print(f"{name:<28}{wall:>7.1f} ms{cpu:>17.1f} ms")
+        results["large"] = {"width": camera.width, "height": camera.height, "gaussians": 300_000, "visible": visible,
+                            "tile_entries": entries, "mean_list_depth": float(last.mean()),
+                            "forward_ms": forward_ms, "forward_backward_ms": both_ms,
+                            "forward_cpu_ms": forward_cpu_ms, "forward_backward_cpu_ms": both_cpu_ms}
+
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""3D Gaussian splatting as a method (``methods.Method``): ``SplatsMethod`` renders cameras through the rasterizer
+and trains as 3DGS does (``training.py``).
+
+Its files in the trained folder (``trained_folder``): ``splats.ply``, the Gaussians in the layout 3DGS's viewers
+read (``ply.py``: open it in one), and ``splats.json``, what rendering needs besides (the background, the scene's
+box). Its checkpoint (``training/checkpoint.py``'s ``state-E.keras``, though not a Keras file) is an ``.npz`` of
+``Trainer.state()``: the Gaussians, Adam's moments, the density control's statistics and the step count; the view
+order, crops and split halves are drawn from the seed and the step, so a run resumed after ``kill -9`` goes on as
+the uninterrupted one would.
+
+For export: Gaussians are no density field, so ``density`` and ``colors`` raise ``NotImplementedError`` and the
+export stage writes an empty mesh (the file to look at is ``splats.ply``, which export copies to
+``export/splats/`` through ``export_files``); the point cloud is the NeRF's kind: a
+point at the depth seen through random training pixels at least ``min_opacity`` opaque.
+
+Depth is the distance along each pixel's ray (as the NeRF's: ``camera.generate_rays``' unit directions) of the
+blend of the Gaussians' depths, not divided by the opacity: 0 where nothing is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from nerf_pipeline import trained_folder
+from nerf_pipeline.runtime.errors import ConfigError, DataError, UserError
+from nerf_pipeline.splats import gaussians as gaussians_module
+from nerf_pipeline.splats import ply
+
+NAME = "splats"
+PLY_FILE, SETTINGS_FILE = "splats.ply", "splats.json"
+log = logging.getLogger(__name__)
+
+
+class _CheckpointModel:
+    """What training's Keras callbacks see as the model: ``stop_training``, and what ``checkpoint.save`` calls:
+    ``save(path)`` (the trainer's state as an ``.npz``) and ``seed_generator.state`` (none: nothing is drawn
+    from a generator's state, so zeros)."""
+
+    pose_refinement = None
+
+    def __init__(self, method: SplatsMethod):
+        self.method, self.stop_training = method, False
+        self.seed_generator = SimpleNamespace(state=SimpleNamespace(numpy=lambda: np.zeros(2, np.int64)))
+
+    def save(self, path) -> None:
+        with open(path, "wb") as f:  # (a file object: numpy would add .npz to a name)
+            np.savez(f, **self.method.trainer.state(), **self.method.settings_arrays())
+
+
+class SplatsMethod:
+    """Gaussians behind the ``methods.Method`` protocol.
+
+    Args:
+        gaussians: the ``gaussians.Gaussians``.
+        background: the grey level behind the scene.
+        bound: the half-size of the scene's box (``extent``).
+        train_poses: the training views' poses ``[V, 4, 4]`` (None: loaded without them).
+        cfg: the config that built it (a model that trains: its preset's schedule).
+    """
+
+    name = NAME
+
+    def __init__(self, gaussians, background: float, bound: float, train_poses=None, cfg=None, init: str = ""):
+        self.gaussians, self._background, self.bound = gaussians, float(background), float(bound)
+        self.train_poses, self.cfg, self.init = train_poses, cfg, init
+        self.trainer = None
+        self._renders = {}
+
+    # -- the protocol -----------------------------------------------------------------------------------------------
+
+    @property
+    def background(self) -> float:
+        return self._background
+
+    def training_poses(self):
+        return self.train_poses
+
+    def extent(self) -> float:
+        return self.bound
+
+    def _render_function(self, height: int, width: int):
+        key = (height, width)
+        if key not in self._renders:
+            import tensorflow as tf
+
+            from nerf_pipeline.splats import rasterizer
+
+            g = self.gaussians
+            background = tf.constant([self._background] * 3, tf.float32)
+
+            def render(c2w, intrinsics):
+                cam = rasterizer.Camera(c2w, intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3], width,
+                                        height)
+                # Degree 3 always: the coefficients of degrees not trained yet are zeros (training.py).
+                return rasterizer.render(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh(), 3, cam,
+                                         background)
+
+            self._renders[key] = tf.function(render, autograph=False, input_signature=[
+                tf.TensorSpec([4, 4], tf.float32), tf.TensorSpec([4], tf.float32)])
+        return self._renders[key]
+
+    def render(self, cam) -> dict:
+        height, width = int(cam.height), int(cam.width)
+        intrinsics = np.asarray(cam.intrinsics, np.float32)
+        rgb, depth, alpha = self._render_function(height, width)(np.asarray(cam.pose, np.float32), intrinsics)
+        fx, fy, cx, cy = (float(v) for v in intrinsics)
+        x = (np.arange(width, dtype=np.float32) + 0.5 - cx) / fx
+        y = (np.arange(height, dtype=np.float32) + 0.5 - cy) / fy
+        along_ray = np.sqrt(1.0 + x[None, :] ** 2 + y[:, None] ** 2)  # the ray's length per unit of depth
+        return {"rgb": rgb.numpy(), "depth": (depth.numpy() * along_ray).astype(np.float32),
+                "opacity": alpha.numpy()}
+
+    def save(self, folder) -> None:
+        folder = Path(folder)
+        ply.write(folder / PLY_FILE, self.gaussians.numpy())
+        (folder / SETTINGS_FILE).write_text(json.dumps({"background": self._background, "bound": self.bound}) + "\n")
+
+    def export_files(self, folder) -> list[str]:
+        """``methods.Method``'s optional export hook: the Gaussians as ``splats.ply`` (``ply.py``'s layout, what
+        3DGS's viewers open) in ``folder``; its name."""
+        ply.write(Path(folder) / PLY_FILE, self.gaussians.numpy())
+        return [PLY_FILE]
+
+    def gaussians_for_viewer(self) -> dict:
+        """``methods.Method``'s optional viewer hook: ``gaussians.viewer_arrays`` of the Gaussians (centres,
+        covariances, degree-0 colours, opacities) for viser's ``add_gaussian_splats``."""
+        return gaussians_module.viewer_arrays(self.gaussians.numpy())
+
+    def settings_arrays(self) -> dict:
+        """``save``'s settings as arrays (a checkpoint's)."""
+        return {"background": np.float32(self._background), "bound": np.float32(self.bound)}
+
+    def density(self, points) -> np.ndarray:
+        raise NotImplementedError("Gaussians are not a density field: export writes no mesh for them")
+
+    def colors(self, points, directions) -> np.ndarray:
+        raise NotImplementedError("Gaussians are not a radiance field: export writes no mesh for them")
+
+    def points(self, part, num_points: int, min_opacity: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """As the NeRF's: a point at the depth seen through each of ``num_points`` random pixels of ``part``'s views
+        (spread over the views; rendered here), kept where the pixel is at least ``min_opacity`` opaque, coloured by
+        what the Gaussians there show (the background divided back out)."""
+        from nerf_pipeline.camera import pixel_rays
+        from nerf_pipeline.methods import Camera
+
+        rng = np.random.default_rng(seed)
+        per_view = -(-num_points // part.num_views)
+        points, colours = [], []
+        for view in range(part.num_views):
+            pixels = rng.choice(part.height * part.width, size=min(per_view, part.height * part.width), replace=False)
+            out = self.render(Camera.of_view(part, view))
+            rows, cols = divmod(pixels, part.width)
+            opacity = out["opacity"][rows, cols]
+            kept = opacity >= min_opacity
+            origins, directions = pixel_rays(part.poses[view], part.intrinsics[view], rows[kept], cols[kept])
+            alpha = np.maximum(opacity[kept], 1e-6)[:, None]
+            depth = out["depth"][rows, cols][kept][:, None] / alpha  # the blend's depth, not pulled towards 0
+            points.append(origins + directions * depth)
+            shown = (out["rgb"][rows, cols][kept] - (1.0 - alpha) * self._background) / alpha
+            colours.append(np.clip(shown, 0.0, 1.0))
+        points, colours = np.concatenate(points)[:num_points], np.concatenate(colours)[:num_points]
+        return points.astype(np.float32), colours.astype(np.float32)
+
+    # -- training ---------------------------------------------------------------------------------------------------
+
+    def _make_trainer(self, total_steps: int):
+        from nerf_pipeline.splats.training import Trainer, cameras_extent
+
+        self.trainer = Trainer(self.gaussians, self.cfg.active, background=self._background,
+                               extent=cameras_extent(self.train_poses), total_steps=total_steps, seed=self.cfg.seed)
+        return self.trainer
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.trainer.total_steps = int(total_steps)
+
+    def fit(self, train_part, *, epochs: int, steps_per_epoch: int, total_steps: int, seed: int,
+            initial_epoch: int = 0, restore=None, callbacks=(), strategy=None) -> None:
+        """Train on ``train_part`` from ``initial_epoch`` (after ``restore``, a checkpoint's ``(folder, meta)``) to
+        ``epochs`` of ``steps_per_epoch`` steps, one view each, calling the Keras ``callbacks`` as ``model.fit``
+        would (``on_train_batch_end`` with the epoch's running mean ``loss`` and ``psnr``; ``on_epoch_end``)."""
+        from nerf_pipeline.splats.training import step_inputs
+
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            raise UserError("the splats method trains on one device: set distribute to none")
+        trainer = self.trainer if self.trainer is not None else self._make_trainer(total_steps)
+        trainer.seed = int(seed)
+        if restore is not None:
+            folder, meta = restore
+            with np.load(Path(folder) / meta["state"]) as state:
+                trainer.load_state(dict(state))
+        model = _CheckpointModel(self)
+        for callback in callbacks:
+            callback.set_model(model)
+            callback.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": 0})
+        crop = self.cfg.active.crop
+        _call(callbacks, "on_train_begin", {})
+        for epoch in range(initial_epoch, epochs):
+            _call(callbacks, "on_epoch_begin", epoch, {})
+            sums, logs = np.zeros(2), {}
+            for batch in range(steps_per_epoch):
+                _call(callbacks, "on_train_batch_begin", batch, {})
+                step = epoch * steps_per_epoch + batch
+                result = trainer.train_step(step, *step_inputs(train_part, step, crop, seed))
+                sums += (result.loss, result.psnr)
+                logs = {"loss": sums[0] / (batch + 1), "psnr": sums[1] / (batch + 1)}
+                _call(callbacks, "on_train_batch_end", batch, logs)
+                if model.stop_training:
+                    break
+            _call(callbacks, "on_epoch_end", epoch, dict(logs))
+            if model.stop_training:
+                break
+        _call(callbacks, "on_train_end", {})
+
+    def tracking_params(self) -> dict:
+        return {"model.splats_init": self.init}
+
+    def describe(self) -> str:
+        return f"from {self.init}"
+
+    def training_figures(self) -> dict:
+        return {"gaussians": self.gaussians.count}
+
+
+def _call(callbacks, hook: str, *args) -> None:
+    for callback in callbacks:
+        getattr(callback, hook)(*args)
+
+
+def initial_gaussians(cfg, train_part) -> tuple[dict, str]:
+    """The first Gaussians' arrays for ``train_part`` (a ``RayPart``): its rays folder's sparse points, else
+    ``init.num_random`` random points in the box; and a phrase saying which."""
+    init = cfg.active.init
+    sparse = gaussians_module.sparse_points(Path(train_part.folder).parent)
+    if sparse is not None:
+        points, colours = sparse
+        how = f"{len(points)} sparse points of the capture"
+    else:
+        points, colours = gaussians_module.random_points(init.num_random, cfg.scene.bound, cfg.seed)
+        how = f"{len(points)} random points in the box"
+    return gaussians_module.initial_arrays(points, colours, init.opacity), how
+
+
+def build(cfg, train_part, *, jit_compile: bool | None = None) -> SplatsMethod:
+    """An untrained ``SplatsMethod`` of ``cfg``'s preset for ``train_part`` (``jit_compile`` has no effect: the
+    step is no XLA computation)."""
+    if cfg.scene.camera_refinement == "on":
+        raise ConfigError("scene.camera_refinement is 'on', but the splats method does not refine camera poses; "
+                          "use auto or off")
+    arrays, how = initial_gaussians(cfg, train_part)
+    return SplatsMethod(gaussians_module.Gaussians(arrays), cfg.data.background, cfg.scene.bound,
+                        train_poses=np.asarray(train_part.poses), cfg=cfg, init=how)
+
+
+def load(path, *, train_part=None, chunk_rays: int = 16384, jit_compile: bool = True) -> SplatsMethod:
+    """The ``SplatsMethod`` of a trained folder (``splats.ply`` and ``splats.json``), of its ``splats.ply``, or of a
+    checkpoint's state file; ``chunk_rays`` and ``jit_compile`` have no effect."""
+    path = Path(path)
+    try:
+        if path.is_file() and path.suffix != ".ply":  # a checkpoint's state
+            with np.load(path) as state:
+                arrays = {name: state[name] for name in gaussians_module.NAMES}
+                background, bound = float(state["background"]), float(state["bound"])
+        else:
+            folder = trained_folder.folder_of(path)
+            arrays = ply.read(folder / PLY_FILE if path.is_dir() else path)
+            settings = json.loads((folder / SETTINGS_FILE).read_text())
+            background, bound = float(settings["background"]), float(settings["bound"])
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: cannot load the trained Gaussians ({e}); run the train stage again.") from None
+    poses = None if train_part is None else np.asarray(train_part.poses)
+    return SplatsMethod(gaussians_module.Gaussians(arrays), background, bound, train_poses=poses,
+                        init="a trained model")
