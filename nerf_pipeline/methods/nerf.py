@@ -60,6 +60,8 @@ def load_model(path):
     """The ``NeRF`` the train stage saved (``model.keras``, or the folder that holds it), without its optimizer."""
     import keras
 
+    import nerf_pipeline.model.nerf  # noqa: F401  (registers the NeRF's Keras classes, which the file names)
+
     if Path(path).is_dir():
         path = Path(path) / trained_folder.MODEL_FILE
     try:

@@ -376,9 +376,7 @@ class TableGradOp : public OpKernel {
       for (int64_t i = begin; i < end; ++i) LocatePoint(p + 3 * i, levels_.extent, x01 + 3 * i, inside);
       if (AnyNan(p, begin, end)) any_nan = true;
     });
-    // The NaN points (none, but for a diverged input): the reference adds their NaN weights times the gradient to
-    // the rows of their cells, so each level's task below makes those rows NaN once it has added the others.
-    std::vector<int64_t> nan_points;
+    std::vector<int64_t> nan_points;  // the points with a NaN coordinate (see the end)
     if (any_nan) {
       for (int64_t i = 0; i < n; ++i) {
         if (AnyNan(p, i, i + 1)) nan_points.push_back(i);
@@ -404,16 +402,20 @@ class TableGradOp : public OpKernel {
                               case 8: TableGradLevel<8>(x01, g, out, squares, levels_, nf, level, n); break;
                               default: TableGradLevel<0>(x01, g, out, squares, levels_, nf, level, n);
                             }
-                            Corners corners;
-                            for (int64_t i : nan_points) {
-                              Corners8(x01 + 3 * i, levels_, static_cast<int>(level), &corners);
-                              for (int64_t row : corners.row) {
-                                std::fill_n(out + row * nf, nf, std::nanf(""));
-                                if (squares != nullptr) std::fill_n(squares + row * nf, nf, std::nanf(""));
-                              }
-                            }
                           }
                         });
+    // The NaN points (none, but for a diverged input): the reference adds their NaN weights times the gradient to
+    // the rows of their cells, so those rows are NaN. Apart from the levels' tasks, which stay as they were.
+    Corners corners;
+    for (int level = 0; level < L && !nan_points.empty(); ++level) {
+      for (int64_t i : nan_points) {
+        Corners8(x01 + 3 * i, levels_, level, &corners);
+        for (int64_t row : corners.row) {
+          std::fill_n(out + row * nf, nf, std::nanf(""));
+          if (squares != nullptr) std::fill_n(squares + row * nf, nf, std::nanf(""));
+        }
+      }
+    }
   }
 
  private:
