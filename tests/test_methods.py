@@ -137,3 +137,19 @@ def test_build_makes_the_presets_method_for_the_training_views(rays_dir):
     assert method.tracking_params() == {"model.appearance_embedding": "on", "model.camera_refinement": "off"}
     assert method.training_figures() == {} and "appearance embedding of 16" in method.describe()
     np.testing.assert_array_equal(method.training_poses(), train.poses)
+
+
+def test_a_fresh_process_loads_a_saved_nerf_through_the_registry_alone():
+    """``methods.load`` in a process that imported nothing of the model (as the evaluate stage's): the NeRF's Keras
+    classes must be registered by the loader itself (the first dvc repro after the seam stopped here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "fixtures" / "saved_by_b89c5c3" / "hashgrid"
+    code = ("import sys; from nerf_pipeline import methods; m = methods.load(sys.argv[1]); "
+            "print(type(m).__name__, m.name)")
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("nerf")
