@@ -476,22 +476,25 @@ REGISTER_OP("NerfHashGridEncode")
       return Status();
     });
 
+// The table gradient ops' shape: every output is [table_rows, F], F = grad's width over the levels.
+Status TableShaped(ShapeContext* c) {
+  std::vector<int> resolutions;
+  int64_t rows = 0;
+  TF_RETURN_IF_ERROR(c->GetAttr("resolutions", &resolutions));
+  TF_RETURN_IF_ERROR(c->GetAttr("table_rows", &rows));
+  ::tensorflow::shape_inference::DimensionHandle width;
+  TF_RETURN_IF_ERROR(c->Divide(c->Dim(c->input(1), 1), static_cast<int64_t>(resolutions.size()), true, &width));
+  for (int i = 0; i < c->num_outputs(); ++i) c->set_output(i, c->Matrix(rows, width));
+  return Status();
+}
+
 REGISTER_OP("NerfHashGridTableGrad")
     .Input("points: float")
     .Input("grad: float")
     .Output("table_grad: float")
     .NERF_HASH_GRID_ATTRS
     .Attr("table_rows: int")
-    .SetShapeFn([](ShapeContext* c) {
-      std::vector<int> resolutions;
-      int64_t rows = 0;
-      TF_RETURN_IF_ERROR(c->GetAttr("resolutions", &resolutions));
-      TF_RETURN_IF_ERROR(c->GetAttr("table_rows", &rows));
-      ::tensorflow::shape_inference::DimensionHandle width;
-      TF_RETURN_IF_ERROR(c->Divide(c->Dim(c->input(1), 1), static_cast<int64_t>(resolutions.size()), true, &width));
-      c->set_output(0, c->Matrix(rows, width));
-      return Status();
-    });
+    .SetShapeFn(TableShaped);
 
 REGISTER_OP("NerfHashGridTableGradSquares")
     .Input("points: float")
@@ -500,17 +503,7 @@ REGISTER_OP("NerfHashGridTableGradSquares")
     .Output("squares: float")
     .NERF_HASH_GRID_ATTRS
     .Attr("table_rows: int")
-    .SetShapeFn([](ShapeContext* c) {
-      std::vector<int> resolutions;
-      int64_t rows = 0;
-      TF_RETURN_IF_ERROR(c->GetAttr("resolutions", &resolutions));
-      TF_RETURN_IF_ERROR(c->GetAttr("table_rows", &rows));
-      ::tensorflow::shape_inference::DimensionHandle width;
-      TF_RETURN_IF_ERROR(c->Divide(c->Dim(c->input(1), 1), static_cast<int64_t>(resolutions.size()), true, &width));
-      c->set_output(1, c->Matrix(rows, width));
-      c->set_output(0, c->Matrix(rows, width));
-      return Status();
-    });
+    .SetShapeFn(TableShaped);
 
 REGISTER_OP("NerfHashGridPointsGrad")
     .Input("points: float")
