@@ -5,23 +5,24 @@
 The samples are those of a step: ``--rays`` rays from cameras 4 units from the centre looking into the
 scene's box (as the built-in scene and NeRF-synthetic place them), ``--samples`` points each, evenly
 spread where a ray crosses the box and in ray order, as the sampler gives them. The table is random.
-Times, in milliseconds (median of ``--repeats``), forward alone (what rendering asks) and forward plus
-the table's gradient (what training asks); the op's figures are with this machine's intra-op threads.
+Times, in milliseconds (median of ``--repeats``), forward alone (what rendering asks), forward plus
+the table's gradient, and that with the per-row sums of squared contributions (what training asks with
+``table_second_moment: samples``, against the reference's plain gradient); the op's figures are with this
+machine's intra-op threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import nerf_pipeline.runtime.quiet  # noqa: F401  first: TensorFlow's start-up noise filtered, as in stages
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from nerf_pipeline import config  # noqa: E402
+from nerf_pipeline.benchmarking import median_ms  # noqa: E402
 from nerf_pipeline.model.encodings import HashEncoding  # noqa: E402
 
 
@@ -41,16 +42,6 @@ def step_samples(num_rays: int, num_samples: int, bound: float, seed: int = 0) -
     far = np.maximum(t0, t1).min(1)
     t = near[:, None] + (far - near)[:, None] * (np.arange(num_samples) + 0.5) / num_samples
     return (origins[:, None] + directions[:, None] * t[..., None]).reshape(-1, 3).astype(np.float32)
-
-
-def timed(function, *args, repeats: int) -> float:
-    function(*args)  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), function(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -80,16 +71,21 @@ def main() -> None:
     def native_forward_backward(p):  # as the train step runs it: the forward's output goes on to the MLPs
         return encoding(p), encoding.table_gradient(p, upstream)
 
+    def native_forward_backward_squares(p):  # with SampleWiseAdam's per-row sums of squares (the default)
+        return encoding(p), *encoding.table_gradient_and_squares(p, upstream)
+
     print(f"{points.shape[0]:,} samples ({args.rays} rays x {args.samples}); {field.num_levels} levels x "
           f"{field.features_per_level} features, table 2^{field.log2_table_size}, resolutions "
           f"{encoding.resolutions[0]}..{encoding.resolutions[-1]}; {os.cpu_count()} CPUs")
     rows = [("forward", tf.function(encoding.reference_call, jit_compile=True), tf.function(encoding.call)),
             ("forward + table gradient", tf.function(reference_forward_backward, jit_compile=True),
-             tf.function(native_forward_backward))]
+             tf.function(native_forward_backward)),
+            ("  + per-sample squares", tf.function(reference_forward_backward, jit_compile=True),
+             tf.function(native_forward_backward_squares))]
     print(f"{'':<26}{'TF ops (XLA)':>14}{'fused op':>10}{'speed-up':>10}")
     for name, reference, native in rows:
-        reference_ms = timed(reference, points, repeats=args.repeats)
-        native_ms = timed(native, points, repeats=args.repeats)
+        reference_ms = median_ms(reference, points, repeats=args.repeats)
+        native_ms = median_ms(native, points, repeats=args.repeats)
         print(f"{name:<26}{reference_ms:>11.1f} ms{native_ms:>7.1f} ms{reference_ms / native_ms:>9.1f}x")
 
 

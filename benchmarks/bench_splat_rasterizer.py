@@ -24,7 +24,7 @@ import platform
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import nerf_pipeline.runtime.quiet  # noqa: F401  first: TensorFlow's start-up noise filtered, as in stages
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

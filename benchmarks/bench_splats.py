@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the figures to this JSON file")
     args = parser.parse_args()
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import nerf_pipeline.runtime.quiet  # noqa: F401  first: TensorFlow's start-up noise filtered, as in stages
     from nerf_pipeline import config, scoring
     from nerf_pipeline.benchmarking import prepare_rays
     from nerf_pipeline.scenes import ray_files

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import nerf_pipeline.runtime.quiet  # noqa: F401  first: TensorFlow's start-up noise filtered, as in stages
+
 import yaml
 from ruamel.yaml import YAML
 

@@ -4,6 +4,8 @@
         --versus keras_example --out summary.json
     python benchmarks/bench_train.py --scene ../shared/data/chair --background 1 --budget-s 1800 \\
         --eval-at-s 300 600 1800 --curve-views 25 --render-frames 3 --out chair.json
+    python benchmarks/bench_train.py --scene ../shared/data/chair --background 1 --preset splats \\
+        --budget-s 1800 --versus hashgrid --versus-budget-s 600 --out chair_splats_vs_nerf.json
 
 The scene is anything ``data.source`` takes; it goes through the pipeline's own data stages
 (download, poses, split, rays) into a temporary folder. An .npz in tiny_nerf layout is split as the
@@ -11,15 +13,16 @@ Keras example splits it: the first 80% of views train, the last 20% validate. A 
 split (NeRF-synthetic) keeps it: the model trains on the train views and is scored on the test
 views (the published protocol), or on val when there is no test split.
 
-Each preset trains with ``model.fit``; at scheduled moments of training time the clock is paused,
-held-out views (``--curve-views`` of them, evenly spread; default all) are rendered with
-deterministic samples and the mean per-view PSNR is recorded as a point ``{wall_s, step,
+Each preset trains through its method (``methods.build`` and ``fit``: a NeRF with ``model.fit``, splats
+with their own loop), so the NeRF and Gaussian splats compare in one invocation; at scheduled moments of
+training time the clock is paused, held-out views (``--curve-views`` of them, evenly spread; default all) are
+rendered with deterministic samples and the mean per-view PSNR is recorded as a point ``{wall_s, step,
 <split>_psnr}`` (``wall_s`` is training time only: XLA compilation included, evaluation excluded
 and reported apart as ``eval_s``). The summary also gives the training time at which each PSNR
 threshold was first seen (an upper bound: the first evaluation at or above it), the final PSNR
 and SSIM on every held-out view, steps/s, peak and per-point resident memory, and the orbit's
 render time per frame at the held-out views' size next to the machine's compute bound. With
-``--versus``, a second preset (the faithful Keras example) runs in the same invocation so the
+``--versus``, a second preset (the faithful Keras example, or the NeRF beside splats) runs in the same invocation so the
 ratios compare like with like.
 
 Figures are printed and written to ``--out``; nothing here asserts a timing.
@@ -29,13 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import nerf_pipeline.runtime.quiet  # noqa: F401  first: TensorFlow's start-up noise filtered, as in stages
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -90,13 +92,14 @@ def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, sche
     (the curve on ``curve_views`` of its views, the final figures on ``final_views``, evenly spread; None: all)."""
     cfg = cfg.model_copy(update={"preset": name, "seed": seed})
     preset = cfg.active
-    datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
+    if getattr(preset, "batch", None) is not None:  # (a preset that trains on whole views one at a time has none)
+        datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(seed)
     # As the train stage builds it (methods.build); the learning rate decays over the budget. Its length in steps
     # is unknown until the speed is: at each evaluation point it is re-estimated from the speed since the previous
-    # point (the first interval includes XLA compilation, so the estimate starts long and settles).
+    # point (the first interval includes XLA compilation, so the estimate starts long and settles); fit starts it
+    # at 10^6 steps.
     method = methods.build(cfg, train_part)
-    method.compile(total_steps=10**6)
     psnr_key = f"{heldout_part.part}_psnr"
     curve_subset = evenly_spread(heldout_part.num_views, curve_views or heldout_part.num_views)
     recorder = BudgetRecorder(lambda: mean_psnr(method, heldout_part, curve_subset), schedule_s, budget_s,
@@ -131,11 +134,13 @@ def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, sche
     flops_per_sample = mlp_flops_per_sample(method)
     # (samples behind opaque matter are never asked)
     flops_per_frame = samples / render_frames * flops_per_sample if samples is not None and flops_per_sample else None
-    matmul = matmul_flops_per_s(getattr(preset.field, "width", 64))
+    matmul = matmul_flops_per_s(getattr(getattr(preset, "field", None), "width", 64))
 
     curve = recorder.curve
     return {
         "preset": name,
+        "method": method.name,
+        "training_figures": method.training_figures(),
         "curve": curve,
         "curve_views": [int(v) for v in curve_subset],
         "time_to_psnr_s": {f"{t:g}": next((p["wall_s"] for p in curve if p[psnr_key] >= t), None)

@@ -17,12 +17,11 @@ run, as in ``bench_train.py``.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import nerf_pipeline.runtime.quiet  # noqa: F401  first: TensorFlow's start-up noise filtered, as in stages
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

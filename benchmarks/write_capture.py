@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import nerf_pipeline.runtime.quiet  # noqa: F401  first: TensorFlow's start-up noise filtered, as in stages
+
 import imageio.v3 as iio
 import numpy as np
 

@@ -19,7 +19,7 @@ import numpy as np
 from ruamel.yaml import YAML, YAMLError
 
 from nerf_pipeline import config
-from nerf_pipeline.runtime.errors import UserError
+from nerf_pipeline.errors import UserError
 
 
 def set_key(params: dict, dotted: str, value) -> None:
@@ -58,6 +58,20 @@ def prepare_rays(cfg: config.Config, folder: Path) -> Path:
     rays.run(cfg, in_scene=folder / "scene", in_cameras=folder / "cameras.npz", in_split=folder / "split.json",
              out_rays=folder / "rays")
     return folder / "rays"
+
+
+def median_ms(function, *args, repeats: int) -> float:
+    """The median of ``repeats`` calls of ``function(*args)`` in milliseconds, each until its tensors are numpy
+    (the first call, which traces or compiles, is not counted)."""
+    import tensorflow as tf
+
+    tf.nest.map_structure(lambda t: t.numpy(), function(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), function(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1000
 
 
 def rss_mb() -> float:

@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML, YAMLError
 
-from nerf_pipeline.runtime.errors import ConfigError
+from nerf_pipeline.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
 

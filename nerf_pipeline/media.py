@@ -60,9 +60,3 @@ def write_gif(path, frames: np.ndarray, frame_ms: int) -> None:
     """``frames [T, H, W, 3]`` uint8 → looping GIF."""
     with atomic.atomic_path(path, suffix=".gif") as tmp:
         imageio.mimwrite(tmp, list(frames), format="GIF", duration=frame_ms, loop=0)
-
-
-def count_video_frames(path) -> int:
-    """Decode a video to the end and count its frames."""
-    with imageio.get_reader(path, format="FFMPEG") as reader:
-        return sum(1 for _ in reader)

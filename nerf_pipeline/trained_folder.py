@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes.scene import read_npz
 
 MODEL_FILE, PROGRESS_FILE, RUN_FILE, CAMERAS_FILE = "model.keras", "progress.npz", "run.json", "cameras.npz"

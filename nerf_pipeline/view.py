@@ -6,7 +6,7 @@ pipeline's scene frame (z up):
 * the training and validation cameras as frustums with their images (sized to the cameras' spacing), the
   scene's box, and the sparse point cloud when the scene has one (COLMAP, structure from motion); the first
   view looks at the scene's centre from outside the cameras (``initial_view``);
-* a model of Gaussian splats (its optional ``gaussians_for_viewer`` hook, ``methods.Method``) also as viser's
+* a model of Gaussian splats (``methods.Method.gaussians_for_viewer``) also as viser's
   own Gaussian splats, drawn in the browser (degree-0 colours), which a panel checkbox hides;
 * the trained model rendered from the browser's camera: a coarse image at once while the camera
   moves, refined when it stops; RGB, depth or opacity; the render size and time per frame in the
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline.config import MAX_RENDER_FRAMES
-from nerf_pipeline.runtime.errors import UserError
+from nerf_pipeline.errors import UserError
 from nerf_pipeline.trained_folder import METHOD_FILE, MODEL_FILE
 
 log = logging.getLogger("nerf_pipeline.view")
@@ -265,12 +265,11 @@ def _draw_view_cameras(scene, rays: Path, model_folder: Path) -> np.ndarray:
 
 
 def draw_gaussians(scene, method, visible: bool = True):
-    """A model of Gaussians (its optional ``gaussians_for_viewer`` hook) as viser's Gaussian splats
-    (``/splats``, replacing earlier ones); its handle, or None for a model without the hook."""
-    arrays = getattr(method, "gaussians_for_viewer", None)
-    if arrays is None:
+    """A model of Gaussians (``methods.Method.gaussians_for_viewer``) as viser's Gaussian splats (``/splats``,
+    replacing earlier ones); its handle, or None for a model of another kind."""
+    g = method.gaussians_for_viewer()
+    if g is None:
         return None
-    g = arrays()
     return scene.add_gaussian_splats("/splats", g["centers"], g["covariances"], g["rgbs"], g["opacities"],
                                      visible=visible)
 

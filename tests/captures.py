@@ -1,11 +1,13 @@
 """Small captures in the COLMAP and LLFF layouts, rendered from the built-in scene through known cameras.
 
 Tests check that what the readers hand back (poses, intrinsics) makes rays that trace to the
-written pixels.
+written pixels. The writers of COLMAP's models and LLFF's ``poses_bounds.npy`` are here, not in the package,
+which only reads them.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -13,7 +15,7 @@ import numpy as np
 from scenes import trace_views
 
 from nerf_pipeline import camera
-from nerf_pipeline.scenes import colmap, llff
+from nerf_pipeline.scenes import colmap
 
 # per model: the params written, in COLMAP's order. Distortion coefficients are 0, so the pixels are
 # a pinhole's and stay exact; (fx, fy, cx, cy) is off the image centre (14, 10) and fx != fy where the
@@ -88,7 +90,7 @@ def write_colmap_capture(folder: Path, num_views=8, height=20, width=28, model="
     images.sort(key=lambda image: image.image_id)
     cameras = {1: colmap.Camera(1, model, width, height, np.array(params))}
     points, colors = sample_points(poses, height, width, (fx, fy, cx, cy), rgb, depth, 300, seed)
-    writer = colmap.write_binary_model if binary else colmap.write_text_model
+    writer = write_colmap_binary_model if binary else write_colmap_text_model
     writer(folder / "sparse" / "0", cameras, images, points, colors)
     return {"poses": poses, "intrinsics": (fx, fy, cx, cy), "params": params, "rgb": rgb, "depth": depth,
             "names": names, "points": points, "colors": colors}
@@ -108,7 +110,7 @@ def write_llff_capture(folder: Path, num_views=8, height=20, width=28, focal=30.
     z_depth = np.where(depth > 0, depth * np.sum(directions * forward, axis=-1), np.nan)
     bounds = np.stack([np.nanmin(z_depth, axis=(1, 2)), np.nanmax(z_depth, axis=(1, 2))], axis=-1)
     hwf = np.tile([float(height), float(width), focal], (num_views, 1))
-    llff.write_poses_bounds(folder / "poses_bounds.npy", poses, hwf, bounds)
+    write_poses_bounds(folder / "poses_bounds.npy", poses, hwf, bounds)
     return {"poses": poses, "hwf": hwf, "bounds": bounds, "rgb": rgb, "depth": depth, "names": names}
 
 
@@ -126,3 +128,50 @@ def write_masks(folder: Path, names: list[str], masks: np.ndarray, extension: st
     for path, mask in zip(paths, masks):
         iio.imwrite(path, np.where(mask, 255, 0).astype(np.uint8))
     return paths
+
+
+# -- writers of the readers' formats (the package only reads them) --------------------------------------------------
+
+MODEL_IDS = {name: model_id for model_id, (name, _) in colmap.MODELS.items()}  # COLMAP's binary camera ids
+
+
+def write_colmap_text_model(folder, cameras: dict[int, colmap.Camera], images: list[colmap.Image],
+                            points: np.ndarray, colors: np.ndarray) -> None:
+    """``cameras.txt``, ``images.txt`` (empty 2D point lines) and ``points3D.txt`` (empty tracks) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = lambda values: " ".join(repr(float(v)) for v in values)  # noqa: E731 (repr round-trips)
+    (folder / "cameras.txt").write_text("# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n" + "".join(
+        f"{c.camera_id} {c.model} {c.width} {c.height} {numbers(c.params)}\n" for c in cameras.values()))
+    (folder / "images.txt").write_text("# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
+                                       "#   POINTS2D[] as (X, Y, POINT3D_ID)\n" + "".join(
+        f"{i.image_id} {numbers(i.qvec)} {numbers(i.tvec)} {i.camera_id} {i.name}\n\n" for i in images))
+    (folder / "points3D.txt").write_text("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]\n" + "".join(
+        f"{index + 1} {numbers(point)} {' '.join(map(str, color))} 0.0\n"
+        for index, (point, color) in enumerate(zip(np.asarray(points), np.asarray(colors, dtype=np.uint8)))))
+
+
+def write_colmap_binary_model(folder, cameras: dict[int, colmap.Camera], images: list[colmap.Image],
+                              points: np.ndarray, colors: np.ndarray) -> None:
+    """``cameras.bin``, ``images.bin`` (no 2D points) and ``points3D.bin`` (empty tracks) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cameras.bin").write_bytes(struct.pack("<Q", len(cameras)) + b"".join(
+        struct.pack(f"<iiQQ{len(c.params)}d", c.camera_id, MODEL_IDS[c.model], c.width, c.height, *c.params)
+        for c in cameras.values()))
+    (folder / "images.bin").write_bytes(struct.pack("<Q", len(images)) + b"".join(
+        struct.pack("<i7di", i.image_id, *i.qvec, *i.tvec, i.camera_id) + i.name.encode() + b"\0"
+        + struct.pack("<Q", 0) for i in images))
+    (folder / "points3D.bin").write_bytes(struct.pack("<Q", len(points)) + b"".join(
+        struct.pack("<Q3d3BdQ", index + 1, *point, *color, 0.0, 0)
+        for index, (point, color) in enumerate(zip(np.asarray(points), np.asarray(colors, dtype=np.uint8)))))
+
+
+def write_poses_bounds(path, c2w: np.ndarray, hwf: np.ndarray, bounds: np.ndarray) -> None:
+    """Write ``poses_bounds.npy`` [N, 17] float64 from OpenGL camera-to-world [N, 4, 4] (or [N, 3, 4]),
+    ``(height, width, focal)`` [N, 3] and ``(near, far)`` [N, 2]: the inverse of ``llff.read_poses_bounds``."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    right, up, back = c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2]
+    matrices = np.stack([-up, right, back, c2w[:, :3, 3], np.asarray(hwf, dtype=np.float64)], axis=-1)
+    rows = np.concatenate([matrices.reshape(len(c2w), 15), np.asarray(bounds, dtype=np.float64)], axis=1)
+    np.save(Path(path), rows)

@@ -215,6 +215,14 @@ def reproduced_project(tmp_path_factory):
     return path, result, first_run
 
 
+def count_video_frames(path) -> int:
+    """Decode a video to the end and count its frames (the package writes videos; only tests count them)."""
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        return sum(1 for _ in reader)
+
+
 @pytest.fixture
 def params_file(tmp_path):
     """Write a params mapping to a file in tmp_path and return its path."""

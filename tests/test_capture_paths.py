@@ -12,12 +12,12 @@ import json
 import shutil
 
 import pytest
-from captures import write_colmap_capture
+from captures import write_colmap_binary_model, write_colmap_capture, write_colmap_text_model
 from conftest import assert_user_error, stage, tiny_params, write_params
 from scenes import write_blender, write_ngp
 
 from nerf_pipeline import config
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import colmap, sources
 
 
@@ -92,7 +92,7 @@ def test_a_colmap_image_name_outside_the_capture_is_refused(tmp_path, binary):
     model = colmap.read_model(capture / "sparse" / "0")
     renamed = [colmap.Image(i.image_id, "../../elsewhere/" + i.name if i.name == written["names"][0] else i.name,
                             i.camera_id, i.qvec, i.tvec) for i in model.images]
-    writer = colmap.write_binary_model if binary else colmap.write_text_model
+    writer = write_colmap_binary_model if binary else write_colmap_text_model
     writer(capture / "sparse" / "0", model.cameras, renamed, model.points, model.colors)
     images_file = capture / "sparse" / "0" / ("images.bin" if binary else "images.txt")
     with pytest.raises(DataError) as error:

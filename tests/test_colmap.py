@@ -10,7 +10,7 @@ import pytest
 from captures import COLMAP_PARAMS, quaternion, write_colmap_capture
 
 from nerf_pipeline import camera
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import colmap, synthetic
 
 QUANTUM = 1.0 / 255  # PNG stores 8 bits

@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO, tiny_params
 
 from nerf_pipeline import config
-from nerf_pipeline.runtime.errors import ConfigError
+from nerf_pipeline.errors import ConfigError
 
 
 def repo_params() -> dict:

@@ -1,9 +1,12 @@
 """The quiet console: TensorFlow's known native start-up lines are filtered out of a stage's stderr, nothing else is."""
 
+import ast
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +119,57 @@ def test_a_process_that_imports_tensorflow_prints_only_its_own_lines(verbose):
     assert "3.0" in lines and lines[-1] == "last words" and any("a real native error" in line for line in lines)
     noise = [line for line in lines if console.is_noise(line.encode())]
     assert bool(noise) == verbose, result.stderr  # TensorFlow 2.21 prints a few at import; verbose keeps them
+
+
+BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+LOADS_TENSORFLOW = ("nerf_pipeline", "tensorflow", "keras")  # (nerf_pipeline's modules may import TensorFlow)
+
+
+def imported_modules(path) -> list[str]:
+    """The modules a script imports, in the order its source names them (nested imports included)."""
+    names = []
+    for node in sorted(ast.walk(ast.parse(path.read_text())), key=lambda node: (getattr(node, "lineno", 0))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=[path.name for path in BENCHMARKS])
+def test_every_benchmark_quiets_its_console_before_tensorflow(path):
+    """Issue 30: the benchmarks printed TensorFlow's start-up lines ("failed call to cuInit: ... (303)") that the
+    stages filter; each script that may load TensorFlow imports nerf_pipeline.runtime.quiet before it."""
+    modules = imported_modules(path)
+    loads = [name for name in modules if name.split(".")[0] in LOADS_TENSORFLOW]
+    if loads:
+        assert loads[0] == "nerf_pipeline.runtime.quiet", f"{path.name} imports {loads[0]} before the quiet console"
+
+
+@pytest.mark.slow
+def test_a_benchmark_that_imports_tensorflow_prints_no_start_up_noise():
+    """bench_splat_rasterizer.py imports TensorFlow at the top: its --help runs that import and nothing else."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
+    script = next(path for path in BENCHMARKS if path.name == "bench_splat_rasterizer.py")
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
+    assert not [line for line in result.stderr.splitlines() if console.is_noise(line.encode())], result.stderr
+
+
+def test_importing_a_benchmark_leaves_the_importers_console_alone():
+    """A test that imports a benchmark (test_bench: bench_captures' helpers) keeps pytest's stderr and warnings."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import nerf_pipeline.runtime.quiet; "
+            "from nerf_pipeline.runtime import console; print(bool(console._state))")
+    run = [sys.executable, "-c"]
+    assert subprocess.run([*run, code, "."], capture_output=True, text=True, timeout=120).stdout.strip() == "True"
+    module = textwrap.dedent("""
+        import nerf_pipeline.runtime.quiet
+        from nerf_pipeline.runtime import console
+        QUIET = bool(console._state)
+    """)
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import a_script; print(a_script.QUIET)"
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "a_script.py").write_text(module)
+        result = subprocess.run([*run, code, folder], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

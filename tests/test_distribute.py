@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, TRAIN_OUTS, flags, free_port, make_rays, tiny_params, write_params
 
 from nerf_pipeline import config
-from nerf_pipeline.runtime.errors import ConfigError
+from nerf_pipeline.errors import ConfigError
 from nerf_pipeline.training import distribute
 
 # Logical devices must be made before TensorFlow starts, so each run is a fresh process.

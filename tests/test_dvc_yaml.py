@@ -24,12 +24,14 @@ NON_OUTPUT_MODULES = {
     "nerf_pipeline/runtime/progress.py",
     "nerf_pipeline/training/fit_progress.py",
     "nerf_pipeline/runtime/console.py",
+    "nerf_pipeline/runtime/quiet.py",  # the quiet console for scripts that are no stage (the benchmarks)
     "nerf_pipeline/logged_model.py",
     "nerf_pipeline/runtime/logged_model.py",  # its old path, for Logged Models pickled there
     "nerf_pipeline/view.py",  # the browser viewer: reads the outs, writes camera paths (a dep of render)
     "nerf_pipeline/commands.py",
     "nerf_pipeline/runtime/cli.py",
-    "nerf_pipeline/runtime/errors.py",
+    "nerf_pipeline/errors.py",  # the user's errors: their messages are the callers'
+    "nerf_pipeline/runtime/errors.py",  # their old path, re-exporting them
     "nerf_pipeline/runtime/interrupts.py",
     "nerf_pipeline/runtime/atomic.py",
     "nerf_pipeline/runtime/tracking.py",
@@ -110,6 +112,18 @@ def test_non_output_modules_are_plumbing_only():
             reached -= {str(source.relative_to(REPO)) for sources in native_build.SOURCES.values()
                         for source in sources}
         assert reached <= {"nerf_pipeline/config.py"}, (module, reached)
+
+
+def test_the_base_modules_import_nothing_above_them():
+    """``errors.py`` is the bottom of the package and ``config.py`` sits just above it: neither reaches up into
+    ``runtime/`` (or anywhere else) for what it raises."""
+    assert imported_modules(REPO / "nerf_pipeline/errors.py") == set()
+    assert imported_modules(REPO / "nerf_pipeline/config.py") == {"nerf_pipeline/errors.py"}
+    from nerf_pipeline import errors
+    from nerf_pipeline.runtime import errors as old_path
+
+    assert (old_path.UserError, old_path.ConfigError, old_path.DataError) == (errors.UserError, errors.ConfigError,
+                                                                             errors.DataError)
 
 
 @pytest.mark.parametrize("name", STAGES)

@@ -10,13 +10,14 @@ import json
 
 import numpy as np
 import pytest
-from captures import write_colmap_capture, write_llff_capture
+from captures import (write_colmap_binary_model, write_colmap_capture, write_colmap_text_model,
+                      write_llff_capture)
 from conftest import assert_user_error, stage, tiny_params, write_params
 from scenes import write_ngp
 
 from nerf_pipeline import config
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.runtime import atomic
-from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import colmap, folders, sources
 from nerf_pipeline.scenes.scene import Cameras, Scene, SceneWriter, check_intrinsics
 
@@ -87,8 +88,8 @@ def test_a_colmap_focal_length_is_checked(tmp_path, binary, params, shown):
     model_folder = tmp_path / "capture" / "sparse" / "0"
     model = colmap.read_model(model_folder)
     cameras = {1: dataclasses.replace(model.cameras[1], params=np.array(params))}
-    (colmap.write_binary_model if binary else colmap.write_text_model)(model_folder, cameras, model.images,
-                                                                        model.points, model.colors)
+    (write_colmap_binary_model if binary else write_colmap_text_model)(model_folder, cameras, model.images,
+                                                                          model.points, model.colors)
     with pytest.raises(DataError) as error:
         read_source(tmp_path / "capture")
     assert str(error.value) == (f"{model_folder / ('cameras.bin' if binary else 'cameras.txt')}: camera 1 (of image "

@@ -16,7 +16,7 @@ from conftest import run_data_stages, tiny_params
 from scenes import write_blender, write_ngp
 
 from nerf_pipeline import camera
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import folders, ray_files, synthetic
 from nerf_pipeline.scenes.images import undistort
 from nerf_pipeline.scenes.scene import check_cameras

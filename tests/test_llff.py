@@ -5,10 +5,10 @@ from __future__ import annotations
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from captures import write_llff_capture
+from captures import write_llff_capture, write_poses_bounds
 
 from nerf_pipeline import camera
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import llff, synthetic
 
 QUANTUM = 1.0 / 255  # PNG stores 8 bits
@@ -19,7 +19,7 @@ def test_poses_bounds_round_trip(tmp_path):
     poses[:, :3, 3] += [10.0, -2.0, 0.5]
     hwf = np.tile([480.0, 640.0, 500.0], (5, 1))
     bounds = np.stack([np.linspace(1.0, 2.0, 5), np.linspace(8.0, 9.0, 5)], axis=-1)
-    llff.write_poses_bounds(tmp_path / "poses_bounds.npy", poses, hwf, bounds)
+    write_poses_bounds(tmp_path / "poses_bounds.npy", poses, hwf, bounds)
     rows = np.load(tmp_path / "poses_bounds.npy")
     assert rows.shape == (5, 17) and rows.dtype == np.float64
     c2w, hwf_read, bounds_read = llff.read_poses_bounds(tmp_path / "poses_bounds.npy", num_images=5)

@@ -20,7 +20,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scoring import lpips
 
 REPO = Path(__file__).resolve().parents[1]

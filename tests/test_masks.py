@@ -11,7 +11,7 @@ from conftest import run_data_stages, tiny_params
 from scenes import write_ngp
 
 from nerf_pipeline import config
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import masks, ray_files
 from nerf_pipeline.scenes.scene import Scene
 

@@ -1,5 +1,6 @@
 import imageio.v2 as imageio
 import numpy as np
+from conftest import count_video_frames
 
 from nerf_pipeline import media
 
@@ -7,7 +8,7 @@ from nerf_pipeline import media
 def test_mp4_keeps_every_frame_even_at_odd_sizes(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, size=(7, 25, 31, 3), dtype=np.uint8)
     media.write_mp4(tmp_path / "v.mp4", frames, fps=10)
-    assert media.count_video_frames(tmp_path / "v.mp4") == 7
+    assert count_video_frames(tmp_path / "v.mp4") == 7
     first = imageio.get_reader(tmp_path / "v.mp4", format="FFMPEG").get_data(0)
     assert first.shape[:2] == (26, 32)  # padded to even sizes for yuv420p
     assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]  # no temporary file left

@@ -9,11 +9,11 @@ import tensorflow as tf
 from conftest import tiny_params, write_rays
 
 from nerf_pipeline import camera, config, methods, trained_folder
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.methods import Camera
 from nerf_pipeline.methods import nerf as nerf_method
 from nerf_pipeline.model.nerf import build_nerf
 from nerf_pipeline.model.renderer import ChunkedRenderer
-from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import ray_files
 
 SAVED_BY_B89C5C3 = Path(__file__).parent / "fixtures" / "saved_by_b89c5c3"

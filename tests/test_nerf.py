@@ -13,6 +13,7 @@ from conftest import psnr, tiny_params
 from nerf_pipeline import camera, config
 from nerf_pipeline.camera import generate_rays
 from nerf_pipeline.config import from_dict
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.model import fields, sampling
 from nerf_pipeline.model.fields import HashGridField, MLPField
 from nerf_pipeline.methods.nerf import load_model
@@ -20,7 +21,6 @@ from nerf_pipeline.model.nerf import ExponentialToFinal, NeRF, build_nerf, compi
 from nerf_pipeline.model.renderer import ChunkedRenderer
 from nerf_pipeline.model.sampling import OccupancySampler, UniformSampler
 from nerf_pipeline.model.space import BoxSpace, ContractedSpace
-from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import synthetic
 
 

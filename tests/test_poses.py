@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import DATA_STAGES, tiny_params, write_params
+from conftest import DATA_STAGES, REPO, tiny_params, write_params
 from test_sfm import FOCAL, HEIGHT, WIDTH, arc_poses, render_textured, rotation_angles_deg
 
 from nerf_pipeline import camera, config
@@ -111,6 +116,62 @@ def test_fewer_than_three_registered_views_stop_the_stage_under_min_registered(t
         "structure from motion registered only 2 of 3 images, but a scene needs at least 3 posed views, 2 to train "
         "on and 1 to validate on. Not registered: photo_002.jpg. To try: take photos with more overlap")
     assert not (tmp_path / "cameras.npz").exists()
+
+
+def test_a_capture_s_masks_reach_structure_from_motion(tmp_path, monkeypatch):
+    """Issue 30, item 9: photos with masks/ (here <stem>_mask.png, keeping the left half): the poses stage hands
+    structure from motion each view's mask as stored in the scene (255 kept, 0 left out). (SfM itself is faked:
+    test_sfm checks that COLMAP takes no feature where a mask is dark.)"""
+    write_photos(tmp_path / "photos", arc_poses(3))
+    (tmp_path / "photos" / "masks").mkdir()
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[:, :WIDTH // 2] = 255
+    for i in range(3):
+        iio.imwrite(tmp_path / "photos" / "masks" / f"photo_{i:03d}_mask.png", mask)
+    params = tiny_params()
+    params["data"]["source"] = str(tmp_path / "photos")
+    handed = {}
+
+    def registers_all(image_paths, *args, mask_paths=None, **kwargs):
+        handed.update(images=[path.name for path in image_paths],
+                      masks=None if mask_paths is None else [iio.imread(path) for path in mask_paths])
+        return sfm.Reconstruction(names=[path.name for path in image_paths],
+                                  camera_to_world=np.stack([np.eye(4) + np.eye(4, k=3) * i for i in range(3)]),
+                                  intrinsics=np.array([FOCAL, FOCAL, WIDTH / 2, HEIGHT / 2]), distortion=np.zeros(4),
+                                  points=np.zeros((0, 3)), point_colors=np.zeros((0, 3), np.uint8))
+
+    monkeypatch.setattr(sfm, "reconstruct", registers_all)
+    assert pose(tmp_path, params).registered.all()
+    assert handed["images"] == ["photo_000.jpg", "photo_001.jpg", "photo_002.jpg"]
+    assert len(handed["masks"]) == 3
+    for handed_mask in handed["masks"]:
+        np.testing.assert_array_equal(handed_mask, mask)
+    shutil.rmtree(tmp_path / "photos" / "masks")  # without masks/, none
+    pose(tmp_path / "plain", params)
+    assert handed["masks"] is None
+
+
+BEER_VIDEO = Path(os.environ.get("NERF_PIPELINE_BEER_VIDEO", REPO.parent / "shared" / "data" / "beer" / "Beer.mp4"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BEER_VIDEO.is_file(), reason=f"{BEER_VIDEO} not found (set NERF_PIPELINE_BEER_VIDEO)")
+def test_a_short_phone_clip_registers_every_frame(tmp_path):
+    """Issue 30, item 10: the beer video's first 5 s at 224x400 with data.max_frames 15 (13 frames kept after the
+    blur filter) registered 13, 7 or 6 frames from run to run (6 stopped the stage under poses.min_registered):
+    COLMAP numbered the images in the order its threads read them, and paired each frame with i+1, i+2, i+4, i+8
+    only. Every frame registers now."""
+    import imageio_ffmpeg
+
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-t", "5", "-i", str(BEER_VIDEO),
+                    "-vf", "scale=224:400", "-an", str(clip)], check=True, capture_output=True, timeout=120)
+    params = tiny_params()
+    params["data"].update(source=str(clip), max_frames=15)
+    cameras = pose(tmp_path, params)
+    assert cameras.num_views == 13  # 15 candidates, the 2 blurriest dropped
+    assert cameras.registered.all(), [name for name, ok in zip(cameras.names, cameras.registered) if not ok]
+    assert np.isfinite(cameras.poses).all() and cameras.intrinsics[0, 0] > 0
 
 
 def test_the_stage_order_has_poses_between_download_and_split():

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import tiny_params
+from conftest import count_video_frames, tiny_params
 
 from nerf_pipeline import camera, config
 from nerf_pipeline.render_paths import camera_path, output_size
@@ -191,7 +191,7 @@ def test_a_camera_path_file_is_read_with_its_lenses(tmp_path):
      '0,0,0,1], "fov": 50}]}', "is not a rigid transform"),
 ])
 def test_a_bad_camera_path_is_refused_naming_the_file(tmp_path, content, message):
-    from nerf_pipeline.runtime.errors import DataError
+    from nerf_pipeline.errors import DataError
     from nerf_pipeline.scenes.camera_paths import read_camera_path
 
     (tmp_path / "bad.json").write_text(content)
@@ -247,7 +247,7 @@ def _long_camera_path(path, num_frames: int, width: int = 8, height: int = 8) ->
 ])
 def test_a_camera_path_file_too_long_or_too_large_is_refused_naming_it(tmp_path, frames, size, message):
     """Before the model or the rays are read: it used to hold all its frames in memory (10^6 frames: 27.9 GiB)."""
-    from nerf_pipeline.runtime.errors import DataError
+    from nerf_pipeline.errors import DataError
     from nerf_pipeline.stages import render
 
     _long_camera_path(tmp_path / "long.json", frames, *size)
@@ -300,7 +300,7 @@ def test_frames_stream_to_the_videos_and_the_depth_video_keeps_one_colour_range(
     more_frames = 48 * height * width * 6  # rgb, float16 depth and uint8 opacity of 48 more frames: 22 MB
     assert peak_memory(72) - peak_memory(24) < more_frames / 10
     folder = tmp_path / "72"
-    assert media.count_video_frames(folder / "v.mp4") == media.count_video_frames(folder / "d.mp4") == 72
+    assert count_video_frames(folder / "v.mp4") == count_video_frames(folder / "d.mp4") == 72
     assert sorted(p.name for p in folder.iterdir()) == ["d.mp4", "v.mp4"]  # no scratch left behind
     # The depth frames coloured with the range of all frames' depths, as before streaming.
     outs = [render_frame(i) for i in range(72)]
@@ -315,7 +315,7 @@ def test_frames_stream_to_the_videos_and_the_depth_video_keeps_one_colour_range(
 
 
 def test_a_render_that_cannot_fit_its_scratch_space_is_refused_before_rendering(tmp_path):
-    from nerf_pipeline.runtime.errors import UserError
+    from nerf_pipeline.errors import UserError
     from nerf_pipeline.stages.render import write_videos
 
     def render_frame(i):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nerf_pipeline import camera
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes.scene import Cameras, Scene, SceneWriter, Views, evenly_spread, write_views
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,21 @@ def test_sequential_matching_recovers_poses_and_focal_length(frames, tmp_path):
     assert result.stats["mean_reprojection_error_px"] < 1.0
     log_text = "\n".join(lines)
     assert "sequential" in log_text and f"{len(result.names)} of {len(paths)} images registered" in log_text
+    # the images' database ids follow their order (mapping depends on them; COLMAP's threads would number them in
+    # the order they read them), and each frame is paired with its next ten and with those 16 frames on (COLMAP 4's
+    # default quadratic pairing alone gives i+1, i+2, i+4, i+8, ...)
+    import pycolmap
+
+    with pycolmap.Database.open(tmp_path / "work" / "database.db") as database:
+        ids = {image.name: image.image_id for image in database.read_all_images()}
+        pairs = {tuple(sorted((ids[a.name], ids[b.name])))
+                 for a in database.read_all_images() for b in database.read_all_images()
+                 if a.image_id < b.image_id and database.exists_matches(a.image_id, b.image_id)}
+    assert [ids[p.name] for p in paths] == sorted(ids.values())
+    order = [ids[p.name] for p in paths]
+    expected = {(order[i], order[j]) for i in range(len(order)) for j in range(len(order))
+                if 0 < j - i <= sfm.SEQUENTIAL_OVERLAP or j - i in (16, 32, 64)}
+    assert pairs == expected
     assert f"{result.stats['num_features']} SIFT keypoints" in log_text
 
 
@@ -283,3 +299,77 @@ def test_colmap_leaves_no_log_files_and_no_warning_on_the_console(tmp_path):
     assert result.returncode == 0 and "no features" in result.stdout, result.stderr  # it got as far as SIFT
     assert os.listdir(tmp_path / "tmp") == []
     assert "feature_extraction.cc" not in result.stderr and "maximum number of threads" not in result.stderr
+
+
+def noise_images(folder, count=2, seed=0):
+    """``count`` 240x180 photos of the same blocky noise (SIFT finds features everywhere in it), each shifted."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(seed)
+    texture = np.kron(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"noise_{i}.png")
+        iio.imwrite(paths[-1], texture[8 * i:8 * i + HEIGHT, 4 * i:4 * i + WIDTH])
+    return paths
+
+
+class _Stop(Exception):
+    pass
+
+
+def keypoints_x(work) -> np.ndarray:
+    import pycolmap
+
+    with pycolmap.Database.open(work / "database.db") as database:
+        return np.concatenate([database.read_keypoints(image.image_id)[:, 0] for image in database.read_all_images()])
+
+
+@needs_pycolmap
+def test_features_are_taken_only_where_the_masks_keep_the_pixels(tmp_path, monkeypatch):
+    """Issue 30, item 9: a capture's masks reach COLMAP's feature extraction (its reader's mask_path), resized with the
+    images; no keypoint where a mask is dark. Here the masks keep the left half; SfM runs on 120x90 copies."""
+    import imageio.v3 as iio
+    import pycolmap
+
+    paths = noise_images(tmp_path / "photos")
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[:, :WIDTH // 2] = 255
+    masks = []
+    for path in paths:
+        masks.append(tmp_path / "photos" / f"{path.stem}_mask.png")
+        iio.imwrite(masks[-1], mask)
+    seen, extract = [], pycolmap.extract_features
+
+    def recording(*args, reader_options, **kwargs):
+        seen.append(reader_options.mask_path)
+        return extract(*args, reader_options=reader_options, **kwargs)
+
+    def stop(*args, **kwargs):
+        raise _Stop  # features are all this test looks at
+
+    monkeypatch.setattr(pycolmap, "extract_features", recording)
+    monkeypatch.setattr(sfm, "_match", stop)
+    for work, mask_paths in ((tmp_path / "masked", masks), (tmp_path / "plain", None)):
+        with pytest.raises(_Stop):
+            sfm.reconstruct(paths, work, "exhaustive", max_image_side=120, log=lambda line: None, mask_paths=mask_paths)
+    assert Path(seen[0]) == tmp_path / "masked" / "masks" and str(seen[1]) in ("", ".")  # the default: no masks
+    copy = iio.imread(tmp_path / "masked" / "masks" / "noise_0.png.png")  # COLMAP's name: <image name>.png
+    assert copy.shape == (90, 120) and set(np.unique(copy)) == {0, 255} and (copy[:, :60] == 255).all()
+    masked, plain = keypoints_x(tmp_path / "masked"), keypoints_x(tmp_path / "plain")
+    assert len(masked) > 20 and masked.max() <= 60.5  # x in the 120-pixel-wide copies
+    assert (plain > 61).sum() > 20  # the right half has features of its own when nothing masks it
+
+
+@needs_pycolmap
+def test_a_mask_of_another_size_is_refused_naming_it(tmp_path):
+    import imageio.v3 as iio
+
+    paths = noise_images(tmp_path / "photos")
+    masks = [tmp_path / f"mask_{i}.png" for i in range(2)]
+    for i, path in enumerate(masks):
+        iio.imwrite(path, np.full((HEIGHT, WIDTH + 8 * i), 255, np.uint8))
+    with pytest.raises(DataError, match=r"mask_1\.png: the mask is 248x180 but its image noise_1\.png is 240x180"):
+        sfm.reconstruct(paths, tmp_path / "work", "exhaustive", max_image_side=120, log=lambda line: None,
+                        mask_paths=masks)

@@ -16,7 +16,7 @@ from scenes import trace_views, write_blender, write_ngp
 from test_folders import check_rays_and_pixels, through_the_pipeline
 
 from nerf_pipeline import camera, config
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import sources
 from nerf_pipeline.scenes.scene import Scene
 

@@ -11,8 +11,8 @@ import yaml
 from conftest import REPO, write_rays
 
 from nerf_pipeline import camera, config, methods
+from nerf_pipeline.errors import ConfigError
 from nerf_pipeline.methods import Camera
-from nerf_pipeline.runtime.errors import ConfigError
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.splats import density_control, gaussians, ply, rasterizer, training
 from nerf_pipeline.splats import method as splats_method
@@ -62,7 +62,7 @@ def test_the_scenes_sparse_points_start_the_gaussians_when_it_has_them(rays_dir,
     assert len(arrays["means"]) == cfg.active.init.num_random and "random" in how
     folder = write_rays(tmp_path / "rays", num_views=3, image_size=8, num_val=1)
     points = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
-    np.savez(folder / gaussians.POINTS_FILE, points=points, point_colors=np.full((40, 3), 255, np.uint8))
+    ray_files.write_sparse_points(folder, points, np.full((40, 3), 255, np.uint8))
     arrays, how = splats_method.initial_gaussians(cfg, ray_files.load(folder, "train"))
     np.testing.assert_array_equal(arrays["means"], points)
     np.testing.assert_allclose(arrays["sh_dc"], 0.5 / gaussians.SH_C0, rtol=1e-6)  # white
@@ -77,14 +77,14 @@ def test_the_rays_stage_carries_a_captures_sparse_points(tmp_path):
     params = tiny_params()
     params["synthetic"].update(num_views=4, image_size=8)
     folder = run_data_stages(tmp_path, params)
-    assert gaussians.sparse_points(folder / "rays") is None  # the built-in scene has none
+    assert ray_files.sparse_points(folder / "rays") is None  # the built-in scene has none
     cameras = dict(np.load(folder / "cameras.npz"))
     points = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
     colours = np.random.default_rng(1).integers(0, 256, (30, 3)).astype(np.uint8)
     np.savez(folder / "cameras.npz", **cameras, points=points, point_colors=colours)
     rays.run(config.from_dict(params), in_scene=folder / "scene", in_cameras=folder / "cameras.npz",
              in_split=folder / "split.json", out_rays=folder / "rays_with_points")
-    got_points, got_colours = gaussians.sparse_points(folder / "rays_with_points")
+    got_points, got_colours = ray_files.sparse_points(folder / "rays_with_points")
     np.testing.assert_array_equal(got_points, points)
     np.testing.assert_allclose(got_colours, colours / 255.0, rtol=1e-6)
 
@@ -200,13 +200,56 @@ def test_the_optimizers_moments_follow_the_gaussians_through_densification(rays_
 
 # -- the loss and the step -------------------------------------------------------------------------------------------
 
-def test_ssim_map_is_tensorflows():
+def _native_ssim_or_skip():
+    if training.native_ssim_map(tf.zeros([11, 11, 3]), tf.zeros([11, 11, 3])) is None:
+        pytest.skip("the native op library is not available here")
+
+
+@pytest.mark.parametrize("ssim_map", ["native_ssim_map", "reference_ssim_map"])
+def test_ssim_map_is_tensorflows(ssim_map):
+    if ssim_map == "native_ssim_map":
+        _native_ssim_or_skip()
     rng = np.random.default_rng(0)
     a = rng.uniform(size=(30, 41, 3)).astype(np.float32)
     b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1).astype(np.float32)
-    ours = training.ssim_map(tf.constant(a), tf.constant(b)).numpy()
+    ours = getattr(training, ssim_map)(tf.constant(a), tf.constant(b)).numpy()
     theirs = tf.image.ssim(a[None], b[None], max_val=1.0, return_index_map=True).numpy()[0]
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(11, 11, 3), (30, 41, 3), (64, 17, 1), (40, 90, 3)])
+def test_the_native_ssim_and_its_gradient_equal_the_reference(shape):
+    _native_ssim_or_skip()
+    rng = np.random.default_rng(sum(shape))
+    target = rng.uniform(size=shape).astype(np.float32)
+    x = tf.constant(np.clip(target + rng.normal(0, 0.3, shape), 0, 1).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(shape[0] - 10, shape[1] - 10)).astype(np.float32))
+    results = {}
+    for name in ("native_ssim_map", "reference_ssim_map"):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            ssim = getattr(training, name)(x, tf.constant(target))
+            loss = tf.reduce_sum(ssim * upstream)
+        results[name] = (ssim.numpy(), tape.gradient(loss, x).numpy())
+    (ours, our_grad), (theirs, their_grad) = results["native_ssim_map"], results["reference_ssim_map"]
+    assert ours.shape == (shape[0] - 10, shape[1] - 10)
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+    np.testing.assert_allclose(our_grad, their_grad, atol=2e-5 * np.abs(their_grad).max())
+
+
+def test_the_native_ssim_refuses_what_it_cannot_index():
+    _native_ssim_or_skip()
+    library = training.rasterizer.native_library()
+    window = tf.constant(training._window())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="smaller than the window"):
+        library.nerf_ssim(tf.zeros([10, 40, 3]), tf.zeros([10, 40, 3]), window, c1=1e-4, c2=9e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="differ in shape"):
+        library.nerf_ssim(tf.zeros([20, 40, 3]), tf.zeros([20, 41, 3]), window, c1=1e-4, c2=9e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="window must be"):
+        library.nerf_ssim(tf.zeros([20, 20, 3]), tf.zeros([20, 20, 3]), tf.zeros([0]), c1=1e-4, c2=9e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="stats must be"):
+        library.nerf_ssim_grad(tf.zeros([20, 20, 3]), tf.zeros([20, 20, 3]), window, tf.zeros([10, 10, 14]),
+                               tf.zeros([10, 10]), c1=1e-4, c2=9e-4)
 
 
 def test_masked_pixels_add_nothing_to_the_loss():

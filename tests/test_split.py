@@ -5,8 +5,8 @@ import pytest
 from conftest import tiny_params
 
 from nerf_pipeline import config
+from nerf_pipeline.errors import ConfigError, DataError
 from nerf_pipeline.runtime import atomic
-from nerf_pipeline.runtime.errors import ConfigError, DataError
 from nerf_pipeline.scenes.scene import Cameras
 from nerf_pipeline.stages import split
 from nerf_pipeline.stages.split import split_views

@@ -158,7 +158,7 @@ def test_two_processes_opening_a_new_store_at_once_both_succeed(tmp_path):
 def test_a_run_file_whose_run_id_is_not_an_mlflow_run_id_is_refused_naming_the_file(store, run_id):
     """A run id goes into an MLflow filter string (``tags.`model.run` = '<id>'``): a quote in it broke the filter
     (an MlflowException traceback), so anything but MLflow's 32 lowercase hex characters is refused first."""
-    from nerf_pipeline.runtime.errors import DataError
+    from nerf_pipeline.errors import DataError
 
     (store / "run.json").write_text(json.dumps({"run_id": run_id, "run_name": "r"}))
     with pytest.raises(DataError) as error:

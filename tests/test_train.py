@@ -1,6 +1,7 @@
 """The train stage's module on tiny data: both presets, batches, the batch check, outputs and the MLflow run."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ from conftest import TRAIN_OUTS, mlflow_runs, tiny_params, write_rays
 
 from nerf_pipeline import config
 from nerf_pipeline.config import ImageBatchConfig, RayBatchConfig
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.methods.nerf import load_model
 from nerf_pipeline.model.renderer import ChunkedRenderer
-from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.stages import train
 from nerf_pipeline.trained_folder import trained_poses
@@ -168,6 +169,25 @@ def test_the_train_stage_refines_the_training_cameras_when_on(rays_dir, tmp_path
     assert trained_poses(rays_dir, part) is part.poses  # a model folder without corrections: the part's own
 
 
+def test_a_checkpoint_of_other_code_is_not_resumed(rays_dir, tmp_path, monkeypatch):
+    """DVC reruns train when its code changed; the params and data may be the same. A complete checkpoint of the
+    old code must then not be 'resumed' (the new code would train nothing): the package's sources are in the
+    fingerprint."""
+    from nerf_pipeline.training import checkpoint
+
+    files = sorted((rays_dir / "train").iterdir())
+    cfg = config.from_dict(tiny_params())
+    key = checkpoint.fingerprint(cfg, files)
+    package = tmp_path / "nerf_pipeline"
+    shutil.copytree(checkpoint.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert checkpoint.code_digest(package) == checkpoint.code_digest()
+    monkeypatch.setattr(checkpoint, "PACKAGE", package)
+    assert checkpoint.fingerprint(cfg, files) == key
+    field = package / "model" / "fields.py"
+    field.write_text(field.read_text() + "\n# an edit\n")
+    assert checkpoint.fingerprint(cfg, files) != key
+
+
 def test_a_checkpoint_is_resumed_only_with_the_same_params_and_data(rays_dir, tmp_path):
     """The fingerprint covers the params that shape training and the rays' bytes."""
     from nerf_pipeline.training import checkpoint
@@ -193,3 +213,27 @@ def test_a_checkpoint_is_resumed_only_with_the_same_params_and_data(rays_dir, tm
     np.savez(tmp_path / "ck" / "p.npz", frames=np.zeros((1, 2, 2, 3), np.uint8))
     (tmp_path / "ck" / "s.keras").write_bytes(b"")
     assert checkpoint.load(tmp_path / "ck", key) is None
+
+
+def test_the_resume_point_is_the_matching_checkpoint_else_a_fresh_start(rays_dir, tmp_path):
+    from nerf_pipeline.training import checkpoint
+
+    cfg = config.from_dict(tiny_params())
+    fresh = checkpoint.resume_point(cfg, rays_dir, tmp_path / "ck")  # no checkpoint folder at all
+    assert fresh.epoch == 0 and fresh.run_id is None and fresh.restore(tmp_path / "ck") is None
+    assert fresh.record() == {"history": [], "steps": [], "frames": []}
+    key = fresh.fingerprint
+    (tmp_path / "ck").mkdir()
+    rows = {"history": [{"epoch": 1, "step": 4}], "steps": [{"step": 4, "loss": 0.1, "psnr": 10.0}]}
+    (tmp_path / "ck" / "meta.json").write_text(json.dumps({"fingerprint": key, "epoch": 1, "run_id": "r", **rows,
+                                                           "progress": "p.npz", "state": "s.keras"}))
+    np.savez(tmp_path / "ck" / "p.npz", frames=np.ones((1, 2, 2, 3), np.uint8))
+    (tmp_path / "ck" / "s.keras").write_bytes(b"")
+    resumed = checkpoint.resume_point(cfg, rays_dir, tmp_path / "ck")
+    assert resumed.fingerprint == key and resumed.epoch == 1 and resumed.run_id == "r"
+    assert resumed.restore(tmp_path / "ck") == (tmp_path / "ck", resumed.meta)
+    record = resumed.record()
+    assert record["history"] == rows["history"] and record["steps"] == rows["steps"]
+    np.testing.assert_array_equal(record["frames"], np.ones((1, 2, 2, 3), np.uint8))
+    other = config.from_dict({**tiny_params(), "seed": 1})  # other params: the checkpoint is not theirs
+    assert checkpoint.resume_point(other, rays_dir, tmp_path / "ck").epoch == 0

@@ -16,8 +16,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from nerf_pipeline import camera, config
+from nerf_pipeline.errors import UserError
 from nerf_pipeline.model.nerf import build_nerf
-from nerf_pipeline.runtime.errors import UserError
 from nerf_pipeline.scenes.camera_paths import read_camera_path
 
 NERF_PIPELINE = Path(sys.executable).parent / "nerf-pipeline"  # the console script, as a user runs it

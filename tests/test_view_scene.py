@@ -41,3 +41,25 @@ def test_gaussians_covariances_and_colours_for_the_viewer():
     np.testing.assert_allclose(out["rgbs"], [[0.5, 1.0, 0.0]] * 2)  # 0.5 + C0 f_dc, clipped
     np.testing.assert_allclose(out["opacities"], [[0.5], [1.0]])
     assert out["centers"].shape == (2, 3) and all(v.dtype == np.float32 for v in out.values())
+
+
+def test_the_viewer_draws_gaussians_only_for_a_model_made_of_them():
+    from nerf_pipeline.methods.nerf import NeRFMethod
+    from nerf_pipeline.splats import gaussians
+    from nerf_pipeline.splats.method import SplatsMethod
+    from nerf_pipeline.view import draw_gaussians
+
+    class Scene:
+        def __init__(self):
+            self.drawn = []
+
+        def add_gaussian_splats(self, name, centers, covariances, rgbs, opacities, visible):
+            self.drawn.append((name, len(centers), visible))
+            return name
+
+    scene = Scene()
+    assert draw_gaussians(scene, NeRFMethod(model=None)) is None and scene.drawn == []
+    rng = np.random.default_rng(0)
+    arrays = gaussians.initial_arrays(rng.uniform(-0.5, 0.5, (5, 3)), rng.uniform(0, 1, (5, 3)), 0.5)
+    method = SplatsMethod(gaussians.Gaussians(arrays), 0.0, 1.5)
+    assert draw_gaussians(scene, method, visible=False) == "/splats" and scene.drawn == [("/splats", 5, False)]

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 
 # name -> the module that implements it (imported lazily: a light stage never imports TensorFlow for it)
 METHODS = {"nerf": "nerf_pipeline.methods.nerf", "splats": "nerf_pipeline.splats.method"}
@@ -68,17 +68,7 @@ class Camera:
 
 @runtime_checkable
 class Method(Protocol):
-    """A trained model, as the pipeline uses it.
-
-    Optional hooks (not members of the protocol: callers look them up with ``getattr(method, name, None)``; a method
-    without one simply has nothing of that kind; the NeRF has neither):
-
-    * ``export_files(folder) -> list[str]``: write the method's own export files into the existing ``folder`` (the
-      export stage's ``export/splats/``; the splats' ``splats.ply``) and return their names;
-    * ``gaussians_for_viewer() -> dict``: for a model made of Gaussians, what the browser viewer draws with viser's
-      ``add_gaussian_splats``: ``centers [N, 3]``, ``covariances [N, 3, 3]``, ``rgbs [N, 3]`` in [0, 1] and
-      ``opacities [N, 1]``, float32 (``splats.gaussians.viewer_arrays``).
-    """
+    """A trained model, as the pipeline uses it."""
 
     name: str  # the key of METHODS
 
@@ -113,6 +103,18 @@ class Method(Protocol):
     def points(self, part, num_points: int, min_opacity: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """A point cloud of the scene seen from ``part``'s views (as trained): ``(points [P, 3], colours [P, 3])``
         float32, about ``num_points`` of them (seeded by ``seed``), none where opacity is below ``min_opacity``."""
+
+    def export_files(self, folder) -> list[str]:
+        """Write the method's own export files into the existing ``folder`` (the export stage's ``export/splats/``;
+        the splats' ``splats.ply``) and return their names; ``[]`` for a method whose geometry is the mesh and the
+        point cloud alone (the NeRF)."""
+
+    # -- the viewer's hook -------------------------------------------------------------------------------
+
+    def gaussians_for_viewer(self) -> dict | None:
+        """For a model made of Gaussians, what the browser viewer draws with viser's ``add_gaussian_splats``:
+        ``centers [N, 3]``, ``covariances [N, 3, 3]``, ``rgbs [N, 3]`` in [0, 1] and ``opacities [N, 1]``, float32
+        (``splats.gaussians.viewer_arrays``); None for a model of another kind (the NeRF)."""
 
 
 class TrainableMethod(Method, Protocol):

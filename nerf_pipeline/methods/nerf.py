@@ -20,7 +20,7 @@ import numpy as np
 from nerf_pipeline import trained_folder
 from nerf_pipeline.camera import pixel_rays
 from nerf_pipeline.config import Config
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 
 NAME = "nerf"
 
@@ -189,6 +189,12 @@ class NeRFMethod:
 
     def points(self, part, num_points: int, min_opacity: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         return point_cloud(self.renderer, part, num_points, min_opacity, seed, self.training_poses())
+
+    def export_files(self, folder) -> list[str]:
+        return []  # a field's geometry is export's mesh and point cloud: nothing of its own
+
+    def gaussians_for_viewer(self) -> None:
+        return None
 
     # -- training ---------------------------------------------------------------------------------------
 

@@ -23,13 +23,13 @@ import tensorflow as tf
 
 from nerf_pipeline import camera
 from nerf_pipeline.config import OptimizerConfig, PresetConfig, RayBatchConfig
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.model import losses, rendering, xla
 from nerf_pipeline.model.fields import make_field
 from nerf_pipeline.model.optimizer import SampleWiseAdam, sample_squares
 from nerf_pipeline.model.pose_refinement import PoseRefinement
 from nerf_pipeline.model.sampling import make_sampler
 from nerf_pipeline.model.space import make_space
-from nerf_pipeline.runtime.errors import DataError
 
 PACKAGE = "nerf_pipeline"
 

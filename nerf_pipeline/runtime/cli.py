@@ -28,8 +28,8 @@ import warnings
 from pathlib import Path
 
 from nerf_pipeline import config
+from nerf_pipeline.errors import UserError
 from nerf_pipeline.runtime import console, interrupts
-from nerf_pipeline.runtime.errors import UserError
 
 
 def path_parameters(stage_module) -> list[str]:

@@ -1,17 +1,6 @@
-"""Errors that are the user's to fix (bad params, bad data, unreachable services).
+"""The user's errors' old home: ``nerf_pipeline.errors`` holds them (a base module, which ``config.py`` may import
+without importing upward); kept so that code importing them from here still gets the same classes."""
 
-Stages catch ``UserError`` at the top and print its message as one paragraph, with no
-traceback, and exit with status 2. Anything else is a bug and keeps its traceback.
-"""
+from nerf_pipeline.errors import ConfigError, DataError, UserError
 
-
-class UserError(Exception):
-    """A problem with the user's input: params, data files, URLs, paths, services."""
-
-
-class ConfigError(UserError):
-    """params.yaml is missing a key, has an unknown one, or a value of the wrong type or range."""
-
-
-class DataError(UserError):
-    """A data file is missing, unreadable, or does not hold what a stage expects."""
+__all__ = ["ConfigError", "DataError", "UserError"]

@@ -41,9 +41,9 @@ import types
 import warnings
 from pathlib import Path
 
+from nerf_pipeline.errors import DataError, UserError
 from nerf_pipeline.runtime import atomic
 from nerf_pipeline.config import Config
-from nerf_pipeline.runtime.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 

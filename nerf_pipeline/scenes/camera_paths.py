@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline.camera import rotation_error
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.runtime import atomic
-from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes.scene import read_json
 
 

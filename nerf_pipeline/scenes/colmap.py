@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes.scene import check_intrinsics
 
 # model id -> (name, number of params), as COLMAP numbers them (src/colmap/sensor/models.h)
@@ -39,7 +39,6 @@ MODELS = {
     9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12), 11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
     12: ("SIMPLE_DIVISION", 4), 13: ("DIVISION", 5), 14: ("SIMPLE_FISHEYE", 3), 15: ("FISHEYE", 4), 16: ("EUCM", 6),
 }
-MODEL_IDS = {name: model_id for model_id, (name, _) in MODELS.items()}
 NUM_PARAMS = dict(MODELS.values())
 
 # model -> (indices in params of fx, fy, cx, cy; of the OpenCV k1, k2, p1, p2 it has, the rest being 0)
@@ -289,38 +288,3 @@ def _binary_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
         # the track, which images saw the point (8 bytes each), is not needed here
         return ((x, y, z), (r, g, b)), offset + 51 + 8 * track_length
     return _points_and_colors(_records(path, "points", record))
-
-
-# ----------------------------------------------------------------------------- writers (tests, tools)
-
-
-def write_text_model(folder, cameras: dict[int, Camera], images: list[Image], points: np.ndarray,
-                     colors: np.ndarray) -> None:
-    """``cameras.txt``, ``images.txt`` (empty 2D point lines) and ``points3D.txt`` (empty tracks) in ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    numbers = lambda values: " ".join(repr(float(v)) for v in values)  # noqa: E731 (repr round-trips)
-    (folder / "cameras.txt").write_text("# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n" + "".join(
-        f"{c.camera_id} {c.model} {c.width} {c.height} {numbers(c.params)}\n" for c in cameras.values()))
-    (folder / "images.txt").write_text("# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
-                                       "#   POINTS2D[] as (X, Y, POINT3D_ID)\n" + "".join(
-        f"{i.image_id} {numbers(i.qvec)} {numbers(i.tvec)} {i.camera_id} {i.name}\n\n" for i in images))
-    (folder / "points3D.txt").write_text("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]\n" + "".join(
-        f"{index + 1} {numbers(point)} {' '.join(map(str, color))} 0.0\n"
-        for index, (point, color) in enumerate(zip(np.asarray(points), np.asarray(colors, dtype=np.uint8)))))
-
-
-def write_binary_model(folder, cameras: dict[int, Camera], images: list[Image], points: np.ndarray,
-                       colors: np.ndarray) -> None:
-    """``cameras.bin``, ``images.bin`` (no 2D points) and ``points3D.bin`` (empty tracks) in ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cameras.bin").write_bytes(struct.pack("<Q", len(cameras)) + b"".join(
-        struct.pack(f"<iiQQ{len(c.params)}d", c.camera_id, MODEL_IDS[c.model], c.width, c.height, *c.params)
-        for c in cameras.values()))
-    (folder / "images.bin").write_bytes(struct.pack("<Q", len(images)) + b"".join(
-        struct.pack("<i7di", i.image_id, *i.qvec, *i.tvec, i.camera_id) + i.name.encode() + b"\0"
-        + struct.pack("<Q", 0) for i in images))
-    (folder / "points3D.bin").write_bytes(struct.pack("<Q", len(points)) + b"".join(
-        struct.pack("<Q3d3BdQ", index + 1, *point, *color, 0.0, 0)
-        for index, (point, color) in enumerate(zip(np.asarray(points), np.asarray(colors, dtype=np.uint8)))))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import masks
 from nerf_pipeline.scenes.images import read_image
 from nerf_pipeline.scenes.scene import Cameras, Views, check_intrinsics, evenly_spread, read_json

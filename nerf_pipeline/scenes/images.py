@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 
 
 def read_image(path: Path, background: float, source: str) -> np.ndarray:

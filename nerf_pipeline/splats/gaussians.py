@@ -16,14 +16,12 @@ The variables' first dimension is unknown (``[None, ...]``), so their number can
 whatever their size and is never traced again.
 
 The first Gaussians are the scene's sparse points where it has them (structure from motion or COLMAP:
-``sparse_points``), else ``num_random`` points drawn uniformly in the box ``[-bound, bound]^3`` coloured grey (as
-3DGS starts NeRF-synthetic scenes); each is isotropic, as large as the mean distance to its 3 nearest neighbours,
-with opacity 0.1.
+``scenes.ray_files.sparse_points``), else ``num_random`` points drawn uniformly in the box ``[-bound, bound]^3``
+coloured grey (as 3DGS starts NeRF-synthetic scenes); each is isotropic, as large as the mean distance to its 3
+nearest neighbours, with opacity 0.1.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -32,7 +30,6 @@ NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 ROW_SHAPES = {"means": (3,), "log_scales": (3,), "quats": (4,), "opacity_logits": (), "sh_dc": (1, 3),
               "sh_rest": (15, 3)}
 SH_C0 = 0.28209479177387814  # the degree-0 basis function: colour = SH_C0 * sh_dc + 0.5
-POINTS_FILE = "points.npz"  # a rays folder's sparse points: points [P, 3] float32, point_colors [P, 3] uint8
 
 
 def rgb_to_sh(rgb) -> np.ndarray:
@@ -75,22 +72,6 @@ def random_points(count: int, bound: float, seed: int) -> tuple[np.ndarray, np.n
     """``count`` points uniform in ``[-bound, bound]^3`` and their grey colours: ``([count, 3], [count, 3])``."""
     rng = np.random.default_rng(seed)
     return (rng.uniform(-bound, bound, (count, 3)).astype(np.float32), np.full((count, 3), 0.5, np.float32))
-
-
-def sparse_points(rays_folder) -> tuple[np.ndarray, np.ndarray] | None:
-    """The scene's sparse points ``(points [P, 3] float32, colours [P, 3] float32 in [0, 1])`` in the poses' frame,
-    from ``POINTS_FILE`` in the rays folder (the poses stage's ``points``, ``point_colors`` of ``cameras.npz``
-    carried over by the rays stage), or None when the scene has none (or fewer than 4)."""
-    path = Path(rays_folder) / POINTS_FILE
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        points = np.asarray(data["points"], np.float32).reshape(-1, 3)
-        colors = (np.asarray(data["point_colors"], np.float32).reshape(-1, 3) / 255.0 if "point_colors" in data.files
-                  else np.full_like(points, 0.5))
-    finite = np.isfinite(points).all(axis=1)
-    points, colors = points[finite], colors[finite]
-    return (points, colors) if len(points) >= 4 else None
 
 
 def check_arrays(arrays: dict) -> int:

@@ -27,7 +27,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from nerf_pipeline import trained_folder
-from nerf_pipeline.runtime.errors import ConfigError, DataError, UserError
+from nerf_pipeline.errors import ConfigError, DataError, UserError
+from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.splats import gaussians as gaussians_module
 from nerf_pipeline.splats import ply
 
@@ -121,13 +122,13 @@ class SplatsMethod:
         (folder / SETTINGS_FILE).write_text(json.dumps({"background": self._background, "bound": self.bound}) + "\n")
 
     def export_files(self, folder) -> list[str]:
-        """``methods.Method``'s optional export hook: the Gaussians as ``splats.ply`` (``ply.py``'s layout, what
+        """``methods.Method.export_files``: the Gaussians as ``splats.ply`` (``ply.py``'s layout, what
         3DGS's viewers open) in ``folder``; its name."""
         ply.write(Path(folder) / PLY_FILE, self.gaussians.numpy())
         return [PLY_FILE]
 
     def gaussians_for_viewer(self) -> dict:
-        """``methods.Method``'s optional viewer hook: ``gaussians.viewer_arrays`` of the Gaussians (centres,
+        """``methods.Method.gaussians_for_viewer``: ``gaussians.viewer_arrays`` of the Gaussians (centres,
         covariances, degree-0 colours, opacities) for viser's ``add_gaussian_splats``."""
         return gaussians_module.viewer_arrays(self.gaussians.numpy())
 
@@ -232,10 +233,10 @@ def _call(callbacks, hook: str, *args) -> None:
 
 
 def initial_gaussians(cfg, train_part) -> tuple[dict, str]:
-    """The first Gaussians' arrays for ``train_part`` (a ``RayPart``): its rays folder's sparse points, else
-    ``init.num_random`` random points in the box; and a phrase saying which."""
+    """The first Gaussians' arrays for ``train_part`` (a ``RayPart``): its rays folder's sparse points
+    (``ray_files.sparse_points``), else ``init.num_random`` random points in the box; and a phrase saying which."""
     init = cfg.active.init
-    sparse = gaussians_module.sparse_points(Path(train_part.folder).parent)
+    sparse = ray_files.sparse_points(Path(train_part.folder).parent)  # (the part's folder is in the rays folder)
     if sparse is not None:
         points, colours = sparse
         how = f"{len(points)} sparse points of the capture"

@@ -53,22 +53,28 @@ def means_learning_rate(step: int, total_steps: int, optimizer, extent: float) -
 
 # -- the loss ----------------------------------------------------------------------------------------------------------
 
+def _window() -> np.ndarray:
+    """The 11-tap Gaussian window (σ 1.5), normalised, float32."""
+    x = np.arange(SSIM_WINDOW, dtype=np.float64) - (SSIM_WINDOW - 1) / 2
+    window = np.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
+    return (window / window.sum()).astype(np.float32)
+
+
 def _window_matrix(size: int) -> np.ndarray:
     """``[size - 10, size]``: row i holds the 11-tap Gaussian window (σ 1.5) at columns i to i + 10, so that a
     product with it is the 'valid' blur along that axis."""
-    x = np.arange(SSIM_WINDOW, dtype=np.float64) - (SSIM_WINDOW - 1) / 2
-    window = np.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
-    window /= window.sum()
+    window = _window()
     out = np.zeros((size - SSIM_WINDOW + 1, size), np.float32)
     for i in range(len(out)):
         out[i, i:i + SSIM_WINDOW] = window
     return out
 
 
-def ssim_map(predicted, target):
+def reference_ssim_map(predicted, target):
     """SSIM of two ``[H, W, 3]`` images in [0, 1] (H, W static, at least 11) over 11 x 11 Gaussian windows (σ 1.5)
     as ``tf.image.ssim`` makes it, averaged over the channels: ``[H - 10, W - 10]``, each value that of the window
-    centred there. The blurs are two matrix products (faster on a CPU than TensorFlow's depthwise convolutions)."""
+    centred there. TensorFlow's ops, the blurs as two products with banded matrices: the native op's oracle (its
+    cost grows as H^2 W: about a second a step at 800 x 800)."""
     height, width = predicted.shape[0], predicted.shape[1]
     rows, cols = tf.constant(_window_matrix(height)), tf.constant(_window_matrix(width))
     x, y = predicted, target
@@ -81,6 +87,33 @@ def ssim_map(predicted, target):
     luminance = (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
     structure = (2.0 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
     return tf.reduce_mean(luminance * structure, axis=-1)
+
+
+def native_ssim_map(predicted, target):
+    """``reference_ssim_map`` by the native op ``NerfSsim`` (``native/splats.cc``: the blurs in O(H W 11)),
+    differentiable with respect to ``predicted`` (the target gets no gradient); None when the op library is not
+    available."""
+    library = rasterizer.native_library()
+    if library is None:
+        return None
+    ssim, _ = library.nerf_ssim(tf.cast(predicted, tf.float32), tf.cast(target, tf.float32), tf.constant(_window()),
+                                c1=SSIM_K1 ** 2, c2=SSIM_K2 ** 2)
+    return ssim
+
+
+@tf.RegisterGradient("NerfSsim")
+def _native_ssim_gradient(op, grad_map, unused_grad_stats):
+    """``NerfSsimGrad`` from the blurred statistics the forward kept; the target and the window get none."""
+    x, y, window = op.inputs
+    grad_x = rasterizer.native_library().nerf_ssim_grad(x, y, window, op.outputs[1], grad_map, c1=op.get_attr("c1"),
+                                                         c2=op.get_attr("c2"))
+    return grad_x, None, None
+
+
+def ssim_map(predicted, target):
+    """``[H - 10, W - 10]``: ``native_ssim_map`` where the op library loads, else ``reference_ssim_map``."""
+    ssim = native_ssim_map(predicted, target)
+    return reference_ssim_map(predicted, target) if ssim is None else ssim
 
 
 def image_loss(predicted, target, kept, ssim_weight: float):

@@ -15,13 +15,15 @@ evenly spread. Views are rendered one at a time and scored by ``scoring.score_vi
   ``masked: true`` where the views have masks: PSNR and SSIM are then those of the kept pixels only
   (``scoring.image_metrics``);
 * ``out_per_view``: CSV, one row per view (``view_id, psnr, ssim[, depth_mae]``);
-* ``out_grid``: PNG, one row per shown view: ground truth | prediction | depth (inferno).
+* ``out_grid``: PNG, one row per shown view: ground truth | prediction | depth (inferno), titled, each row
+  captioned with its view id and PSNR (``labelled_grid``; views under ``MIN_COLUMN`` pixels wide are enlarged).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,47 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("view_id", "psnr", "ssim", "lpips", "depth_mae")  # of out_per_view (lpips with its weights, depth_mae
 #                                                             where the scene has depth)
+GRID_TITLES = ("ground truth", "prediction", "depth")
+MIN_COLUMN = 96  # pixels: narrower views are enlarged (nearest) in the grid, so that its captions fit and can be read
+
+
+def labelled_grid(rows: list[list[np.ndarray]], captions: list[list[str]], titles=GRID_TITLES) -> np.ndarray:
+    """``rows`` of equal-sized ``[H, W, 3]`` uint8 panels as one image ``[H', W', 3]`` uint8: a band of column
+    ``titles`` on top, and under each row a band with its ``captions`` (one per panel, centred under it).
+
+    A view narrower than ``MIN_COLUMN`` is enlarged by a whole factor, each pixel a block (none is blended), so
+    small scenes give a grid a reader can see; the panels keep their pixels otherwise.
+    """
+    from PIL import Image, ImageDraw, ImageFont  # Pillow: matplotlib's dependency, which the project has
+
+    height, width = rows[0][0].shape[:2]
+    scale = max(1, math.ceil(MIN_COLUMN / width))
+    height, width = height * scale, width * scale
+    # Pillow's own font (FreeType Aileron, or its bitmap font without FreeType): no font file to ship or find
+    font = ImageFont.load_default(size=int(np.clip(width // 12, 12, 40)))
+    band = int(font.size * 1.6) if hasattr(font, "size") else 18
+    canvas = Image.new("RGB", (width * len(titles), band + len(rows) * (height + band)), (40, 40, 40))
+    draw = ImageDraw.Draw(canvas)
+
+    def text(column: int, top: int, words: str) -> None:
+        # centred in its column's band; a caption wider than the column is cut at its edges rather than spilling over
+        left, upper, right, lower = draw.textbbox((0, 0), words, font=font)
+        x = column * width + (width - (right - left)) // 2 - left
+        y = top + (band - (lower - upper)) // 2 - upper
+        clip = Image.new("RGB", (width, band), (40, 40, 40))
+        ImageDraw.Draw(clip).text((x - column * width, y - top), words, font=font, fill=(255, 255, 255))
+        canvas.paste(clip, (column * width, top))
+
+    for column, title in enumerate(titles):
+        text(column, 0, title)
+    for r, (panels, row_captions) in enumerate(zip(rows, captions)):
+        top = band + r * (height + band)
+        for column, (panel, caption) in enumerate(zip(panels, row_captions)):
+            big = np.repeat(np.repeat(np.asarray(panel, np.uint8), scale, axis=0), scale, axis=1)
+            canvas.paste(Image.fromarray(big), (column * width, top))
+            text(column, top + height, caption)
+    return np.asarray(canvas)
+
 
 
 def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) -> dict:
@@ -60,7 +103,7 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
 
             def on_view(view, out, target):
                 if len(shown) < cfg.evaluate.grid_views:
-                    shown.append((target, out))
+                    shown.append((view, target, out))
                 progress(next(done))
 
             rows = scoring.score_views(method, part, views, on_view=on_view, lpips=lpips_scorer)
@@ -76,12 +119,16 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
         if "lpips" in table:  # AlexNet, LPIPS v0.1 linear layers (as nerfstudio's ns-eval and the papers report)
             metrics["lpips"] = float(table["lpips"].mean())
             metrics["lpips_net"] = "alex v0.1" if lpips_scorer.official else f"alex, weights {lpips_scorer.digest}"
-        depth = np.stack([out["depth"] for _, out in shown])
-        lo, hi = media.depth_range(depth, np.stack([out["opacity"] for _, out in shown]))
-        grid = [np.concatenate([media.to_uint8(target), media.to_uint8(out["rgb"]),
-                                media.colorize_depth(out["depth"], out["opacity"], lo, hi)], axis=1)
-                for target, out in shown]
-        media.write_png(out_grid, np.concatenate(grid, axis=0))
+        depth = np.stack([out["depth"] for _, _, out in shown])
+        lo, hi = media.depth_range(depth, np.stack([out["opacity"] for _, _, out in shown]))
+        psnr_of = {row["view_id"]: row["psnr"] for row in rows}
+        view_ids = [int(part.view_ids[view]) for view, _, _ in shown]
+        panels = [[media.to_uint8(target), media.to_uint8(out["rgb"]),
+                   media.colorize_depth(out["depth"], out["opacity"], lo, hi)] for _, target, out in shown]
+        # under the depth: the distances its colours span (bright near, dark far)
+        captions = [[f"view {view_id}", f"PSNR {psnr_of[view_id]:.2f} dB", f"{lo:.3g} to {hi:.3g}"]
+                    for view_id in view_ids]
+        media.write_png(out_grid, labelled_grid(panels, captions))
         atomic.write_text(out_per_view, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
         atomic.write_json(out_metrics, metrics)
         run.log_metrics({**{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)},

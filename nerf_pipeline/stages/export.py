@@ -15,7 +15,7 @@ Reads ``in_model`` (the train stage's model folder: the model and its MLflow run
   expected depth, coloured by its rendered colour; rays whose opacity is below ``export.min_opacity``
   (they mostly see background) are left out);
 * ``out_splats``: a folder (written whole, atomically) of the method's own export files
-  (``methods.Method``'s optional ``export_files`` hook) and a ``README.txt`` naming them: for Gaussian splats
+  (``methods.Method.export_files``) and a ``README.txt`` naming them: for Gaussian splats
   ``splats.ply`` (3DGS's layout, for SuperSplat, the SIBR viewer, …); a NeRF has none (its geometry is the mesh),
   so its folder holds only the README. A folder, not ``splats.ply`` itself, because DVC fails a stage whose
   declared out is missing, and the NeRF writes no such file;
@@ -109,12 +109,11 @@ def _write(path, geometry, file_type: str) -> None:
 
 
 def write_method_files(method, folder) -> list[Path]:
-    """Replace ``folder`` (atomically: all or nothing) with the method's own export files (its optional
-    ``export_files`` hook, ``methods.Method``) and a ``README.txt`` saying what they are; the files' paths."""
+    """Replace ``folder`` (atomically: all or nothing) with the method's own export files
+    (``methods.Method.export_files``) and a ``README.txt`` saying what they are; the files' paths."""
     folder = Path(folder)
-    export_files = getattr(method, "export_files", None)
     with atomic.atomic_dir(folder) as tmp:
-        names = list(export_files(tmp)) if export_files is not None else []
+        names = list(method.export_files(tmp))
         if names:
             readme = (f"The {method.name} model's own files: {', '.join(names)}.\n"
                       + ("splats.ply is the Gaussians in the layout of 3DGS's PLY files: open it in a Gaussian "

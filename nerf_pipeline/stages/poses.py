@@ -7,8 +7,10 @@ camera-to-world pose ``[N, 4, 4]`` float32, ``registered [N]`` bool, the samplin
 
 * A source without poses (photos, a video) goes through structure from motion (``scenes/sfm.py``,
   pycolmap): SIFT features, ``poses.matcher`` matching, incremental mapping, one shared OPENCV camera
-  (its distortion is undone by the rays stage). Views that do not register are listed and left out;
-  fewer than ``poses.min_registered`` of them, or fewer than ``MIN_VIEWS`` (3), stops the stage.
+  (its distortion is undone by the rays stage); a capture with masks gives features only where its masks
+  keep the pixels (a turntable's fixed background would contradict the object's turning). Views that do not
+  register are listed and left out; fewer than ``poses.min_registered`` of them, or fewer than ``MIN_VIEWS``
+  (3), stops the stage.
 * A source with poses passes through, at no cost beyond reading its cameras.
 
 Captures (and the JSON layouts) are then re-centred on the point the cameras look at, turned z-up
@@ -50,17 +52,22 @@ def structure_from_motion(cfg: Config, scene: Scene, work_dir: Path) -> Cameras:
     images_dir = work_dir / "frames"
     images_dir.mkdir()
     paths = []
+    # With masks, structure from motion takes features only from the pixels that are kept (sfm.reconstruct)
+    mask_paths = None if scene.masks is None else []
     with Progress(scene.num_views, "preparing images for structure from motion", "images") as progress:
         for i, name in enumerate(cameras.names):
             paths.append(images_dir / f"{Path(name).stem}.jpg")
             iio.imwrite(paths[-1], np.asarray(scene.images[i]), quality=95)
+            if mask_paths is not None:
+                mask_paths.append(images_dir / f"{Path(name).stem}.mask.png")
+                iio.imwrite(mask_paths[-1], np.asarray(scene.masks[i]) * np.uint8(255))
             progress(i + 1)
     # (sfm.reconstruct logs the image count and the size it runs at)
     log.info("structure from motion: %s matching (%s), long side at most %d px (poses.max_image_side)", matcher,
              "video frames" if cameras.sequence and cfg.poses.matcher == "auto" else "poses.matcher",
              cfg.poses.max_image_side)
     result = sfm.reconstruct(paths, work_dir / "colmap", matcher, cfg.poses.max_image_side,
-                             log=lambda line: log.info("%s", line))
+                             log=lambda line: log.info("%s", line), mask_paths=mask_paths)
     index = {path.name: i for i, path in enumerate(paths)}
     registered = np.zeros(scene.num_views, bool)
     poses = np.tile(np.eye(4, dtype=np.float32), (scene.num_views, 1, 1))

@@ -9,8 +9,8 @@ see a surface only, 0 where most of a block sees none (``images.downscale_depth`
 follow their views' undistortion and downscaling, a pixel kept only if all of its colour came from
 kept pixels (``masks.prepare_mask``). Views are processed one at a time, so memory does not grow
 with the scene. A capture's sparse points (structure from motion, COLMAP: ``points`` and
-``point_colors`` of ``in_cameras``) go to ``points.npz`` beside the parts (``points [P, 3]`` float32,
-``point_colors [P, 3]`` uint8), where the splats method's first Gaussians come from.
+``point_colors`` of ``in_cameras``) are scene data like the views: they go to ``points.npz`` beside the
+parts (``ray_files.write_sparse_points``), for a method that starts from them (``ray_files.sparse_points``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from nerf_pipeline.config import Config
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.runtime import atomic
-from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.scenes.images import downscale_depth, prepare_view
@@ -81,9 +79,5 @@ def run(cfg: Config, *, in_scene, in_cameras, in_split, out_rays) -> None:
             writer.finish(cameras.poses[views], intrinsics, views, cameras.near, cameras.far, cameras.unbounded)
             log.info("%s: %d views of %dx%d (%d rays)", part, len(views), width, height, len(views) * height * width)
         if cameras.points is not None and len(cameras.points):
-            # The capture's sparse points (structure from motion, COLMAP) in the poses' frame: the Gaussians of the
-            # splats method start from them (splats/gaussians.py: sparse_points).
-            colours = cameras.point_colors if cameras.point_colors is not None else \
-                np.full((len(cameras.points), 3), 128, np.uint8)
-            np.savez(tmp / "points.npz", points=np.asarray(cameras.points, np.float32),
-                     point_colors=np.asarray(colours, np.uint8))
+            # in the poses' frame already: the rays folder carries the scene as trained on, points included
+            ray_files.write_sparse_points(tmp, cameras.points, cameras.point_colors)

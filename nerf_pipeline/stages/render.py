@@ -33,10 +33,10 @@ import numpy as np
 
 from nerf_pipeline import media, methods, trained_folder
 from nerf_pipeline.config import MAX_RENDER_FRAMES, MAX_RENDER_SIDE, Config, RenderConfig
+from nerf_pipeline.errors import DataError, UserError
 from nerf_pipeline.methods import Camera
 from nerf_pipeline.render_paths import fitted_path, output_size
 from nerf_pipeline.runtime import tracking
-from nerf_pipeline.runtime.errors import DataError, UserError
 from nerf_pipeline.runtime.progress import Progress
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.scenes.camera_paths import CameraPath, read_camera_path

@@ -21,8 +21,8 @@ import logging
 import numpy as np
 
 from nerf_pipeline.config import Config
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.runtime import atomic
-from nerf_pipeline.runtime.errors import DataError
 from nerf_pipeline.scenes.scene import Cameras, read_npz
 
 log = logging.getLogger(__name__)

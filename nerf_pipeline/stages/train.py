@@ -75,9 +75,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
     preset = cfg.active
     steps = datasets.steps_per_epoch(cfg, train)
     total_steps = steps * cfg.epochs
-    key = checkpoint.fingerprint(cfg, sorted(p for part in ("train", "val") for p in (Path(in_rays) / part).iterdir()))
-    resumable = checkpoint.load(read_checkpoint, key)
-    meta, frames = resumable if resumable else ({"epoch": 0, "history": [], "steps": []}, [])
+    start_at = checkpoint.resume_point(cfg, in_rays, read_checkpoint)
     jit_compile = preset.jit_compile and distribute.can_jit_compile(strategy)
     if preset.jit_compile and not jit_compile:
         log.warning("XLA is off: the train step is not compiled when it spans several replicas")
@@ -86,28 +84,23 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
     # Connect first: an unreachable store fails now, not after training. The run starts before
     # the seeding below, which would otherwise fix MLflow's random run names.
     mlflow = tracking.connect(cfg) if track else tracking.NO_TRACKING
-    run_context = tracking.start_run(cfg, resumes=meta.get("run_id"), resumed_epoch=meta["epoch"]) if track \
+    run_context = tracking.start_run(cfg, resumes=start_at.run_id, resumed_epoch=start_at.epoch) if track \
         else tracking.no_run()
     with run_context as run:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             method = methods.build(cfg, train, jit_compile=jit_compile)
-        initial_epoch = meta["epoch"]
+        recorder = TrainingRecord(mlflow, method, val, validated, outs["out_checkpoint"],
+                                  {"fingerprint": start_at.fingerprint, "run_id": run.info.run_id},
+                                  start_at.record(), steps, cfg.mlflow.log_every_steps)
+        initial_epoch = start_at.epoch
         if initial_epoch:
-            log.info("resuming from the checkpoint of epoch %d (MLflow run %s)", initial_epoch, meta.get("run_id"))
-            for row in meta.get("steps", []):  # so this run's curves are whole
-                mlflow.log_metrics({"train/loss": row["loss"], "train/psnr": row["psnr"]}, step=row["step"])
-            for row in meta["history"]:
-                mlflow.log_metrics({"val/loss": row["val_loss"], "val/psnr": row["val_psnr"],
-                                    "time/epoch_s": row["epoch_s"]}, step=row["step"])
+            log.info("resuming from the checkpoint of epoch %d (MLflow run %s)", initial_epoch, start_at.run_id)
+            recorder.replay()
         elif track:
             tracking.log_dataset(mlflow, in_rays)
         if track:  # what the scene's auto settings chose (scene.appearance, scene.camera_refinement)
             mlflow.log_params(method.tracking_params())
-        recorder = TrainingRecord(mlflow, method, val, validated, outs["out_checkpoint"],
-                                  {"fingerprint": key, "run_id": run.info.run_id},
-                                  {"history": meta["history"], "steps": meta.get("steps", []), "frames": list(frames)},
-                                  steps, cfg.mlflow.log_every_steps)
         log.info("training preset '%s' %s: %d epochs of %d steps, batches of %d %s on %d replica(s); "
                  "validating on %d of %d val views", cfg.preset, method.describe(), cfg.epochs, steps,
                  preset.batch.size, preset.batch.mode, strategy.num_replicas_in_sync, len(validated), val.num_views)
@@ -117,7 +110,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
         start = time.perf_counter()
         with interrupts.held():
             method.fit(train, epochs=cfg.epochs, steps_per_epoch=steps, total_steps=total_steps, seed=cfg.seed,
-                       initial_epoch=initial_epoch, restore=(read_checkpoint, meta) if initial_epoch else None,
+                       initial_epoch=initial_epoch, restore=start_at.restore(read_checkpoint),
                        callbacks=callbacks, strategy=strategy)
         train_s = time.perf_counter() - start
 

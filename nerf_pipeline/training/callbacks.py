@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from nerf_pipeline import scoring
+from nerf_pipeline.errors import UserError
 from nerf_pipeline.media import to_uint8
 from nerf_pipeline.runtime import interrupts
-from nerf_pipeline.runtime.errors import UserError
 from nerf_pipeline.training import checkpoint
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,15 @@ class TrainingRecord(keras.callbacks.Callback):
         self.steps_per_epoch, self.log_every = steps_per_epoch, log_every
         self._start, self._epoch, self._window, self._previous = 0.0, 0, [], (0.0, 0.0)
         self._warned = False  # the held-out-flat warning is given once a run
+
+    def replay(self) -> None:
+        """Log the rows of a resumed checkpoint (``record``'s) to MLflow as training logged them, so that the resumed
+        run's curves are whole."""
+        for row in self.steps:
+            self.mlflow.log_metrics({"train/loss": row["loss"], "train/psnr": row["psnr"]}, step=row["step"])
+        for row in self.history:
+            self.mlflow.log_metrics({"val/loss": row["val_loss"], "val/psnr": row["val_psnr"],
+                                     "time/epoch_s": row["epoch_s"]}, step=row["step"])
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._epoch, self._window, self._previous = time.perf_counter(), epoch, [], (0.0, 0.0)
@@ -130,8 +139,8 @@ class TrainingDiverged(UserError):
         kept = (f"the checkpoint of the last complete epoch ({epoch - 1}) stays in place" if epoch > 1
                 else "no epoch was complete, so there is no checkpoint")
         super().__init__(f"training diverged: the loss became {loss} at step {step} of epoch {epoch}. Nothing of "
-                         f"this epoch was kept; {kept}. Lower the learning rate "
-                         f"(presets.{preset}.optimizer.learning_rate) or check the data.")
+                         f"this epoch was kept; {kept}. Lower the learning rates "
+                         f"(presets.{preset}.optimizer) or check the data.")
         self.epoch = epoch
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from nerf_pipeline.config import Config, ImageBatchConfig, RayBatchConfig
-from nerf_pipeline.runtime.errors import DataError
+from nerf_pipeline.errors import DataError
 from nerf_pipeline.scenes.ray_files import RayPart
 from nerf_pipeline.scenes.scene import evenly_spread
 

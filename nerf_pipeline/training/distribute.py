@@ -19,7 +19,7 @@ import os
 
 import tensorflow as tf
 
-from nerf_pipeline.runtime.errors import ConfigError
+from nerf_pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
