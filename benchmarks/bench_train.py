@@ -92,8 +92,7 @@ def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, sche
     (the curve on ``curve_views`` of its views, the final figures on ``final_views``, evenly spread; None: all)."""
     cfg = cfg.model_copy(update={"preset": name, "seed": seed})
     preset = cfg.active
-    if getattr(preset, "batch", None) is not None:  # (a preset that trains on whole views one at a time has none)
-        datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
+    datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(seed)
     # As the train stage builds it (methods.build); the learning rate decays over the budget. Its length in steps
     # is unknown until the speed is: at each evaluation point it is re-estimated from the speed since the previous
