@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -40,6 +41,15 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def sha256_of(path) -> str:
+    """The hex sha256 of a file's bytes, read in blocks (a download's or a cached file's checksum)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _temporary_name(path: Path, suffix: str) -> Path:

@@ -24,7 +24,6 @@ stage; the built-in scene, tiny_nerf and ``.npz`` files are used in their own fr
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import socket
 import time
@@ -36,6 +35,7 @@ import numpy as np
 
 from nerf_pipeline.config import Config
 from nerf_pipeline.errors import DataError
+from nerf_pipeline.runtime.atomic import sha256_of
 from nerf_pipeline.scenes import colmap, folders, frames, llff, masks, synthetic
 from nerf_pipeline.scenes.scene import (MIN_VIEWS, Cameras, Views, check_intrinsics, evenly_spread, read_npz,
                                          scalar)
@@ -68,14 +68,6 @@ def in_memory_views(images, poses, focal, near, far, source: str, depth=None) ->
 
 
 # ----------------------------------------------------------------------------- tiny_nerf
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_offline_error(error: Exception) -> bool:

