@@ -286,17 +286,25 @@ PICTURE_VIEWS = 3  # held-out views shown, evenly spread
 PICTURE_FRAMES = (0, 30, 60, 90)  # frames of the render stage's camera path shown (of render.num_frames)
 
 
-def write_pictures(cfg: config.Config, method, heldout_part, stem: Path) -> list[str]:
+def heldout_renders(method, heldout_part) -> list[np.ndarray]:
+    """``PICTURE_VIEWS`` held-out views (evenly spread) as ``method`` renders them (evaluate's way), uint8, with
+    masks the dropped pixels darkened; the truth's first when ``method`` is None."""
+    shown = []
+    for view in evenly_spread(heldout_part.num_views, PICTURE_VIEWS):
+        rgb = heldout_part.view_rgb(int(view)) if method is None else method.render(
+            Camera.of_view(heldout_part, int(view)))["rgb"]
+        kept = heldout_part.view_mask(int(view))
+        shown.append(media.to_uint8(rgb * (1.0 if kept is None else np.where(kept, 1.0, 0.35)[..., None])))
+    return shown
+
+
+def write_pictures(cfg: config.Config, method, heldout_part, stem: Path) -> tuple[list[str], list[np.ndarray]]:
     """What to look at: ``<stem>-heldout.png`` (rows of held-out views: truth | rendered; with masks, the
     dropped pixels darkened in both) and ``<stem>-video.png`` (frames of the camera path the render stage
-    takes, side by side), rendered by ``method`` as evaluate and render do. Returns the files written."""
-    rows = []
-    for view in evenly_spread(heldout_part.num_views, PICTURE_VIEWS):
-        truth = heldout_part.view_rgb(int(view))
-        rgb = method.render(Camera.of_view(heldout_part, int(view)))["rgb"]
-        kept = heldout_part.view_mask(int(view))
-        shade = 1.0 if kept is None else np.where(kept, 1.0, 0.35)[..., None]
-        rows.append(np.concatenate([media.to_uint8(truth * shade), media.to_uint8(rgb * shade)], axis=1))
+    takes, side by side), rendered by ``method`` as evaluate and render do. Returns the files written and the
+    held-out renders (``heldout_renders``)."""
+    truth, rendered = heldout_renders(None, heldout_part), heldout_renders(method, heldout_part)
+    rows = [np.concatenate([a, b], axis=1) for a, b in zip(truth, rendered)]
     # the render stage's path (of the held-out views' size and lens), on the cameras as trained
     render = cfg.render.model_copy(update={"width": None, "height": None})
     path, lenses, height, width, _ = fitted_path(render, method, np.concatenate([method.training_poses(),
@@ -306,12 +314,22 @@ def write_pictures(cfg: config.Config, method, heldout_part, stem: Path) -> list
     stem.parent.mkdir(parents=True, exist_ok=True)
     media.write_png(Path(f"{stem}-heldout.png"), np.concatenate(rows, axis=0))
     media.write_png(Path(f"{stem}-video.png"), np.concatenate(frames, axis=1))
-    return [f"{stem}-heldout.png", f"{stem}-video.png"]
+    return [f"{stem}-heldout.png", f"{stem}-video.png"], rendered
+
+
+def write_side_by_side(heldout_part, renders: dict, path: Path) -> str:
+    """``path``: the held-out views of ``heldout_renders``, one row each: truth | each variant's render, in the
+    order of ``renders`` (variant name -> renders)."""
+    columns = [heldout_renders(None, heldout_part), *renders.values()]
+    media.write_png(path, np.concatenate([np.concatenate(row, axis=1) for row in zip(*columns)], axis=0))
+    return str(path)
 
 
 def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budget_s: float, every_s: float,
-                  curve_views: int, train_views: int, pictures: Path, train_masks: bool = True) -> dict:
-    """Train ``cfg``'s preset for ``budget_s`` s of training time; its curve and final figures. ``train_masks``
+                  curve_views: int, train_views: int, pictures: Path, train_masks: bool = True
+                  ) -> tuple[dict, list[np.ndarray]]:
+    """Train ``cfg``'s preset for ``budget_s`` s of training time; its curve and final figures, and its renders
+    of the pictures' held-out views (``heldout_renders``). ``train_masks``
     False: trained as if ``train_part`` had no masks (scored, like held-out views, on the pixels they keep)."""
     trained_part = train_part
     if not train_masks:
@@ -319,20 +337,16 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
         trained_part.masks = None
     datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
     keras.utils.set_random_seed(cfg.seed)
-    # contraction, the appearance embedding and the camera refinement as the train stage decides them
-    is_contracted, with_appearance = contracted(cfg, train_part.unbounded), appearance(cfg, train_part.unbounded)
-    with_refinement = camera_refinement(cfg, train_part.unbounded)
+    # as the train stage builds it (the method decides contraction, an appearance embedding, camera refinement)
     method = methods.build(cfg, train_part)
-    method.compile(total_steps=10**6)
+    built = method.tracking_params()
     psnr_key = f"{heldout_part.part}_psnr"
     curve_subset = evenly_spread(heldout_part.num_views, curve_views)
     as_given = method.with_training_poses(train_part.poses)  # (the curve's: as given; the final figures' as trained)
     recorder = BudgetRecorder(lambda: scores(as_given, heldout_part, curve_subset)[0],
                               eval_schedule(budget_s, every_s), budget_s, Horizon(method, budget_s),
                               psnr_key=psnr_key)
-    print(f"  [{name}] training for {budget_s:.0f} s in a {'contracted' if is_contracted else 'box'} space"
-          f"{', with an appearance embedding per view' if with_appearance else ''}"
-          f"{', refining the training cameras' if with_refinement else ''}", flush=True)
+    print(f"  [{name}] training {method.name} for {budget_s:.0f} s {method.describe()}", flush=True)
     fit_start, cpu_start = time.perf_counter(), cpu_s()
     method.fit(trained_part, epochs=1, steps_per_epoch=10**9, total_steps=10**6, seed=cfg.seed, callbacks=[recorder])
     train_s = recorder.train_s()
@@ -342,15 +356,17 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
     heldout_psnr, heldout_ssim = scores(trained, heldout_part, range(heldout_part.num_views))
     # the same model, held-out views in the mean appearance (what validation and renders took before)
     mean = method.with_training_poses(None)
+    with_appearance = built.get("model.appearance_embedding") == "on"
     mean_psnr, mean_ssim = (heldout_psnr, heldout_ssim) if not with_appearance else scores(
         mean, heldout_part, range(heldout_part.num_views))
     train_psnr, train_ssim = scores(mean, train_part, evenly_spread(train_part.num_views, train_views))
     final_eval_s = time.perf_counter() - start
-    shown = write_pictures(cfg, trained, heldout_part, pictures)
+    shown, rendered = write_pictures(cfg, trained, heldout_part, pictures)
     print(f"  [{name}] {recorder.step} steps in {train_s:.0f} s: {heldout_part.part} PSNR {heldout_psnr:.2f} dB, "
           f"SSIM {heldout_ssim:.3f}; train PSNR {train_psnr:.2f} dB (evaluated in {final_eval_s:.0f} s)", flush=True)
     return {"curve": recorder.curve, "curve_views": [int(v) for v in curve_subset],
-            "contracted": is_contracted, "appearance": with_appearance, "camera_refinement": with_refinement,
+            "method": method.name, "built": built, "contracted": built.get("model.space") == "contracted",
+            "appearance": with_appearance, "camera_refinement": built.get("model.camera_refinement") == "on",
             "masks": trained_part.masks is not None,
             "camera_corrections": method.training_figures().get("camera_refinement"),
             "final": {"split": heldout_part.part, "num_views": heldout_part.num_views,
@@ -362,13 +378,14 @@ def train_variant(cfg: config.Config, name: str, train_part, heldout_part, budge
                       "wall_s": round(train_s, 2), "steps": recorder.step, "eval_s": round(final_eval_s, 1)},
             "steps_per_s": round(recorder.step / train_s, 3), "eval_s_total": round(recorder.eval_s, 2),
             "peak_rss_mb": round(peak_rss_mb(), 1), "pictures": shown,
-            "fit": fit}  # CPU seconds per wall second well below the cores: the process was starved or stopped
+            # fit: CPU seconds per wall second well below the cores: the process was starved or stopped
+            "fit": fit}, rendered
 
 
 def bench_capture(capture: Capture, variants, plans: dict, work: Path, pictures: Path, args, summary: dict,
                   write) -> None:
     """Every variant of ``capture`` (``plans``: its params per variant name) into ``summary["captures"]``."""
-    entry, trained = None, {}
+    entry, trained, renders = None, {}, {}  # renders: prepare key -> (held-out part, variant -> renders)
     for name, sets in variants:
         cfg = plans[name]
         rays, prep = prepared_rays(cfg, capture, work)
@@ -391,13 +408,21 @@ def bench_capture(capture: Capture, variants, plans: dict, work: Path, pictures:
                 "near_far": [train_part.near, train_part.far], "variants": {}}
             print(f"[{capture.name}] {train_part.num_views} train views, scored on {heldout_part.num_views} "
                   f"{heldout_part.part} views of {heldout_part.width}x{heldout_part.height}", flush=True)
-        result = train_variant(cfg, name, train_part, heldout_part, args.budget_s, args.eval_every_s,
-                               args.curve_views, args.train_views, pictures / f"{capture.name}-{name}",
-                               train_masks)
+        result, rendered = train_variant(cfg, name, train_part, heldout_part, args.budget_s, args.eval_every_s,
+                                         args.curve_views, args.train_views, pictures / f"{capture.name}-{name}",
+                                         train_masks)
         entry["variants"][name] = {"set": sets, "prepare_key": prep_key(cfg), "size": [heldout_part.height,
                                    heldout_part.width], "split": {"train": train_part.num_views,
                                    heldout_part.part: heldout_part.num_views}, **result}
+        renders.setdefault(prep_key(cfg), (heldout_part, {}))[1][name] = rendered
         write()
+    # the variants side by side on the same held-out views (those trained on the same rays)
+    for heldout_part, rendered in renders.values():
+        if len(rendered) > 1:
+            path = pictures / f"{capture.name}-heldout-{'-'.join(rendered)}.png"
+            entry["side_by_side"] = {"variants": ["truth", *rendered],
+                                     "picture": write_side_by_side(heldout_part, rendered, path)}
+            write()
 
 
 def markdown_table(summary: dict) -> str:

@@ -9,10 +9,14 @@ a white background, random rotations and scales log-uniform in a range that make
 of pixels:
   * small: 128 x 128, 5 k Gaussians (scales 0.02 to 0.08): the op against the reference (TensorFlow's ops,
     traced, and XLA-compiled: every Gaussian against every pixel);
-  * large: 800 x 800, 300 k Gaussians (scales 0.005 to 0.02): the op alone.
+  * large: 800 x 800, 300 k Gaussians (scales 0.005 to 0.02): the op alone;
+  * frame: the same 300 k Gaussians with degree-3 colours, rendered whole through the method
+    (``SplatsMethod.render``: projection, colours, the op, depth along the rays), with the projection and colours
+    op by op (as during training) and as one XLA computation (a trained model's; its compilation given apart).
 Times in milliseconds, the median of the repeats, of the rasterizer alone (the projection is done once,
-beforehand): forward (what rendering asks), and forward plus the gradient with respect to the 2D means, conics,
-colours, opacities and depths (what training asks); the op's with this machine's intra-op threads.
+beforehand) but in the frame section: forward (what rendering asks), and forward plus the gradient with respect
+to the 2D means, conics, colours, opacities and depths (what training asks); the op's with this machine's
+intra-op threads.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from nerf_pipeline import camera as camera_math  # noqa: E402
+from nerf_pipeline.methods import Camera  # noqa: E402
+from nerf_pipeline.splats import gaussians  # noqa: E402
 from nerf_pipeline.splats import rasterizer as splats  # noqa: E402
+from nerf_pipeline.splats.method import SplatsMethod  # noqa: E402
 
 
 def make_scene(size: int, count: int, scales: tuple[float, float], seed: int = 0):
@@ -79,6 +86,35 @@ def functions(rasterizer, width: int, height: int, background, jit_compile: bool
         return images, tape.gradient(loss, inputs)
 
     return (tf.function(forward, jit_compile=jit_compile), tf.function(forward_backward, jit_compile=jit_compile))
+
+
+def frame(repeats: int, size: int = 800, count: int = 300_000) -> dict:
+    """A whole frame through ``SplatsMethod.render`` (make_scene's large Gaussians, degree-3 colours): ms."""
+    rng = np.random.default_rng(0)
+    arrays = gaussians.initial_arrays(rng.uniform(-1.5, 1.5, (count, 3)), rng.uniform(0, 1, (count, 3)), 0.5)
+    arrays["log_scales"] = rng.uniform(np.log(0.005), np.log(0.02), (count, 3)).astype(np.float32)
+    arrays["quats"] = rng.normal(size=(count, 4)).astype(np.float32)
+    arrays["sh_rest"] = rng.normal(0, 0.05, (count, 15, 3)).astype(np.float32)
+    arrays["opacity_logits"] = rng.normal(0, 1, count).astype(np.float32)
+    method = SplatsMethod(gaussians.Gaussians(arrays), background=1.0, bound=1.5)
+    focal = 1111.0 * size / 800
+    cam = Camera(camera_math.look_at([0.0, -4.0, 1.0]), np.float32([focal, focal, size / 2, size / 2]), size, size)
+    print(f"\nframe: {size} x {size}, {count:,} Gaussians, degree-3 colours, through SplatsMethod.render")
+    out = {"width": size, "height": size, "gaussians": count}
+    for name, fitting in (("op_by_op", True), ("xla", False)):
+        method._fitting = fitting  # (what fit sets while it runs)
+        start = time.perf_counter()
+        method.render(cam)
+        first_s = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            method.render(cam)
+            times.append(time.perf_counter() - start)
+        out[name] = {"ms": statistics.median(times) * 1000, "first_call_s": first_s}
+        print(f"{name.replace('_', ' '):<28}{out[name]['ms']:>7.1f} ms  (first call, tracing or compiling: "
+              f"{first_s:.1f} s)")
+    return out
 
 
 def main() -> None:
@@ -135,6 +171,9 @@ def main() -> None:
                             "tile_entries": entries, "mean_list_depth": float(last.mean()),
                             "forward_ms": forward_ms, "forward_backward_ms": both_ms,
                             "forward_cpu_ms": forward_cpu_ms, "forward_backward_cpu_ms": both_cpu_ms}
+
+    if not args.skip_large:
+        results["frame"] = frame(args.large_repeats)
 
     if args.out:
         with open(args.out, "w") as f:

@@ -73,11 +73,11 @@ def main() -> None:
         method = splats_method.build(cfg, train)
         total = args.steps or cfg.epochs * cfg.active.steps_per_epoch
         trainer = method._make_trainer(total)
-        crop = cfg.active.crop
+        views = training.StepViews(train, cfg.active, args.seed)  # (coarse to fine, as fit's)
         rows, reached, train_s, step, next_eval, first_step_s = [], None, 0.0, 0, args.eval_every, None
         while True:
             start = time.perf_counter()
-            trainer.train_step(step, *training.step_inputs(train, step, crop, args.seed))
+            trainer.train_step(step, *views(step))
             elapsed = time.perf_counter() - start
             first_step_s = elapsed if first_step_s is None else first_step_s
             train_s += elapsed

@@ -355,6 +355,24 @@ class DensityControlConfig(Section):
         return self
 
 
+class CoarseToFineConfig(Section):
+    """Train on downscaled views first (``splats/training.py``'s ``StepViews``): ``downscales[i]`` until the
+    (0-based) step ``until[i]``, full size after; both empty: full size throughout."""
+
+    downscales: list[Annotated[int, Field(ge=2, le=16)]]  # block sizes, largest first
+    until: list[PositiveInt]  # the step each ends at, increasing
+
+    @model_validator(mode="after")
+    def _paired(self):
+        if len(self.downscales) != len(self.until):
+            raise Invalid("until", f"must have as many entries as coarse_to_fine.downscales ({len(self.downscales)})")
+        if any(a <= b for a, b in zip(self.downscales, self.downscales[1:])):
+            raise Invalid("downscales", "must decrease (coarse first)")
+        if any(a >= b for a, b in zip(self.until, self.until[1:])):
+            raise Invalid("until", "must increase")
+        return self
+
+
 class SplatsPresetConfig(Section):
     """3D Gaussian splatting (``splats/``): one entry of ``presets`` with ``method: splats``. Trains one view (or a
     ``crop`` of one) a step; the schedules count steps."""
@@ -366,6 +384,7 @@ class SplatsPresetConfig(Section):
     optimizer: SplatsOptimizerConfig
     ssim_weight: Annotated[float, Field(ge=0, le=1)]  # loss: (1 - this) L1 + this (1 - SSIM)
     crop: Optional[Annotated[int, Field(ge=16, le=MAX_RENDER_SIDE)]]  # train on random crop x crop squares; null: whole
+    coarse_to_fine: CoarseToFineConfig
     steps_per_epoch: PositiveInt
     densify: DensityControlConfig
 

@@ -107,13 +107,14 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
         "--train-views", "2", "--set", "data.downscale=1", "--variant", "baseline",
         "--variant", "plain:scene.contraction=off,scene.appearance=off,presets.hashgrid.batch.size=256",
         "--variant", "no_masks:bench.train_masks=off", "--variant", "same:scene.camera_refinement=off",
-        "--work", "work", "--out", "results/captures.json", cwd=tmp_path)
+        "--variant", "splats:preset=splats", "--work", "work", "--out", "results/captures.json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "results" / "captures.json").read_text())
 
     assert summary["variants"] == {"baseline": [], "plain": ["scene.contraction=off", "scene.appearance=off",
                                                               "presets.hashgrid.batch.size=256"],
-                                   "no_masks": ["bench.train_masks=off"], "same": ["scene.camera_refinement=off"]}
+                                   "no_masks": ["bench.train_masks=off"], "same": ["scene.camera_refinement=off"],
+                                   "splats": ["preset=splats"]}
     # a capture without masks trains the same without them; params.yaml's refinement is already off
     assert "[no_masks] not run: for beer_colmap it trains as baseline does" in result.stdout
     assert "[same] not run: for beer_colmap it trains as baseline does" in result.stdout
@@ -121,7 +122,7 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
                                   "data/chair/transforms_train.json, data/beer/images/0000.jpg not found"}
     assert set(summary["failed"]) == {"stitch"} and "transforms_train.json" in summary["failed"]["stitch"]
     beer = summary["captures"]["beer_colmap"]
-    assert set(summary["captures"]) == {"beer_colmap"} and set(beer["variants"]) == {"baseline", "plain"}
+    assert set(summary["captures"]) == {"beer_colmap"} and set(beer["variants"]) == {"baseline", "plain", "splats"}
     assert beer["prepare"]["views"] == beer["prepare"]["registered"] == 10
     for name, variant in beer["variants"].items():
         assert variant["split"] == {"train": 8, "val": 2} and variant["size"] == [20, 28]  # views 0 and 8 held out
@@ -137,12 +138,16 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
     baseline, plain = beer["variants"]["baseline"], beer["variants"]["plain"]
     assert baseline["contracted"] is baseline["appearance"] is True  # a capture: both on under auto
     assert plain["contracted"] is plain["appearance"] is False
+    # splats beside the NeRF, through the same protocol; the held-out views side by side: truth | each variant
+    assert baseline["method"] == plain["method"] == "nerf" and beer["variants"]["splats"]["method"] == "splats"
+    assert beer["side_by_side"]["variants"] == ["truth", "baseline", "plain", "splats"]
+    assert np.asarray(iio.imread(tmp_path / beer["side_by_side"]["picture"])).shape == (2 * 20, 4 * 28, 3)
     # the data stages ran once: the variants change no data, poses or split key
     assert baseline["prepare_key"] == plain["prepare_key"]
     assert len(list((tmp_path / "work").glob("beer_colmap-*/rays"))) == 1
     # the printed table has a row per variant, the skipped captures named
     table = [line for line in result.stdout.splitlines() if line.startswith("| beer_colmap")]
-    assert len(table) == 2 and "| plain |" in table[1]
+    assert len(table) == 3 and "| plain |" in table[1] and "| splats |" in table[2]
     assert "| beer_video | | | skipped: " in result.stdout and "| stitch | | | failed: " in result.stdout
 
 
@@ -240,3 +245,22 @@ def test_stitchs_val_file_is_read_from_a_copy_that_names_the_folder_its_frames_a
     (stitch / "transforms_val.json").write_text("{")  # broken: passed on as it is
     folder = bench_captures.mended_stitch(tmp_path / "data", tmp_path / "work")
     assert (folder / "transforms_val.json").read_text() == "{"
+
+
+def test_the_horizon_stretches_the_schedule_to_the_budget_from_the_recent_speed():
+    """The first interval (tracing, compilation) only starts the clock; then every ``every_s`` seconds the total
+    is the steps so far plus the recent speed times the time left."""
+    from nerf_pipeline.benchmarking import Horizon
+
+    class Method:
+        totals = []
+
+        def set_total_steps(self, total):
+            self.totals.append(total)
+
+    method = Method()
+    horizon = Horizon(method, budget_s=100.0, every_s=10.0)
+    for step, wall_s in ((1, 2.0), (2, 12.0), (50, 20.0), (102, 22.0), (200, 42.0), (210, 44.0)):
+        horizon(step, wall_s)
+    # clock started at step 2 (12 s); at 22 s: 100 steps in 10 s, 78 s left; at 42 s: 98 steps in 20 s, 58 s left
+    assert method.totals == [pytest.approx(102 + 10 * 78), pytest.approx(200 + 4.9 * 58)]

@@ -134,7 +134,8 @@ def test_build_makes_the_presets_method_for_the_training_views(rays_dir):
     params["scene"]["appearance"] = "on"
     method = methods.build(config.from_dict(params), train)
     assert method.name == "nerf" and method.model.field.appearance.shape == (train.num_views, 16)
-    assert method.tracking_params() == {"model.appearance_embedding": "on", "model.camera_refinement": "off"}
+    assert method.tracking_params() == {"model.space": "box", "model.appearance_embedding": "on",
+                                        "model.camera_refinement": "off"}
     assert method.training_figures() == {} and "appearance embedding of 16" in method.describe()
     np.testing.assert_array_equal(method.training_poses(), train.poses)
 

@@ -314,7 +314,59 @@ def test_the_step_is_traced_once_through_densification_and_degrees(rays_dir):
     np.testing.assert_array_equal(image, train.images[view, top:top + 16, left:left + 16])
 
 
+
+def test_coarse_to_fine_views_are_block_means_with_their_camera(rays_dir):
+    """Before ``until`` a step trains on its view averaged over ``downscale`` blocks, its camera scaled so that it
+    sees what the whole view shows there (a render at the coarse camera is the block mean of the full render, to
+    within what a splat varies inside a block); full size after; the schedule is checked by name."""
+    params = splats_params(coarse_to_fine={"downscales": [4, 2], "until": [3, 6]})
+    cfg = config.from_dict(params)
+    train = ray_files.load(rays_dir, "train")
+    assert [training.downscale_at(s, cfg.active) for s in (0, 2, 3, 5, 6, 100)] == [4, 4, 2, 2, 1, 1]
+    views = training.StepViews(train, cfg.active, seed=0)
+    method = splats_method.build(cfg, train)
+    arrays = some_gaussians(40)
+    arrays["log_scales"] += np.log(3.0)  # large enough to vary little within a 4 x 4 block
+    method.gaussians.assign(arrays)
+    for step, factor in ((1, 4), (4, 2), (7, 1)):
+        image, kept, c2w, intrinsics = views(step)
+        view = training.view_of_step(step, train.num_views, seed=0)
+        size = train.height // factor
+        assert image.shape == (size, size, 3) and image.dtype == np.uint8 and kept is None
+        blocks = train.images[view].reshape(size, factor, size, factor, 3).astype(np.float64).mean(axis=(1, 3))
+        np.testing.assert_array_equal(image, np.round(blocks).astype(np.uint8))
+        np.testing.assert_allclose(intrinsics, train.intrinsics[view] / factor, rtol=1e-6)
+        whole = method.render(Camera.of_view(train, view))["rgb"]
+        mean = whole.reshape(size, factor, size, factor, 3).mean(axis=(1, 3))
+        error, shifted_error = (np.abs(method.render(Camera(c2w, intrinsics + shift, size, size))["rgb"] - mean).mean()
+                                for shift in (0.0, np.float32([0, 0, 0.5, 0.5])))  # (a centre half a pixel off)
+        assert error < 0.03 and (factor == 1 or error < 0.5 * shifted_error), (factor, error, shifted_error)
+    for bad, key in (({"downscales": [2, 4], "until": [3, 6]}, "downscales"),
+                     ({"downscales": [4, 2], "until": [6, 3]}, "until"),
+                     ({"downscales": [4], "until": [3, 6]}, "until"),
+                     ({"downscales": [1], "until": [3]}, "downscales")):
+        with pytest.raises(ConfigError, match=f"presets.splats.coarse_to_fine.{key}"):
+            config.from_dict(splats_params(coarse_to_fine=bad))
+
+
 # -- the method and its files ---------------------------------------------------------------------------------------
+
+def test_a_trained_models_frames_compile_projection_once_and_equal_training_renders(rays_dir):
+    """Out of ``fit`` the projection and colours are one XLA computation, for every image size; while ``fit`` runs
+    (validation) they are TensorFlow's ops one by one: the same frames."""
+    cfg = config.from_dict(splats_params())
+    train = ray_files.load(rays_dir, "train")
+    method = methods.build(cfg, train)
+    method.gaussians.assign(some_gaussians(60))
+    for cam in (Camera.of_view(train, 0), Camera.of_view(train, 1).resized(17, 30)):
+        method._fitting = True
+        by_ops = method.render(cam)
+        method._fitting = False
+        compiled = method.render(cam)
+        for key in ("rgb", "depth", "opacity"):
+            np.testing.assert_allclose(compiled[key], by_ops[key], atol=2e-5, err_msg=key)
+    assert method._projections[1].experimental_get_tracing_count() == 1  # one computation for both sizes
+
 
 def test_the_method_renders_saves_and_loads_behind_the_protocol(rays_dir, tmp_path):
     from nerf_pipeline import trained_folder
@@ -449,3 +501,9 @@ def test_the_splats_preset_is_valid_and_chosen_by_its_method():
     params["scene"]["appearance"] = "on"
     with pytest.raises(ConfigError, match="'scene.appearance' is 'on' but preset 'splats'"):
         config.from_dict(params)
+
+
+def test_coarse_views_smaller_than_four_pixels_are_refused_by_name(rays_dir):
+    cfg = config.from_dict(splats_params(coarse_to_fine={"downscales": [8], "until": [10]}))
+    with pytest.raises(ConfigError, match=r"'presets.splats.coarse_to_fine.downscales' holds 8.*24x24"):
+        training.StepViews(ray_files.load(rays_dir, "train"), cfg.active, seed=0)

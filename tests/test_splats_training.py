@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import DVC, REPO, TRAIN_OUTS, flags, make_project, make_rays, run, run_data_stages, stage, tiny_params
 
-from nerf_pipeline import config, scoring
+from nerf_pipeline import config, methods, scoring
 from nerf_pipeline.scenes import ray_files
 from nerf_pipeline.splats import method as splats_method
 from nerf_pipeline.splats import ply, training
@@ -104,6 +104,10 @@ def test_killed_splats_training_resumes_where_the_uninterrupted_run_goes(tmp_pat
     killed_at = json.loads(meta_path.read_text())["epoch"]
     assert 2 <= killed_at < 4, killed_at
     assert not (resumed / "out/model").exists()
+    # what the viewer opens while training runs: the checkpoint's state, as the method its method.json names
+    assert json.loads((resumed / "out/checkpoint/method.json").read_text()) == {"method": "splats"}
+    shown = methods.load(resumed / "out/checkpoint" / json.loads(meta_path.read_text())["state"])
+    assert shown.name == "splats" and shown.gaussians.count > 0
 
     result = train_in(resumed, rays_project, params)
     assert result.returncode == 0, result.stderr[-3000:]

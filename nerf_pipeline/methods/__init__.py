@@ -85,6 +85,11 @@ class Method(Protocol):
         """The training views' camera-to-world poses ``[V, 4, 4]`` as trained (refined where the method refines
         them); None when the method was loaded without its training views."""
 
+    def with_training_poses(self, poses) -> Method:
+        """This model rendering held-out cameras in the appearance of training views at ``poses [V, 4, 4]`` (as
+        given, where ``training_poses`` holds them as trained; None: the mean appearance); a method without a
+        per-view appearance returns itself."""
+
     def extent(self) -> float:
         """The half-size of the box around the scene (centred on the origin): what export meshes, the viewer draws."""
 

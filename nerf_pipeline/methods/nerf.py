@@ -33,8 +33,9 @@ def contracted(cfg: Config, unbounded: bool) -> bool:
 def appearance(cfg: Config, unbounded: bool) -> bool:
     """Whether the field learns an appearance embedding per training view: ``scene.appearance`` on, or auto for a
     capture (``unbounded``: photos, videos, COLMAP, LLFF) when the preset's field has one (``has_appearance``)."""
+    field = getattr(cfg.active, "field", None)  # (a preset of another method has none)
     return cfg.scene.appearance == "on" or (cfg.scene.appearance == "auto" and bool(unbounded)
-                                            and cfg.active.field.has_appearance)
+                                            and field is not None and field.has_appearance)
 
 
 def camera_refinement(cfg: Config, unbounded: bool) -> bool:
@@ -233,7 +234,10 @@ class NeRFMethod:
                        callbacks=[*self.model.training_callbacks(), *callbacks], shuffle=False, verbose=0)
 
     def tracking_params(self) -> dict:
-        return {"model.appearance_embedding": "on" if self._has_appearance else "off",
+        from nerf_pipeline.model.space import ContractedSpace
+
+        return {"model.space": "contracted" if isinstance(self.model.space, ContractedSpace) else "box",
+                "model.appearance_embedding": "on" if self._has_appearance else "off",
                 "model.camera_refinement": "on" if self.model.pose_refinement is not None else "off"}
 
     @property

@@ -70,7 +70,7 @@ class SplatsMethod:
         self.gaussians, self._background, self.bound = gaussians, float(background), float(bound)
         self.train_poses, self.cfg, self.init = train_poses, cfg, init
         self.trainer = None
-        self._renders = {}
+        self._renders, self._projections, self._fitting = {}, None, False
 
     # -- the protocol -----------------------------------------------------------------------------------------------
 
@@ -81,29 +81,58 @@ class SplatsMethod:
     def training_poses(self):
         return self.train_poses
 
+    def with_training_poses(self, poses) -> SplatsMethod:
+        return self  # (no per-view appearance: the training poses change no render)
+
     def extent(self) -> float:
         return self.bound
 
     def _render_function(self, height: int, width: int):
+        """``(c2w [4, 4], intrinsics [4]) -> (rgb, depth, alpha)`` at this size: ``rasterizer.render``'s steps. Out
+        of training, projection and colours are one XLA computation (``_projection``), compiled once per number of
+        Gaussians (benchmarks/README.md gives the time it saves); while ``fit`` runs (validation, whose count
+        changes with densification) they run op by op."""
         key = (height, width)
         if key not in self._renders:
             import tensorflow as tf
 
             from nerf_pipeline.splats import rasterizer
 
-            g = self.gaussians
             background = tf.constant([self._background] * 3, tf.float32)
+            size = tf.constant([width, height], tf.float32)
+            if self._projections is None:  # (op by op, compiled: shared by every size)
+                self._projections = (self._projection(tf.function), self._projection(
+                    lambda f, **options: tf.function(f, jit_compile=True, **options)))
+            projections = self._projections
 
-            def render(c2w, intrinsics):
-                cam = rasterizer.Camera(c2w, intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3], width,
-                                        height)
-                # Degree 3 always: the coefficients of degrees not trained yet are zeros (training.py).
-                return rasterizer.render(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh(), 3, cam,
-                                         background)
+            def rasterize(means2d, conics, colors, opacities, depths, radii):
+                return rasterizer.rasterize(means2d, conics, colors, opacities, depths, radii, width, height,
+                                            background)
 
-            self._renders[key] = tf.function(render, autograph=False, input_signature=[
-                tf.TensorSpec([4, 4], tf.float32), tf.TensorSpec([4], tf.float32)])
+            rasterize = tf.function(rasterize, autograph=False)
+            self._renders[key] = lambda c2w, intrinsics: rasterize(
+                *projections[0 if self._fitting else 1](c2w, intrinsics, size))
         return self._renders[key]
+
+    def _projection(self, function):
+        """``function(prepare, ...)`` (a ``tf.function`` maker) of ``(c2w, intrinsics, size [2]) -> the rasterizer's
+        inputs`` (``rasterizer.project``, ``sh_colors`` at degree 3, opacities): the size is a tensor, so one
+        compiled computation serves every image size."""
+        import tensorflow as tf
+
+        from nerf_pipeline.splats import rasterizer
+
+        g = self.gaussians
+
+        def prepare(c2w, intrinsics, size):
+            cam = rasterizer.Camera(c2w, intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3], size[0], size[1])
+            means2d, conics, depths, radii = rasterizer.project(g.means, g.log_scales, g.quats, cam)
+            # Degree 3 always: the coefficients of degrees not trained yet are zeros (training.py).
+            colors = rasterizer.sh_colors(g.sh(), 3, g.means, cam.position)
+            return means2d, conics, colors, tf.sigmoid(g.opacity_logits), depths, radii
+
+        return function(prepare, autograph=False, input_signature=[
+            tf.TensorSpec([4, 4], tf.float32), tf.TensorSpec([4], tf.float32), tf.TensorSpec([2], tf.float32)])
 
     def render(self, cam) -> dict:
         height, width = int(cam.height), int(cam.width)
@@ -184,7 +213,7 @@ class SplatsMethod:
         """Train on ``train_part`` from ``initial_epoch`` (after ``restore``, a checkpoint's ``(folder, meta)``) to
         ``epochs`` of ``steps_per_epoch`` steps, one view each, calling the Keras ``callbacks`` as ``model.fit``
         would (``on_train_batch_end`` with the epoch's running mean ``loss`` and ``psnr``; ``on_epoch_end``)."""
-        from nerf_pipeline.splats.training import step_inputs
+        from nerf_pipeline.splats.training import StepViews
 
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             raise UserError("the splats method trains on one device: set distribute to none")
@@ -198,15 +227,24 @@ class SplatsMethod:
         for callback in callbacks:
             callback.set_model(model)
             callback.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": 0})
-        crop = self.cfg.active.crop
+        views = StepViews(train_part, self.cfg.active, seed, self.cfg.preset)
         _call(callbacks, "on_train_begin", {})
+        self._fitting = True
+        try:
+            self._fit_epochs(trainer, model, views, epochs, steps_per_epoch, initial_epoch, callbacks)
+        finally:
+            self._fitting = False
+        _call(callbacks, "on_train_end", {})
+
+    @staticmethod
+    def _fit_epochs(trainer, model, views, epochs: int, steps_per_epoch: int, initial_epoch: int, callbacks) -> None:
         for epoch in range(initial_epoch, epochs):
             _call(callbacks, "on_epoch_begin", epoch, {})
             sums, logs = np.zeros(2), {}
             for batch in range(steps_per_epoch):
                 _call(callbacks, "on_train_batch_begin", batch, {})
                 step = epoch * steps_per_epoch + batch
-                result = trainer.train_step(step, *step_inputs(train_part, step, crop, seed))
+                result = trainer.train_step(step, *views(step))
                 sums += (result.loss, result.psnr)
                 logs = {"loss": sums[0] / (batch + 1), "psnr": sums[1] / (batch + 1)}
                 _call(callbacks, "on_train_batch_end", batch, logs)
@@ -215,7 +253,6 @@ class SplatsMethod:
             _call(callbacks, "on_epoch_end", epoch, dict(logs))
             if model.stop_training:
                 break
-        _call(callbacks, "on_train_end", {})
 
     def tracking_params(self) -> dict:
         return {"model.splats_init": self.init}

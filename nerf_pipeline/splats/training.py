@@ -25,6 +25,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from nerf_pipeline.errors import ConfigError
+from nerf_pipeline.scenes.images import downscale_image
 from nerf_pipeline.splats import density_control, rasterizer
 from nerf_pipeline.splats.gaussians import NAMES, ROW_SHAPES, Gaussians
 
@@ -337,10 +339,58 @@ def step_inputs(part, step: int, crop: int | None, seed: int):
     """``(image [h, w, 3] uint8, kept [h, w] or None, c2w [4, 4], intrinsics [4])`` that ``step`` trains on from
     ``part`` (a ``ray_files.RayPart``): its view, cropped, the crop's camera shifted to it."""
     view = view_of_step(step, part.num_views, seed)
-    top, left, h, w = crop_of_step(step, part.height, part.width, crop, seed)
-    image = np.asarray(part.images[view, top:top + h, left:left + w])
-    kept = None if part.masks is None else np.asarray(part.masks[view, top:top + h, left:left + w]) != 0
-    intrinsics = np.array(part.intrinsics[view], np.float32)
+    masks = None if part.masks is None else part.masks[view]
+    return _cropped(step, part.images[view], masks, part.poses[view], part.intrinsics[view], crop, seed)
+
+
+def _cropped(step: int, image, mask, c2w, intrinsics, crop: int | None, seed: int):
+    top, left, h, w = crop_of_step(step, image.shape[0], image.shape[1], crop, seed)
+    image = np.asarray(image[top:top + h, left:left + w])
+    kept = None if mask is None else np.asarray(mask[top:top + h, left:left + w]) != 0
+    intrinsics = np.array(intrinsics, np.float32)
     intrinsics[2] -= left
     intrinsics[3] -= top
-    return image, kept, part.poses[view], intrinsics
+    return image, kept, c2w, intrinsics
+
+
+def downscale_at(step: int, preset) -> int:
+    """The factor by which (0-based) ``step``'s view is downscaled (``coarse_to_fine``): the first of
+    ``downscales`` whose ``until`` lies beyond the step, 1 (full size) after the last."""
+    schedule = preset.coarse_to_fine
+    return next((factor for factor, until in zip(schedule.downscales, schedule.until) if step < until), 1)
+
+
+class StepViews:
+    """What each step trains on from ``part`` (a ``ray_files.RayPart``), coarse to fine: ``step_inputs``'s view,
+    first averaged over ``downscale_at``'s blocks (the camera's focal lengths and centre divided by the factor, a
+    mask kept where at least half the block is), then cropped. A step at 1/f the size costs about 1/f² as much,
+    and the Gaussians' coarse shape is learnt as well from a coarse view. Downscaled views are kept for the
+    factor in use (each computed once), dropped when it changes.
+
+    ``views(step)`` gives ``step_inputs``'s tuple; ``preset_name`` is the preset's key in params.yaml (for errors)."""
+
+    def __init__(self, part, preset, seed: int, preset_name: str = "splats"):
+        self.part, self.preset, self.seed = part, preset, int(seed)
+        self._factor, self._views = 1, {}
+        largest = max(preset.coarse_to_fine.downscales, default=1)
+        if min(part.height, part.width) < 4 * largest:
+            key = f"presets.{preset_name}.coarse_to_fine"
+            raise ConfigError(f"params.yaml: '{key}.downscales' holds {largest}, but the training views are "
+                              f"{part.width}x{part.height}: downscaled they would be smaller than 4 pixels; lower "
+                              f"it, or set {key}.downscales and until to [].")
+
+    def __call__(self, step: int):
+        factor = downscale_at(step, self.preset)
+        if factor == 1:
+            return step_inputs(self.part, step, self.preset.crop, self.seed)
+        if factor != self._factor:
+            self._factor, self._views = factor, {}
+        view = view_of_step(step, self.part.num_views, self.seed)
+        if view not in self._views:
+            image = np.round(downscale_image(np.asarray(self.part.images[view]), factor)).astype(np.uint8)
+            mask = None if self.part.masks is None else downscale_image(
+                np.asarray(self.part.masks[view] != 0, np.float32)[..., None], factor)[..., 0] >= 0.5
+            self._views[view] = image, mask
+        image, mask = self._views[view]
+        intrinsics = np.asarray(self.part.intrinsics[view], np.float32) / factor
+        return _cropped(step, image, mask, self.part.poses[view], intrinsics, self.preset.crop, self.seed)

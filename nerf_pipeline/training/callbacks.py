@@ -105,7 +105,8 @@ class TrainingRecord(keras.callbacks.Callback):
         self.frames.append(frame)
         self.mlflow.log_image(frame, key="progress", step=epoch + 1)
         checkpoint.save(self.checkpoint_dir, self.model, {**self.meta, "epoch": epoch + 1, "history": self.history,
-                                                          "steps": self.steps}, np.stack(self.frames))
+                                                          "steps": self.steps}, np.stack(self.frames),
+                        method=self.method.name)
         warning = heldout_flat(self.history)
         if warning and not self._warned:
             self._warned = True

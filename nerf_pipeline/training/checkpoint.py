@@ -6,6 +6,8 @@ the last complete epoch E:
 * ``state-E.keras``: the model with its optimizer state (weights, Adam moments, step count,
   occupancy grid);
 * ``progress-E.npz``: ``frames [E, H, W, 3]`` uint8, the progress frames of epochs 1..E;
+* ``method.json``: which method's state it is (``trained_folder.METHOD_FILE``: what the viewer loads it with
+  while training runs);
 * ``meta.json``: ``{"fingerprint", "epoch", "history", "steps", "run_id", "seed_state", "state",
   "progress"}``: ``history`` and ``steps`` are the rows recorded so far; ``seed_state`` is the sampler's
   random-generator state (Keras does not save it with the weights); ``state`` and ``progress`` name the two
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nerf_pipeline import trained_folder
 from nerf_pipeline.config import Config
 from nerf_pipeline.runtime import atomic
 
@@ -122,19 +125,21 @@ def resume_point(cfg: Config, rays_folder, folder) -> ResumePoint:
     return ResumePoint(key, meta, list(frames))
 
 
-def save(folder, model, meta: dict, frames: np.ndarray) -> None:
-    """Write epoch ``meta["epoch"]``'s checkpoint into ``folder``, then drop older epochs' files."""
+def save(folder, model, meta: dict, frames: np.ndarray, method: str = trained_folder.DEFAULT_METHOD) -> None:
+    """Write epoch ``meta["epoch"]``'s checkpoint of a ``method`` (its name) into ``folder``, then drop older
+    epochs' files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     epoch = int(meta["epoch"])
     state, progress = f"state-{epoch:04d}.keras", f"progress-{epoch:04d}.npz"
+    atomic.write_text(folder / trained_folder.METHOD_FILE, json.dumps({"method": method}) + "\n")
     with atomic.atomic_path(folder / state, suffix=".keras") as tmp:
         model.save(tmp)
     atomic.save_npz(folder / progress, frames=frames)
     atomic.write_json(folder / "meta.json", {**meta, "state": state, "progress": progress,
                                              "seed_state": model.seed_generator.state.numpy().tolist()})
     for old in folder.iterdir():
-        if old.is_file() and old.name not in (state, progress, "meta.json"):
+        if old.is_file() and old.name not in (state, progress, "meta.json", trained_folder.METHOD_FILE):
             old.unlink()
 
 
