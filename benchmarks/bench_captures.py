@@ -39,7 +39,9 @@ embedding). Held-out views are rendered as the evaluate stage renders them, in t
 views nearest each (``NeRF.appearance_near``), and scored once more in the mean appearance
 (``psnr_mean_appearance``: published protocols' way). The pictures go into ``--pictures`` (default ``WORK/pictures``):
 ``<capture>-<variant>-heldout.png`` (3 held-out views: truth | rendered, masked-out pixels darkened) and
-``<capture>-<variant>-video.png`` (frames 0, 30, 60, 90 of the camera path the render stage takes). The JSON is
+``<capture>-<variant>-video.png`` (frames 0, 30, 60, 90 of the camera path the render stage takes), and for
+the variants trained on the same rays ``<capture>-heldout-<variant>-<variant>….png`` (truth | each variant: the
+NeRF beside splats with ``--variant splats:preset=splats``). The JSON is
 rewritten after each
 variant, so an interrupted run keeps what it measured; a markdown table is printed at the end. Nothing here
 asserts a figure.
@@ -420,8 +422,8 @@ def bench_capture(capture: Capture, variants, plans: dict, work: Path, pictures:
     for heldout_part, rendered in renders.values():
         if len(rendered) > 1:
             path = pictures / f"{capture.name}-heldout-{'-'.join(rendered)}.png"
-            entry["side_by_side"] = {"variants": ["truth", *rendered],
-                                     "picture": write_side_by_side(heldout_part, rendered, path)}
+            entry.setdefault("side_by_side", []).append(
+                {"variants": ["truth", *rendered], "picture": write_side_by_side(heldout_part, rendered, path)})
             write()
 
 

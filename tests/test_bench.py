@@ -140,8 +140,9 @@ def test_bench_captures_scores_every_variant_of_a_capture_and_skips_the_absent(t
     assert plain["contracted"] is plain["appearance"] is False
     # splats beside the NeRF, through the same protocol; the held-out views side by side: truth | each variant
     assert baseline["method"] == plain["method"] == "nerf" and beer["variants"]["splats"]["method"] == "splats"
-    assert beer["side_by_side"]["variants"] == ["truth", "baseline", "plain", "splats"]
-    assert np.asarray(iio.imread(tmp_path / beer["side_by_side"]["picture"])).shape == (2 * 20, 4 * 28, 3)
+    [side_by_side] = beer["side_by_side"]
+    assert side_by_side["variants"] == ["truth", "baseline", "plain", "splats"]
+    assert np.asarray(iio.imread(tmp_path / side_by_side["picture"])).shape == (2 * 20, 4 * 28, 3)
     # the data stages ran once: the variants change no data, poses or split key
     assert baseline["prepare_key"] == plain["prepare_key"]
     assert len(list((tmp_path / "work").glob("beer_colmap-*/rays"))) == 1

@@ -126,6 +126,8 @@ def test_the_pipeline_trains_evaluates_exports_and_renders_splats(tmp_path):
     params["presets"]["splats"]["steps_per_epoch"] = 40
     params["presets"]["splats"]["init"]["num_random"] = 500
     params["presets"]["splats"]["densify"].update(start=10, stop=60, every=10, opacity_reset_every=40)
+    # (80 steps: the preset's coarse-to-fine schedule would spend them all on 6-pixel views)
+    params["presets"]["splats"]["coarse_to_fine"].update(downscales=[], until=[])
     path = make_project(tmp_path / "project", params)
     result = run(DVC + ["exp", "run", "-S", "preset=splats"], path, timeout=1200)
     assert "splats" in (path / "params.yaml").read_text()
