@@ -314,7 +314,6 @@ def test_the_step_is_traced_once_through_densification_and_degrees(rays_dir):
     np.testing.assert_array_equal(image, train.images[view, top:top + 16, left:left + 16])
 
 
-
 def test_coarse_to_fine_views_are_block_means_with_their_camera(rays_dir):
     """Before ``until`` a step trains on its view averaged over ``downscale`` blocks, its camera scaled so that it
     sees what the whole view shows there (a render at the coarse camera is the block mean of the full render, to
