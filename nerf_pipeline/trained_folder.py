@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from nerf_pipeline.errors import DataError
+from nerf_pipeline.runtime import atomic
 from nerf_pipeline.scenes.scene import read_npz
 
 MODEL_FILE, PROGRESS_FILE, RUN_FILE, CAMERAS_FILE = "model.keras", "progress.npz", "run.json", "cameras.npz"
@@ -52,8 +53,8 @@ def method_name(path) -> str:
 
 
 def write_method(folder, name: str) -> None:
-    """``METHOD_FILE`` naming ``name`` in ``folder`` (a folder being written, e.g. by ``atomic.atomic_dir``)."""
-    (Path(folder) / METHOD_FILE).write_text(json.dumps({"method": name}) + "\n")
+    """``METHOD_FILE`` naming ``name`` in ``folder`` (a model folder being written, or a checkpoint's), atomically."""
+    atomic.write_text(Path(folder) / METHOD_FILE, json.dumps({"method": name}) + "\n")
 
 
 def write_cameras(folder, poses, given) -> None:

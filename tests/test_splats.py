@@ -340,6 +340,12 @@ def test_coarse_to_fine_views_are_block_means_with_their_camera(rays_dir):
         error, shifted_error = (np.abs(method.render(Camera(c2w, intrinsics + shift, size, size))["rgb"] - mean).mean()
                                 for shift in (0.0, np.float32([0, 0, 0.5, 0.5])))  # (a centre half a pixel off)
         assert error < 0.03 and (factor == 1 or error < 0.5 * shifted_error), (factor, error, shifted_error)
+    # a masked part: a coarse pixel is kept only where its whole block is (the rays stage's rule)
+    masked = copy.copy(train)
+    masked.masks = np.zeros(train.images.shape[:3], np.uint8)
+    masked.masks[:, :10, :] = 1  # rows 0-9: whole 4 x 4 blocks in rows 0-7, half a block in rows 8-9
+    _, kept, _, _ = training.StepViews(masked, cfg.active, seed=0)(1)
+    np.testing.assert_array_equal(kept, np.arange(6)[:, None].repeat(6, axis=1) < 2)
     for bad, key in (({"downscales": [2, 4], "until": [3, 6]}, "downscales"),
                      ({"downscales": [4, 2], "until": [6, 3]}, "until"),
                      ({"downscales": [4], "until": [3, 6]}, "until"),

@@ -245,10 +245,7 @@ class NeRFMethod:
         return getattr(self.model.field, "appearance", None) is not None
 
     def describe(self) -> str:
-        from nerf_pipeline.model.space import ContractedSpace
-
-        space = "contracted" if isinstance(self.model.space, ContractedSpace) else "box"
-        return (f"in a {space} space"
+        return (f"in a {self.tracking_params()['model.space']} space"
                 + (f", with an appearance embedding of {self.model.field.appearance.shape[-1]} per training view "
                    "(held-out views take their nearest training views')" if self._has_appearance else "")
                 + (", refining the training views' camera poses" if self.model.pose_refinement is not None else ""))

@@ -122,5 +122,11 @@ def prepare_mask(mask: np.ndarray, intrinsics, distortion, downscale: int) -> np
     kept = np.asarray(mask, dtype=np.float32)[..., None]
     if np.any(np.asarray(distortion) != 0):
         kept = undistort(kept, fx, fy, cx, cy, *(float(v) for v in distortion))
-    kept = downscale_image(kept, downscale)[..., 0]
-    return (kept >= 1.0 - 1e-6).astype(np.uint8)
+    return downscale_mask(kept[..., 0], downscale)
+
+
+def downscale_mask(kept: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 ``[H // factor, W // factor]`` of a mask ``kept [H, W]`` (bool, or float in [0, 1]): a block is kept only
+    if every pixel of it is (wholly), so that no kept pixel's colour holds any of what the mask leaves out."""
+    blocks = downscale_image(np.asarray(kept, dtype=np.float32)[..., None], factor)[..., 0]
+    return (blocks >= 1.0 - 1e-6).astype(np.uint8)

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from nerf_pipeline.errors import ConfigError
 from nerf_pipeline.scenes.images import downscale_image
+from nerf_pipeline.scenes.masks import downscale_mask
 from nerf_pipeline.splats import density_control, rasterizer
 from nerf_pipeline.splats.gaussians import NAMES, ROW_SHAPES, Gaussians
 
@@ -363,9 +364,9 @@ def downscale_at(step: int, preset) -> int:
 class StepViews:
     """What each step trains on from ``part`` (a ``ray_files.RayPart``), coarse to fine: ``step_inputs``'s view,
     first averaged over ``downscale_at``'s blocks (the camera's focal lengths and centre divided by the factor, a
-    mask kept where at least half the block is), then cropped. A step at 1/f the size costs about 1/f² as much,
-    and the Gaussians' coarse shape is learnt as well from a coarse view. Downscaled views are kept for the
-    factor in use (each computed once), dropped when it changes.
+    mask as the rays stage downscales one: ``masks.downscale_mask``), then cropped. A step at 1/f the size costs
+    about 1/f² as much, and the Gaussians' coarse shape is learnt as well from a coarse view. Downscaled views are
+    kept for the factor in use (each computed once), dropped when it changes.
 
     ``views(step)`` gives ``step_inputs``'s tuple; ``preset_name`` is the preset's key in params.yaml (for errors)."""
 
@@ -388,8 +389,7 @@ class StepViews:
         view = view_of_step(step, self.part.num_views, self.seed)
         if view not in self._views:
             image = np.round(downscale_image(np.asarray(self.part.images[view]), factor)).astype(np.uint8)
-            mask = None if self.part.masks is None else downscale_image(
-                np.asarray(self.part.masks[view] != 0, np.float32)[..., None], factor)[..., 0] >= 0.5
+            mask = None if self.part.masks is None else downscale_mask(self.part.masks[view] != 0, factor)
             self._views[view] = image, mask
         image, mask = self._views[view]
         intrinsics = np.asarray(self.part.intrinsics[view], np.float32) / factor

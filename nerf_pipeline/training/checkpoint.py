@@ -132,7 +132,7 @@ def save(folder, model, meta: dict, frames: np.ndarray, method: str = trained_fo
     folder.mkdir(parents=True, exist_ok=True)
     epoch = int(meta["epoch"])
     state, progress = f"state-{epoch:04d}.keras", f"progress-{epoch:04d}.npz"
-    atomic.write_text(folder / trained_folder.METHOD_FILE, json.dumps({"method": method}) + "\n")
+    trained_folder.write_method(folder, method)
     with atomic.atomic_path(folder / state, suffix=".keras") as tmp:
         model.save(tmp)
     atomic.save_npz(folder / progress, frames=frames)
