@@ -71,7 +71,6 @@ from nerf_pipeline import config, media, methods, scoring
 from nerf_pipeline.benchmarking import (BudgetRecorder, Horizon, cpu_s, eval_schedule, machine, peak_rss_mb,
                                         prepare_rays, read_yaml, set_key)
 from nerf_pipeline.methods import Camera
-from nerf_pipeline.methods.nerf import appearance, camera_refinement, contracted
 from nerf_pipeline.render_paths import fitted_path
 from nerf_pipeline.runtime import atomic
 from nerf_pipeline.runtime.errors import UserError
@@ -115,17 +114,18 @@ def mended_stitch(data: Path, work: Path) -> Path:
 TURNTABLE_SIDE = 200  # the chair's 800x800 views averaged in 4x4 blocks
 
 
-def turntable(data: Path, work: Path, side: int = TURNTABLE_SIDE) -> Path:
-    """A turntable capture made from the chair (issue 23's recipe): its 100 training views at ``side`` x ``side``,
-    composited onto one fixed photo (a frame of beer/, the same in every view, as the wall behind an
-    object that turns on a table), a mask per view from the chair's alpha (kept where alpha > 1/2),
-    in nerfstudio's layout (``transforms.json`` with a ``mask_path`` per frame)."""
+def turntable(data: Path, work: Path, side: int = TURNTABLE_SIDE, split: str = "train") -> Path:
+    """A turntable capture made from the chair (issue 23's recipe): its 100 training views (``split``: or its
+    200 test views, which circle it in order) at ``side`` x ``side``, composited onto one fixed photo (a frame
+    of beer/, the same in every view, as the wall behind an object that turns on a table), a mask per view from
+    the chair's alpha (kept where alpha > 1/2), in nerfstudio's layout (``transforms.json`` with a ``mask_path``
+    per frame)."""
     import imageio.v3 as iio
 
     folder = work / "turntable_source"
     if (folder / "transforms.json").is_file():
         return folder
-    meta = json.loads((data / "chair" / "transforms_train.json").read_text())
+    meta = json.loads((data / "chair" / f"transforms_{split}.json").read_text())
     photo = np.asarray(iio.imread(data / "beer" / "images" / "0000.jpg"), np.float32) / 255.0  # 1280x720
     top = (photo.shape[0] - photo.shape[1]) // 2
     photo = photo[top:top + photo.shape[1]]  # the middle square
@@ -396,8 +396,7 @@ def bench_capture(capture: Capture, variants, plans: dict, work: Path, pictures:
         # What the variant trains, with scene.*'s auto resolved for this capture: one that trains as an
         # earlier variant did (e.g. camera refinement under auto, for a capture that gets none) is not rerun.
         trains = json.dumps([cfg.model_dump(mode="json", exclude={"scene"}), cfg.scene.bound,
-                             contracted(cfg, train_part.unbounded), appearance(cfg, train_part.unbounded),
-                             camera_refinement(cfg, train_part.unbounded), train_masks or train_part.masks is None],
+                             methods.plan(cfg, train_part), train_masks or train_part.masks is None],
                             sort_keys=True)
         same = next((earlier for earlier, what in trained.items() if what == trains), None)
         if same is not None:

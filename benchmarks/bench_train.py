@@ -21,7 +21,8 @@ rendered with deterministic samples and the mean per-view PSNR is recorded as a 
 and reported apart as ``eval_s``). The summary also gives the training time at which each PSNR
 threshold was first seen (an upper bound: the first evaluation at or above it), the final PSNR
 and SSIM on every held-out view, steps/s, peak and per-point resident memory, and the orbit's
-render time per frame at the held-out views' size next to the machine's compute bound. With
+render time per frame at the held-out views' size next to the machine's compute bound. The final figures
+have LPIPS (AlexNet, v0.1) too where its weights are in the cache (``nerf-pipeline lpips-weights``). With
 ``--versus``, a second preset (the faithful Keras example, or the NeRF beside splats) runs in the same invocation so the
 ratios compare like with like.
 
@@ -51,6 +52,7 @@ from nerf_pipeline.runtime import atomic  # noqa: E402
 from nerf_pipeline.runtime.errors import UserError  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
+from nerf_pipeline.scoring import lpips as scoring_lpips  # noqa: E402
 from nerf_pipeline.training import datasets  # noqa: E402
 
 KERAS_EXAMPLE = {  # the Keras example as published, measured on lego_tiny (../shared/data/README.md)
@@ -87,9 +89,10 @@ def mlp_flops_per_sample(method) -> float | None:
 
 def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, schedule_s: list[float],
                  thresholds: list[float], seed: int, stop_psnr: float | None = None, curve_views: int | None = None,
-                 render_frames: int = 120, final_views: int | None = None) -> dict:
+                 render_frames: int = 120, final_views: int | None = None, lpips=None) -> dict:
     """Train preset ``name`` for ``budget_s`` s of training time on ``train_part``, scored on ``heldout_part``
-    (the curve on ``curve_views`` of its views, the final figures on ``final_views``, evenly spread; None: all)."""
+    (the curve on ``curve_views`` of its views, the final figures on ``final_views``, evenly spread; None: all;
+    the final figures with LPIPS too where ``lpips`` is a scorer, ``scoring.lpips.scorer_for``'s)."""
     cfg = cfg.model_copy(update={"preset": name, "seed": seed})
     preset = cfg.active
     datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
@@ -113,9 +116,12 @@ def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, sche
     print(f"[{name}] final evaluation on {len(final_subset)} of {heldout_part.num_views} {heldout_part.part} views",
           flush=True)
     start = time.perf_counter()
-    rows = scoring.score_views(method, heldout_part, final_subset)
+    rows = scoring.score_views(method, heldout_part, final_subset, lpips=lpips)
     final_eval_s = time.perf_counter() - start
     psnr, ssim = (np.array([row[key] for row in rows]) for key in ("psnr", "ssim"))
+    lpips_figures = {} if lpips is None else {
+        psnr_key.replace("psnr", "lpips"): float(np.mean([row["lpips"] for row in rows])),
+        "lpips_net": scoring_lpips.net_name(lpips)}
 
     # The Keras example's orbit (theta over 360°, phi -30°, radius 4) at the held-out views' size, a frame at a
     # time: its first frame compiles every chunk size, the next ``render_frames`` are timed.
@@ -146,7 +152,7 @@ def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, sche
                            for t in thresholds},
         "final": {"split": heldout_part.part, "num_views": len(final_subset),
                   "size": [heldout_part.height, heldout_part.width], psnr_key: float(psnr.mean()),
-                  psnr_key.replace("psnr", "ssim"): float(ssim.mean()), "wall_s": round(train_s, 2),
+                  psnr_key.replace("psnr", "ssim"): float(ssim.mean()), **lpips_figures, "wall_s": round(train_s, 2),
                   "steps": recorder.step, "stop_psnr": stop_psnr, "eval_s": round(final_eval_s, 1)},
         "steps_per_s": round(recorder.step / train_s, 3),
         "eval_s_total": round(recorder.eval_s, 2),
@@ -188,6 +194,8 @@ def main() -> None:
                         help="the curve's points score this many held-out views, evenly spread (default: all)")
     parser.add_argument("--final-views", type=int, default=None,
                         help="the final PSNR/SSIM score this many held-out views, evenly spread (default: all)")
+    parser.add_argument("--no-lpips", action="store_true",
+                        help="score the final views without LPIPS (it costs an AlexNet pass a view)")
     parser.add_argument("--render-frames", type=int, default=120, help="orbit frames timed after the first")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a params.yaml key for this run (YAML value), "
@@ -215,6 +223,11 @@ def main() -> None:
     print(f"{args.scene}: {train_part.num_views} train views, scored on {heldout_part.num_views} {heldout} views of "
           f"{heldout_part.height}x{heldout_part.width}")
 
+    lpips, why_not = (None, "LPIPS: not asked for (--no-lpips)") if args.no_lpips else scoring_lpips.scorer_for(
+        heldout_part.height, heldout_part.width)
+    if why_not:
+        print(why_not)
+
     summary = {"scene": str(args.scene), "machine": machine(), "reference_keras_example": KERAS_EXAMPLE,
                "split": {"train": train_part.num_views, heldout: heldout_part.num_views},
                "background": cfg.data.background, "set": args.set, "budget_s": args.budget_s,
@@ -227,7 +240,7 @@ def main() -> None:
             sys.exit(f"error: preset '{name}' is not in {args.params} (presets: {', '.join(cfg.presets)})")
         result = bench_preset(cfg, name, train_part, heldout_part, budget,
                               eval_schedule(budget, args.eval_every_s, args.eval_at_s), args.thresholds, args.seed,
-                              stop_psnr, args.curve_views, args.render_frames, args.final_views)
+                              stop_psnr, args.curve_views, args.render_frames, args.final_views, lpips)
         summary["results"][name] = result
         print(json.dumps({k: result[k] for k in ("time_to_psnr_s", "final", "steps_per_s", "rss_mb")}, indent=1))
         print(json.dumps(result["render_orbit"], indent=1), flush=True)

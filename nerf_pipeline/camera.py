@@ -390,3 +390,20 @@ def orbit_around_cameras(poses: np.ndarray, target, elevation_deg=None, radius=N
         heights = offsets @ rig_up(poses)
         elevation_deg = float(np.median(np.degrees(np.arcsin(np.clip(heights / np.maximum(distances, 1e-12), -1, 1)))))
     return elevation_deg, radius
+
+
+def align_similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama) taking points ``source`` [N, 3] onto ``target`` [N, 3].
+
+    Returns ``(scale, rotation [3, 3], translation [3])`` minimising
+    ``sum |target - (scale * rotation @ source + translation)|^2``; needs N >= 3 points not on one line.
+    """
+    source, target = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    source_centred, target_centred = source - source_mean, target - target_mean
+    covariance = target_centred.T @ source_centred / len(source)
+    u, singular, vt = np.linalg.svd(covariance)
+    reflection = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])  # a proper rotation, never a mirror
+    rotation = u @ reflection @ vt
+    scale = float(np.trace(np.diag(singular) @ reflection) / source_centred.var(0).sum())
+    return scale, rotation, target_mean - scale * rotation @ source_mean

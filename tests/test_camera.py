@@ -179,3 +179,17 @@ def test_nearest_views_weights_mix_the_nearest_cameras_and_change_continuously()
     # every camera as far as the next: alike
     ring = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0]])
     np.testing.assert_allclose(camera.nearest_views_weights(ring, [0, 0, 0]), [0.5, 0.5, 0])
+
+
+def test_align_similarity_recovers_a_known_similarity():
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(12, 3))
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    rotation = rotation @ camera.look_at([1.0, 2.0, 0.5])[:3, :3]  # a general rotation
+    target = 2.5 * source @ rotation.T + np.array([0.3, -1.0, 4.0])
+    scale, fitted_rotation, translation = camera.align_similarity(source, target)
+    assert scale == pytest.approx(2.5)
+    np.testing.assert_allclose(fitted_rotation, rotation, atol=1e-9)
+    np.testing.assert_allclose(translation, [0.3, -1.0, 4.0], atol=1e-9)
+    assert np.linalg.det(fitted_rotation) == pytest.approx(1.0)

@@ -140,6 +140,15 @@ def test_build_makes_the_presets_method_for_the_training_views(rays_dir):
     np.testing.assert_array_equal(method.training_poses(), train.poses)
 
 
+@pytest.mark.parametrize("setting", [{}, {"contraction": "on", "camera_refinement": "on"}])
+def test_plan_says_what_build_decides_without_building(rays_dir, setting):
+    train = ray_files.load(rays_dir, "train")
+    params = tiny_params()
+    params["scene"].update({"appearance": "on", **setting})
+    cfg = config.from_dict(params)
+    assert methods.plan(cfg, train) == methods.build(cfg, train).tracking_params()
+
+
 def test_a_fresh_process_loads_a_saved_nerf_through_the_registry_alone():
     """``methods.load`` in a process that imported nothing of the model (as the evaluate stage's): the NeRF's Keras
     classes must be registered by the loader itself (the first dvc repro after the seam stopped here)."""

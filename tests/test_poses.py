@@ -10,7 +10,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import DATA_STAGES, REPO, align_similarity, tiny_params, write_params
+from conftest import DATA_STAGES, REPO, tiny_params, write_params
 from test_sfm import FOCAL, HEIGHT, WIDTH, arc_poses, render_textured, rotation_angles_deg
 
 from nerf_pipeline import camera, config
@@ -59,7 +59,7 @@ def test_photos_are_posed_by_structure_from_motion(tmp_path, arc):
     cameras = pose(tmp_path, params)
     assert cameras.registered.all() and cameras.unbounded and cameras.far == 1000.0
     # up to the similarity that normalisation applied, the rotations are the true ones
-    scale, rotation, translation = align_similarity(cameras.poses[:, :3, 3].astype(np.float64), arc[:, :3, 3])
+    scale, rotation, translation = camera.align_similarity(cameras.poses[:, :3, 3].astype(np.float64), arc[:, :3, 3])
     errors = rotation_angles_deg(arc[:, :3, :3], rotation @ cameras.poses[:, :3, :3].astype(np.float64))
     assert errors.max() < 3.0, errors
     aligned = scale * cameras.poses[:, :3, 3] @ rotation.T + translation

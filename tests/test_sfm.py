@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import align_similarity
 
 from nerf_pipeline import camera
 from nerf_pipeline.runtime.errors import DataError
@@ -121,7 +120,7 @@ def pose_errors(result, paths, true_poses) -> dict:
     """Errors of ``result``'s cameras after the similarity that best maps its centres onto the true ones."""
     index = [[p.name for p in paths].index(name) for name in result.names]
     truth = true_poses[index]
-    scale, rotation, translation = align_similarity(result.camera_to_world[:, :3, 3], truth[:, :3, 3])
+    scale, rotation, translation = camera.align_similarity(result.camera_to_world[:, :3, 3], truth[:, :3, 3])
     aligned_centres = scale * result.camera_to_world[:, :3, 3] @ rotation.T + translation
     return {
         "rotation_deg": rotation_angles_deg(truth[:, :3, :3], rotation @ result.camera_to_world[:, :3, :3]),
@@ -247,20 +246,6 @@ def test_opencv_world_to_camera_becomes_the_opengl_camera_to_world():
     target_in_camera = cam_from_world @ [0.2, 0.1, -0.3, 1.0]
     assert target_in_camera[2] > 0 and np.allclose(target_in_camera[:2], 0.0)  # straight ahead in OpenCV axes
     np.testing.assert_allclose(sfm._to_opengl(cam_from_world), c2w, atol=1e-12)
-
-
-def test_align_similarity_recovers_a_known_similarity():
-    rng = np.random.default_rng(0)
-    source = rng.normal(size=(12, 3))
-    angle = 0.7
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
-    rotation = rotation @ camera.look_at([1.0, 2.0, 0.5])[:3, :3]  # a general rotation
-    target = 2.5 * source @ rotation.T + np.array([0.3, -1.0, 4.0])
-    scale, fitted_rotation, translation = align_similarity(source, target)
-    assert scale == pytest.approx(2.5)
-    np.testing.assert_allclose(fitted_rotation, rotation, atol=1e-9)
-    np.testing.assert_allclose(translation, [0.3, -1.0, 4.0], atol=1e-9)
-    assert np.linalg.det(fitted_rotation) == pytest.approx(1.0)
 
 
 SFM_IN_A_CHILD = """

@@ -9,6 +9,9 @@ inside (a NeRF's field, sampler and space; Gaussians) is the method's own. A met
   scope;
 * ``load(path, *, train_part=None, chunk_rays=16384, jit_compile=True) -> Method``: the model a trained
   folder holds (``trained_folder``; ``path`` may also name a model file in it, such as a checkpoint's).
+* ``plan(cfg, train_part) -> dict``: what ``build`` decides for these views from ``scene.*``'s auto values
+  (a contracted space, an appearance embedding, camera refinement), named as the built model's
+  ``tracking_params`` names it, without building anything (the benchmarks key their runs by it).
 
 The method's name goes into the trained folder's ``method.json`` (``trained_folder.METHOD_FILE``) and a preset
 chooses it (``PresetConfig.method``), so adding a method is a line in ``METHODS`` and its preset class in
@@ -155,6 +158,12 @@ def module_for(name: str):
 def build(cfg, train_part, **options) -> TrainableMethod:
     """An untrained method of ``cfg``'s active preset (its ``method``) for ``train_part``."""
     return module_for(cfg.active.method).build(cfg, train_part, **options)
+
+
+def plan(cfg, train_part) -> dict:
+    """What ``build(cfg, train_part)`` would decide from ``scene.*``'s auto values, as its ``tracking_params``
+    name it (no model is built)."""
+    return module_for(cfg.active.method).plan(cfg, train_part)
 
 
 def load(path, *, train_part=None, chunk_rays: int = 16384, jit_compile: bool = True) -> Method:

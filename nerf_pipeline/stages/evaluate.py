@@ -90,13 +90,9 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
     method = methods.load(in_model, train_part=ray_files.load(in_rays, "train"), chunk_rays=cfg.evaluate.chunk_rays,
                           jit_compile=cfg.active.jit_compile)
     shown = []
-    lpips_scorer = scoring_lpips.load_lpips()
-    if lpips_scorer is None:
-        log.info("%s", scoring_lpips.missing_weights_message())
-    elif min(part.height, part.width) < scoring_lpips.MIN_SIZE:
-        log.info("LPIPS: views of %dx%d are smaller than AlexNet's %d pixels a side; scoring PSNR and SSIM only",
-                 part.width, part.height, scoring_lpips.MIN_SIZE)
-        lpips_scorer = None
+    lpips_scorer, why_not = scoring_lpips.scorer_for(part.height, part.width)
+    if why_not:
+        log.info("%s", why_not)
     with tracking.pipeline_run(cfg, Path(in_model) / trained_folder.RUN_FILE) as run:
         with Progress(len(views), f"evaluating {part.part} views", "views") as progress:
             done = itertools.count(1)
@@ -118,7 +114,7 @@ def run(cfg: Config, *, in_model, in_rays, out_metrics, out_per_view, out_grid) 
             metrics["depth_mae"] = float(table["depth_mae"].mean())
         if "lpips" in table:  # AlexNet, LPIPS v0.1 linear layers (as nerfstudio's ns-eval and the papers report)
             metrics["lpips"] = float(table["lpips"].mean())
-            metrics["lpips_net"] = "alex v0.1" if lpips_scorer.official else f"alex, weights {lpips_scorer.digest}"
+            metrics["lpips_net"] = scoring_lpips.net_name(lpips_scorer)
         depth = np.stack([out["depth"] for _, _, out in shown])
         lo, hi = media.depth_range(depth, np.stack([out["opacity"] for _, _, out in shown]))
         psnr_of = {row["view_id"]: row["psnr"] for row in rows}
