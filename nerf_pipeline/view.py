@@ -612,8 +612,9 @@ class Viewer:
         self.server.initial_camera.position, self.server.initial_camera.look_at = position, look_at
         self.live = LiveRender(self.server, self.source)  # (its controls first in the panel)
         self.splats = draw_gaussians(self.server.scene, self.source.method)
+        self.show_splats = None  # the panel's checkbox, for a model of Gaussians
         if self.splats is not None:
-            show = self.server.gui.add_checkbox("Gaussians (in the browser)", initial_value=True)
+            show = self.show_splats = self.server.gui.add_checkbox("Gaussians (in the browser)", initial_value=True)
 
             def redraw(method) -> None:
                 self.splats = draw_gaussians(self.server.scene, method, visible=show.value)

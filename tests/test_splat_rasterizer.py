@@ -371,6 +371,34 @@ def test_op_with_no_gaussians_and_non_finite_ones():
     assert all(np.all(g[40:48] == 0) for g in gradients[:5])
 
 
+@pytest.mark.parametrize("kind", ["mixed", "dense", "border", "faint"])
+def test_opacity_radii_change_no_image_or_gradient(kind):
+    """Squares shrunk to where each Gaussian's opacity can reach 1/255 leave out only pixels it was skipped at: the
+    op's images and gradients are those of the 3-sigma squares, bit for bit; the faint scene's (opacities from 0.003,
+    stretched Gaussians: an ill-conditioned conic) squares shrink, and one under 1/255 is culled."""
+    native_or_skip()
+    inputs = scene("mixed" if kind == "faint" else kind)
+    if kind == "faint":
+        rng = np.random.default_rng(5)
+        inputs[3] = tf.constant(np.exp(rng.uniform(np.log(0.003), 0.0, 300)), tf.float32)
+        g = random_gaussians(300, 5)
+        g["log_scales"][:, 0] = np.log(rng.uniform(0.5, 2.0, 300))  # long along one axis: elongated on screen
+        means2d, conics, depths, radii = splats.project(tf.constant(g["means"]), tf.constant(g["log_scales"]),
+                                                        tf.constant(g["quats"]), make_camera())
+        inputs = [means2d, conics, tf.constant(g["colors"]), inputs[3], depths, radii]
+    radii = inputs[5].numpy()
+    tight = splats.opacity_radii(inputs[5], inputs[3]).numpy()
+    assert tight.dtype == np.int32 and np.all(tight <= radii) and np.all((tight > 0) <= (radii > 0))
+    if kind == "faint":
+        assert tight.sum() < 0.8 * radii.sum()
+        assert np.all(tight[inputs[3].numpy() < splats.MIN_ALPHA] == 0)
+    images, gradients = images_and_gradients(splats.rasterize, inputs)
+    tight_images, tight_gradients = images_and_gradients(splats.rasterize, [*inputs[:5], tf.constant(tight)])
+    for name, a, b in zip(("rgb", "depth", "alpha", "means2d", "conics", "colors", "opacities", "depths",
+                           "background"), [*images, *gradients], [*tight_images, *tight_gradients]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_op_is_deterministic():
     native_or_skip()
     inputs = scene("dense")

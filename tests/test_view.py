@@ -67,12 +67,40 @@ def wait_for(condition, timeout=120.0):
     raise AssertionError("timed out")
 
 
+def connected(viewer, browser, port: int):
+    """The browser on the viewer's page; viser's handle of its tab."""
+    browser.get(f"http://127.0.0.1:{port}")
+    wait_for(lambda: browser.find_elements("tag name", "canvas"))
+    wait_for(lambda: len(viewer.server.get_clients()) == 1)
+    (client,) = viewer.server.get_clients().values()
+    return client
+
+
+def browser_view(viewer, client, browser, position=None) -> np.ndarray:
+    """The browser's view (its canvas, left of the control panel) from ``position`` (looking at the origin; None:
+    where it is), once the viewer's full render for it is shown: ``[H, W, 3]`` float32 in 0..255."""
+    from nerf_pipeline.view import viser_pose
+
+    viewer.live.last_render = None
+    if position is None:
+        viewer.live.rerender_all()
+    else:
+        wxyz, origin = viser_pose(camera.look_at(position))
+        with client.atomic():
+            client.camera.wxyz, client.camera.position = wxyz, origin
+    wait_for(lambda: (viewer.live.last_render or {}).get("stage") == "full")
+    time.sleep(1.5)  # the image reaches the browser and is drawn
+    png = browser.find_element("tag name", "canvas").screenshot_as_png
+    image = tf.io.decode_png(png, channels=3).numpy().astype(np.float32)
+    return image[:, : image.shape[1] // 2]
+
+
 def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser, tmp_path):
     import psutil
 
     from selenium.webdriver.common.keys import Keys
 
-    from nerf_pipeline.view import Viewer, viser_pose
+    from nerf_pipeline.view import Viewer
 
     port = free_port()
     viewer = Viewer(project, port=port)
@@ -80,22 +108,9 @@ def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser
         listening = [c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"]
         assert listening and set(listening) <= {"127.0.0.1"}, listening  # this machine only, by default
 
-        browser.get(f"http://127.0.0.1:{port}")
-        wait_for(lambda: browser.find_elements("tag name", "canvas"))
-        wait_for(lambda: len(viewer.server.get_clients()) == 1)
-        (client,) = viewer.server.get_clients().values()
-
+        client = connected(viewer, browser, port)
         def look_from(position) -> np.ndarray:
-            """The browser's view (its canvas, left of the control panel) once the full render is shown."""
-            viewer.live.last_render = None
-            wxyz, origin = viser_pose(camera.look_at(position))
-            with client.atomic():
-                client.camera.wxyz, client.camera.position = wxyz, origin
-            wait_for(lambda: (viewer.live.last_render or {}).get("stage") == "full")
-            time.sleep(1.5)  # the image reaches the browser and is drawn
-            png = browser.find_element("tag name", "canvas").screenshot_as_png
-            image = tf.io.decode_png(png, channels=3).numpy().astype(np.float32)
-            return image[:, : image.shape[1] // 2]
+            return browser_view(viewer, client, browser, position)
 
         first = look_from([0.0, -4.0, 2.0])
         # The render (black behind the scene) replaced viser's white background, and it is not blank.
@@ -134,3 +149,51 @@ def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser
     finally:
         viewer.server.stop()
 
+
+
+@pytest.fixture(scope="module")
+def splats_project(tmp_path_factory):
+    """A project whose trained model is Gaussians: 300 green ones around the origin (of the splats' own folder
+    layout, as the train stage writes it), beside rays of the built-in scene."""
+    from nerf_pipeline import trained_folder
+    from nerf_pipeline.splats import gaussians
+    from nerf_pipeline.splats.method import SplatsMethod
+
+    path = tmp_path_factory.mktemp("viewed_splats")
+    write_rays(path / "data" / "rays", num_views=9, image_size=32, num_val=2)
+    points = np.random.default_rng(0).uniform(-0.5, 0.5, (300, 3))
+    arrays = gaussians.initial_arrays(points, np.tile([0.1, 0.9, 0.1], (len(points), 1)), 0.95)
+    folder = path / "models" / "trained"
+    folder.mkdir(parents=True)
+    SplatsMethod(gaussians.Gaussians(arrays), 0.0, 1.5).save(folder)
+    trained_folder.write_method(folder, "splats")
+    return path
+
+
+def green_share(image: np.ndarray) -> float:
+    """The share of ``image``'s pixels that are clearly green (the splats' colour; grey has none)."""
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return float(np.mean((g > r + 60) & (g > b + 60)))
+
+
+def test_the_viewer_shows_splats_that_the_browser_draws(splats_project, browser):
+    """The Gaussians go to the browser as viser's splats and Chromium draws them (WebGL), over the viewer's own
+    render, here its grey opacity output: every green pixel is the browser's; the panel's checkbox hides them."""
+    from nerf_pipeline.view import Viewer
+
+    port = free_port()
+    viewer = Viewer(splats_project, port=port)
+    try:
+        assert viewer.source.method.name == "splats" and viewer.show_splats is not None
+        client = connected(viewer, browser, port)
+        viewer.live.output.value = "Opacity"  # the server's render in grey: green can only be the browser's splats
+        shown = browser_view(viewer, client, browser, [0.0, -3.0, 1.5])
+        assert viewer.live.last_render["stage"] == "full"
+        assert green_share(shown) > 0.02, green_share(shown)
+        viewer.show_splats.value = False
+        hidden = browser_view(viewer, client, browser)
+        assert green_share(hidden) < 0.002, green_share(hidden)
+        # the server's render still shows the Gaussians' opacity where they are: the image is no blank
+        assert hidden.std() > 10
+    finally:
+        viewer.server.stop()

@@ -129,7 +129,9 @@ class SplatsMethod:
             means2d, conics, depths, radii = rasterizer.project(g.means, g.log_scales, g.quats, cam)
             # Degree 3 always: the coefficients of degrees not trained yet are zeros (training.py).
             colors = rasterizer.sh_colors(g.sh(), 3, g.means, cam.position)
-            return means2d, conics, colors, tf.sigmoid(g.opacity_logits), depths, radii
+            opacities = tf.sigmoid(g.opacity_logits)
+            # (the same image as project's radii give, from fewer pixels visited)
+            return means2d, conics, colors, opacities, depths, rasterizer.opacity_radii(radii, opacities)
 
         return function(prepare, autograph=False, input_signature=[
             tf.TensorSpec([4, 4], tf.float32), tf.TensorSpec([4], tf.float32), tf.TensorSpec([2], tf.float32)])
@@ -281,6 +283,12 @@ def initial_gaussians(cfg, train_part) -> tuple[dict, str]:
         points, colours = gaussians_module.random_points(init.num_random, cfg.scene.bound, cfg.seed)
         how = f"{len(points)} random points in the box"
     return gaussians_module.initial_arrays(points, colours, init.opacity), how
+
+
+def plan(cfg, train_part) -> dict:
+    """Nothing: splats decide nothing from ``scene.*``'s auto values (no contraction, appearance embedding or camera
+    refinement; where they start is the rays folder's, ``initial_gaussians``)."""
+    return {}
 
 
 def build(cfg, train_part, *, jit_compile: bool | None = None) -> SplatsMethod:

@@ -230,8 +230,12 @@ class Trainer:
                 tape.watch(means2d)
                 sh = tf.concat([g.sh_dc, g.sh_rest], axis=1) * degree_mask
                 colors = rasterizer.sh_colors(sh, 3, g.means, cam.position)
-                rgb, _, _ = rasterizer.rasterize(means2d, conics, colors, tf.sigmoid(g.opacity_logits), depths, radii,
-                                                 width, height, self.background)
+                opacities = tf.sigmoid(g.opacity_logits)
+                # the same image and gradients as project's radii give, from fewer pixels visited (the density
+                # control's statistics below keep project's radii: what is visible, and how large on screen)
+                rgb, _, _ = rasterizer.rasterize(means2d, conics, colors, opacities, depths,
+                                                 rasterizer.opacity_radii(radii, opacities), width, height,
+                                                 self.background)
                 loss, mse = image_loss(rgb, target, kept, ssim_weight)
             *grads, grad_means2d = tape.gradient(loss, [*variables, means2d])
             t = tf.cast(self.iterations + 1, tf.float32)
