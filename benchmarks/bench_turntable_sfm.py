@@ -75,8 +75,9 @@ def main() -> None:
     args = parser.parse_args()
 
     data = Path(args.data)
-    if not ((data / "chair" / "transforms_train.json").is_file() and (data / "beer" / "images").is_dir()):
-        raise SystemExit(f"skipped: {data} has no chair/ and beer/images/ to make the turntable from")
+    if not ((data / "chair" / f"transforms_{args.split}.json").is_file() and (data / "beer" / "images").is_dir()):
+        raise SystemExit(f"skipped: {data} has no chair/transforms_{args.split}.json and beer/images/ to make the "
+                         "turntable from")
     scratch = None if args.work else tempfile.TemporaryDirectory(prefix="turntable-sfm-")
     work = Path(args.work or scratch.name) / f"{args.split}-side{args.side}"
     folder = turntable(data, work, args.side, args.split)
