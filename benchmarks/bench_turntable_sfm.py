@@ -76,8 +76,8 @@ def main() -> None:
 
     data = Path(args.data)
     if not ((data / "chair" / f"transforms_{args.split}.json").is_file() and (data / "beer" / "images").is_dir()):
-        raise SystemExit(f"skipped: {data} has no chair/transforms_{args.split}.json and beer/images/ to make the "
-                         "turntable from")
+        print(f"skipped: {data} has no chair/transforms_{args.split}.json and beer/images/ to make the turntable from")
+        return
     scratch = None if args.work else tempfile.TemporaryDirectory(prefix="turntable-sfm-")
     work = Path(args.work or scratch.name) / f"{args.split}-side{args.side}"
     folder = turntable(data, work, args.side, args.split)
