@@ -29,15 +29,9 @@ from nerf_pipeline import methods, scoring  # noqa: E402
 from nerf_pipeline.benchmarking import load_config, prepare_rays  # noqa: E402
 from nerf_pipeline.scenes import ray_files  # noqa: E402
 from nerf_pipeline.scenes.scene import evenly_spread  # noqa: E402
-from nerf_pipeline.splats.training import StepViews  # noqa: E402
+from nerf_pipeline.splats.training import StepViews, densify_due  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def densification_due(step: int, densify) -> bool:
-    """Whether ``Trainer.after_step`` densifies after (0-based) ``step``."""
-    iteration = step + 1
-    return densify.start < iteration < densify.stop and iteration % densify.every == 0
 
 
 def statistics(trainer, threshold: float) -> str:
@@ -85,7 +79,7 @@ def main() -> None:
     views, densify = StepViews(train, cfg.active, cfg.seed), cfg.active.densify
     rows, psnrs, train_s = [], [], 0.0
     for step in range(args.steps):
-        before = statistics(trainer, densify.grad_threshold) if densification_due(step, densify) else None
+        before = statistics(trainer, densify.grad_threshold) if densify_due(step, densify) else None
         start = time.perf_counter()
         result = trainer.train_step(step, *views(step))
         train_s += time.perf_counter() - start

@@ -44,12 +44,17 @@ def camera_refinement(cfg: Config, unbounded: bool) -> bool:
     return cfg.scene.camera_refinement == "on" or (cfg.scene.camera_refinement == "auto" and bool(unbounded))
 
 
+def scene_choices(contracted_space: bool, appearance_embedding: bool, refined_poses: bool) -> dict:
+    """The scene choices of a NeRF as ``plan`` and ``NeRFMethod.tracking_params`` name them (MLflow params)."""
+    return {"model.space": "contracted" if contracted_space else "box",
+            "model.appearance_embedding": "on" if appearance_embedding else "off",
+            "model.camera_refinement": "on" if refined_poses else "off"}
+
+
 def plan(cfg: Config, train_part) -> dict:
-    """The scene choices ``build_model`` makes for ``train_part``, as ``NeRFMethod.tracking_params`` names them."""
+    """The scene choices ``build_model`` makes for ``train_part`` (``scene_choices``)."""
     unbounded = train_part.unbounded
-    return {"model.space": "contracted" if contracted(cfg, unbounded) else "box",
-            "model.appearance_embedding": "on" if appearance(cfg, unbounded) else "off",
-            "model.camera_refinement": "on" if camera_refinement(cfg, unbounded) else "off"}
+    return scene_choices(contracted(cfg, unbounded), appearance(cfg, unbounded), camera_refinement(cfg, unbounded))
 
 
 def build_model(cfg: Config, train):
@@ -244,9 +249,8 @@ class NeRFMethod:
     def tracking_params(self) -> dict:
         from nerf_pipeline.model.space import ContractedSpace
 
-        return {"model.space": "contracted" if isinstance(self.model.space, ContractedSpace) else "box",
-                "model.appearance_embedding": "on" if self._has_appearance else "off",
-                "model.camera_refinement": "on" if self.model.pose_refinement is not None else "off"}
+        return scene_choices(isinstance(self.model.space, ContractedSpace), self._has_appearance,
+                             self.model.pose_refinement is not None)
 
     @property
     def _has_appearance(self) -> bool:

@@ -287,7 +287,7 @@ class Trainer:
         d, iteration = self.preset.densify, step + 1
         if iteration >= d.stop:
             return
-        if iteration > d.start and iteration % d.every == 0:
+        if densify_due(step, d):
             self.densify(screen=iteration > d.opacity_reset_every, step=step)
         if iteration % d.opacity_reset_every == 0:
             self.reset_opacity()
@@ -319,6 +319,13 @@ class Trainer:
         logits.assign(density_control.reset_opacity(logits.numpy(), self.preset.densify.reset_opacity))
         for moment in self.moments["opacity_logits"]:
             moment.assign(tf.zeros_like(moment))
+
+
+def densify_due(step: int, densify) -> bool:
+    """Whether ``Trainer.after_step`` densifies after (0-based) ``step``, by ``densify`` (the preset's
+    ``DensityControlConfig``): strictly between ``start`` and ``stop`` (as iterations from 1), every ``every``."""
+    iteration = step + 1
+    return densify.start < iteration < densify.stop and iteration % densify.every == 0
 
 
 # -- what a step trains on ---------------------------------------------------------------------------------------------
