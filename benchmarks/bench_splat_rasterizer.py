@@ -1,7 +1,8 @@
 """The Gaussian-splat rasterizer: the native op against its TensorFlow-ops reference, and the op on a full view.
 
     python benchmarks/bench_splat_rasterizer.py [--repeats 10] [--reference-repeats 2] [--large-repeats 3]
-                                                [--skip-large] [--out FILE.json]
+                                                [--skip-small] [--skip-large] [--model FOLDER [--frames 10]]
+                                                [--out FILE.json]
 
 Scenes: random Gaussians in the box [-1.5, 1.5]^3 seen from 4 units away by a camera like the NeRF-synthetic
 chair's (fx = fy = 1111 at 800 x 800, scaled with the image), opacities uniform in [0.1, 0.9], random colours,
@@ -9,10 +10,15 @@ a white background, random rotations and scales log-uniform in a range that make
 of pixels:
   * small: 128 x 128, 5 k Gaussians (scales 0.02 to 0.08): the op against the reference (TensorFlow's ops,
     traced, and XLA-compiled: every Gaussian against every pixel);
-  * large: 800 x 800, 300 k Gaussians (scales 0.005 to 0.02): the op alone;
+  * large: 800 x 800, 300 k Gaussians (scales 0.005 to 0.02): the op alone, each Gaussian bounded by its
+    ellipse (the default) and by its square (``rasterize(..., ellipses=False)``: the same images);
   * frame: the same 300 k Gaussians with degree-3 colours, rendered whole through the method
     (``SplatsMethod.render``: projection, colours, the op, depth along the rays), with the projection and colours
-    op by op (as during training) and as one XLA computation (a trained model's; its compilation given apart).
+    op by op (as during training) and as one XLA computation (a trained model's; its compilation given apart);
+  * model (``--model FOLDER``, a trained model folder, e.g. ``bench_train.py --save-models``'s): ``--frames``
+    frames of the Keras example's orbit (radius 4, 30° up) at 800 x 800 and the chair's focal length through
+    ``methods.load(FOLDER).render``, then the parts of the first: projection and colours (XLA) and the op's
+    forward, with ellipses and with squares.
 Times in milliseconds, the median of the repeats, of the rasterizer alone (the projection is done once,
 beforehand) but in the frame section: forward (what rendering asks), and forward plus the gradient with respect
 to the 2D means, conics, colours, opacities and depths (what training asks); the op's with this machine's
@@ -34,6 +40,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from nerf_pipeline import camera as camera_math  # noqa: E402
+from nerf_pipeline import methods  # noqa: E402
 from nerf_pipeline.methods import Camera  # noqa: E402
 from nerf_pipeline.splats import gaussians  # noqa: E402
 from nerf_pipeline.splats import rasterizer as splats  # noqa: E402
@@ -66,6 +73,17 @@ def timed(function, *args, repeats: int, cpu: bool = False):
         cpu_times.append(time.process_time() - cpu_start)
     wall = statistics.median(times) * 1000
     return (wall, statistics.median(cpu_times) * 1000) if cpu else wall
+
+
+def squares(*args):
+    """The native op with each Gaussian bounded by its square only (its images, more pixels visited)."""
+    return splats.rasterize(*args, ellipses=False)
+
+
+def tile_entries(inputs, width: int, height: int, background, ellipses: bool) -> int:
+    """The op's (Gaussian, tile) entries for these rasterizer inputs."""
+    return int(splats.native_library().nerf_splat_rasterize(*inputs, background, width=width, height=height,
+                                                           ellipses=ellipses).tile_entries.shape[0])
 
 
 def functions(rasterizer, width: int, height: int, background, jit_compile: bool = False):
@@ -117,13 +135,55 @@ def frame(repeats: int, size: int = 800, count: int = 300_000) -> dict:
     return out
 
 
+def trained_model(folder: str, frames: int, repeats: int, size: int = 800, focal: float = 1111.1111) -> dict:
+    """A trained model's frames, and the parts of one (``--model``): ms."""
+    method = methods.load(folder)
+    g = getattr(method, "gaussians", None)
+    intrinsics = np.float32([focal * size / 800, focal * size / 800, size / 2, size / 2])
+    cameras = [Camera(pose, intrinsics, size, size) for pose in camera_math.orbit_poses(frames + 1, 30.0, 4.0)]
+    print(f"\nmodel {folder} ({method.name}" + (f", {g.count:,} Gaussians" if g is not None else "") +
+          f"): {frames} orbit frames of {size} x {size}")
+    method.render(cameras[0])  # (compiles)
+    times = []
+    for cam in cameras[1:]:
+        start = time.perf_counter()
+        method.render(cam)
+        times.append(time.perf_counter() - start)
+    out = {"folder": str(folder), "method": method.name, "width": size, "height": size, "frames": frames,
+           "frame_ms_median": statistics.median(times) * 1000, "frame_ms_mean": statistics.mean(times) * 1000}
+    print(f"{'a frame through render':<34}{out['frame_ms_median']:>7.1f} ms median, {out['frame_ms_mean']:.1f} mean")
+    if g is None:
+        return out
+    cam = cameras[1]
+    camera = splats.Camera(cam.pose.astype(np.float32), *(float(v) for v in intrinsics), size, size)
+    background = tf.constant([method.background] * 3, tf.float32)
+    prepare = tf.function(lambda: splats.frame_inputs(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh(), 3,
+                                                      camera), jit_compile=True, autograph=False)
+    inputs = [t.numpy() for t in prepare()]
+    inputs = [tf.constant(x) for x in inputs]
+    out["gaussians"] = g.count
+    out["drawn"] = int(tf.math.count_nonzero(inputs[5]))
+    out["projection_and_colours_ms"] = timed(prepare, repeats=repeats)
+    print(f"{'projection and colours (XLA)':<34}{out['projection_and_colours_ms']:>7.1f} ms "
+          f"({out['drawn']:,} of {g.count:,} drawn)")
+    for name, rasterizer in (("ellipses", splats.rasterize), ("squares", squares)):
+        forward, _ = functions(rasterizer, size, size, background)
+        entries = tile_entries(inputs, size, size, background, name == "ellipses")
+        out[name] = {"forward_ms": timed(forward, *inputs, repeats=repeats), "tile_entries": entries}
+        print(f"{'the op forward, ' + name:<34}{out[name]['forward_ms']:>7.1f} ms ({entries:,} entries)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed runs of each of the op's small-scene figures")
     parser.add_argument("--reference-repeats", type=int, default=2,
                         help="timed runs of each of the reference's (seconds each)")
     parser.add_argument("--large-repeats", type=int, default=3, help="timed runs of each large-scene figure")
-    parser.add_argument("--skip-large", action="store_true", help="only the small scene")
+    parser.add_argument("--skip-small", action="store_true", help="not the small scene (op against reference)")
+    parser.add_argument("--skip-large", action="store_true", help="not the large scene and its frame")
+    parser.add_argument("--model", help="a trained model folder: its frames, and where a frame's time goes")
+    parser.add_argument("--frames", type=int, default=10, help="the model's orbit frames timed")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     if splats.native_library() is None:
@@ -134,23 +194,24 @@ def main() -> None:
                            "tensorflow": tf.__version__}}
     print(f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}; times in ms, median of the repeats")
 
-    inputs, camera, background = make_scene(128, 5000, (0.02, 0.08))
-    visible = int(tf.math.count_nonzero(inputs[5]))
-    print(f"\nsmall: {camera.width} x {camera.height}, 5,000 Gaussians ({visible:,} visible)")
-    columns = {"native op": functions(splats.rasterize, camera.width, camera.height, background),
-               "TF ops": functions(splats.reference_rasterize, camera.width, camera.height, background),
-               "TF ops (XLA)": functions(splats.reference_rasterize, camera.width, camera.height, background,
-                                         jit_compile=True)}
-    small = {"width": camera.width, "height": camera.height, "gaussians": 5000, "visible": visible}
-    print(f"{'':<20}" + "".join(f"{name:>14}" for name in columns) + f"{'op speed-up':>14}")
-    for row, index in (("forward", 0), ("forward + backward", 1)):
-        figures = {name: timed(pair[index], *inputs, repeats=args.repeats if name == "native op" else
-                               args.reference_repeats) for name, pair in columns.items()}
-        best_reference = min(figures["TF ops"], figures["TF ops (XLA)"])
-        print(f"{row:<20}" + "".join(f"{ms:>11.1f} ms" for ms in figures.values())
-              + f"{best_reference / figures['native op']:>13.1f}x")
-        small[row.replace(" + ", "_").replace(" ", "_") + "_ms"] = figures
-    results["small"] = small
+    if not args.skip_small:
+        inputs, camera, background = make_scene(128, 5000, (0.02, 0.08))
+        visible = int(tf.math.count_nonzero(inputs[5]))
+        print(f"\nsmall: {camera.width} x {camera.height}, 5,000 Gaussians ({visible:,} visible)")
+        columns = {"native op": functions(splats.rasterize, camera.width, camera.height, background),
+                   "TF ops": functions(splats.reference_rasterize, camera.width, camera.height, background),
+                   "TF ops (XLA)": functions(splats.reference_rasterize, camera.width, camera.height, background,
+                                             jit_compile=True)}
+        small = {"width": camera.width, "height": camera.height, "gaussians": 5000, "visible": visible}
+        print(f"{'':<20}" + "".join(f"{name:>14}" for name in columns) + f"{'op speed-up':>14}")
+        for row, index in (("forward", 0), ("forward + backward", 1)):
+            figures = {name: timed(pair[index], *inputs, repeats=args.repeats if name == "native op" else
+                                   args.reference_repeats) for name, pair in columns.items()}
+            best_reference = min(figures["TF ops"], figures["TF ops (XLA)"])
+            print(f"{row:<20}" + "".join(f"{ms:>11.1f} ms" for ms in figures.values())
+                  + f"{best_reference / figures['native op']:>13.1f}x")
+            small[row.replace(" + ", "_").replace(" ", "_") + "_ms"] = figures
+        results["small"] = small
 
     if not args.skip_large:
         inputs, camera, background = make_scene(800, 300_000, (0.005, 0.02))
@@ -158,22 +219,31 @@ def main() -> None:
         library = splats.native_library()
         saved = library.nerf_splat_rasterize(*inputs, background, width=camera.width, height=camera.height)
         entries, last = int(saved.tile_entries.shape[0]), saved.last.numpy()
+        square_entries = tile_entries(inputs, camera.width, camera.height, background, ellipses=False)
         print(f"\nlarge: {camera.width} x {camera.height}, 300,000 Gaussians ({visible:,} visible, {entries:,} "
-              f"(Gaussian, tile) pairs, a pixel goes {last.mean():.0f} entries down its tile's list on average)")
-        forward, forward_backward = functions(splats.rasterize, camera.width, camera.height, background)
-        forward_ms, forward_cpu_ms = timed(forward, *inputs, repeats=args.large_repeats, cpu=True)
-        both_ms, both_cpu_ms = timed(forward_backward, *inputs, repeats=args.large_repeats, cpu=True)
-        print(f"{'':<28}{'wall':>10}{'CPU (all threads)':>20}")
-        for name, wall, cpu in (("forward", forward_ms, forward_cpu_ms), ("forward + backward", both_ms, both_cpu_ms),
-                                ("backward (the difference)", both_ms - forward_ms, both_cpu_ms - forward_cpu_ms)):
-            print(f"{name:<28}{wall:>7.1f} ms{cpu:>17.1f} ms")
+              f"(Gaussian, tile) pairs ({square_entries:,} by squares), a pixel goes {last.mean():.0f} entries down "
+              "its tile's list on average)")
         results["large"] = {"width": camera.width, "height": camera.height, "gaussians": 300_000, "visible": visible,
-                            "tile_entries": entries, "mean_list_depth": float(last.mean()),
-                            "forward_ms": forward_ms, "forward_backward_ms": both_ms,
-                            "forward_cpu_ms": forward_cpu_ms, "forward_backward_cpu_ms": both_cpu_ms}
+                            "tile_entries": entries, "tile_entries_squares": square_entries,
+                            "mean_list_depth": float(last.mean())}
+        print(f"{'':<40}{'wall':>10}{'CPU (all threads)':>20}")
+        for bound, rasterizer in (("", splats.rasterize), ("squares_", squares)):
+            forward, forward_backward = functions(rasterizer, camera.width, camera.height, background)
+            forward_ms, forward_cpu_ms = timed(forward, *inputs, repeats=args.large_repeats, cpu=True)
+            both_ms, both_cpu_ms = timed(forward_backward, *inputs, repeats=args.large_repeats, cpu=True)
+            label = " (squares)" if bound else " (ellipses)"
+            for name, wall, cpu in (("forward", forward_ms, forward_cpu_ms),
+                                    ("forward + backward", both_ms, both_cpu_ms),
+                                    ("backward (the difference)", both_ms - forward_ms, both_cpu_ms - forward_cpu_ms)):
+                print(f"{name + label:<40}{wall:>7.1f} ms{cpu:>17.1f} ms")
+            results["large"].update({f"{bound}forward_ms": forward_ms, f"{bound}forward_backward_ms": both_ms,
+                                     f"{bound}forward_cpu_ms": forward_cpu_ms,
+                                     f"{bound}forward_backward_cpu_ms": both_cpu_ms})
 
     if not args.skip_large:
         results["frame"] = frame(args.large_repeats)
+    if args.model:
+        results["model"] = trained_model(args.model, args.frames, args.large_repeats)
 
     if args.out:
         with open(args.out, "w") as f:

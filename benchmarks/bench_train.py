@@ -44,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from nerf_pipeline import camera, methods, scoring  # noqa: E402
+from nerf_pipeline import camera, methods, scoring, trained_folder  # noqa: E402
 from nerf_pipeline.benchmarking import (BudgetRecorder, Horizon, eval_schedule, load_config,  # noqa: E402
                                         machine, mean_psnr, peak_rss_mb, prepare_rays, rss_mb)
 from nerf_pipeline.methods import Camera  # noqa: E402
@@ -89,10 +89,12 @@ def mlp_flops_per_sample(method) -> float | None:
 
 def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, schedule_s: list[float],
                  thresholds: list[float], seed: int, stop_psnr: float | None = None, curve_views: int | None = None,
-                 render_frames: int = 120, final_views: int | None = None, lpips=None) -> dict:
+                 render_frames: int = 120, final_views: int | None = None, lpips=None,
+                 save_to: Path | None = None) -> dict:
     """Train preset ``name`` for ``budget_s`` s of training time on ``train_part``, scored on ``heldout_part``
     (the curve on ``curve_views`` of its views, the final figures on ``final_views``, evenly spread; None: all;
-    the final figures with LPIPS too where ``lpips`` is a scorer, ``scoring.lpips.scorer_for``'s)."""
+    the final figures with LPIPS too where ``lpips`` is a scorer, ``scoring.lpips.scorer_for``'s); the trained
+    model saved to the folder ``save_to`` (``methods.load`` reads it) before it is scored, where given."""
     cfg = cfg.model_copy(update={"preset": name, "seed": seed})
     preset = cfg.active
     datasets.check_batch(cfg, train_part.num_views, train_part.num_views * train_part.height * train_part.width)
@@ -111,6 +113,10 @@ def bench_preset(cfg, name: str, train_part, heldout_part, budget_s: float, sche
     method.fit(train_part, epochs=1, steps_per_epoch=10**9, total_steps=10**6, seed=seed, callbacks=[recorder])
     train_s = recorder.train_s()
     peak = peak_rss_mb()
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+        trained_folder.write_model(save_to, method)
+        print(f"[{name}] trained model saved to {save_to}", flush=True)
 
     final_subset = evenly_spread(heldout_part.num_views, final_views or heldout_part.num_views)
     print(f"[{name}] final evaluation on {len(final_subset)} of {heldout_part.num_views} {heldout_part.part} views",
@@ -204,6 +210,8 @@ def main() -> None:
     parser.add_argument("--near", type=float, default=None, help="sampling bounds (default: the scene's own)")
     parser.add_argument("--far", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-models", default=None, metavar="FOLDER",
+                        help="save each trained model to FOLDER/<preset> (to render or profile it later)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -240,7 +248,8 @@ def main() -> None:
             sys.exit(f"error: preset '{name}' is not in {args.params} (presets: {', '.join(cfg.presets)})")
         result = bench_preset(cfg, name, train_part, heldout_part, budget,
                               eval_schedule(budget, args.eval_every_s, args.eval_at_s), args.thresholds, args.seed,
-                              stop_psnr, args.curve_views, args.render_frames, args.final_views, lpips)
+                              stop_psnr, args.curve_views, args.render_frames, args.final_views, lpips,
+                              Path(args.save_models) / name if args.save_models else None)
         summary["results"][name] = result
         print(json.dumps({k: result[k] for k in ("time_to_psnr_s", "final", "steps_per_s", "rss_mb")}, indent=1))
         print(json.dumps(result["render_orbit"], indent=1), flush=True)

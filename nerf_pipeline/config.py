@@ -326,6 +326,9 @@ class SplatsOptimizerConfig(Section):
     opacity: PositiveFloat  # opacity logits
     scales: PositiveFloat  # log scales
     quats: PositiveFloat  # rotations (quaternions)
+    # each training view's colour transform (3 x 3 and an offset, from the identity), where scene.appearance
+    # turns it on (3DGS's exposure compensation: 0.01 decaying to 0.001)
+    appearance: PositiveFloat
     beta_1: Annotated[float, Field(ge=0, lt=1)]
     beta_2: Annotated[float, Field(ge=0, lt=1)]
     epsilon: PositiveFloat
@@ -498,7 +501,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _appearance_needs_an_embedding(self):
-        if self.scene.appearance != "on":
+        if self.scene.appearance != "on" or self.active.method == "splats":  # (splats: a colour transform a view)
             return self
         field = getattr(self.active, "field", None)
         if field is None:

@@ -89,8 +89,7 @@ def log(mlflow_module, method, name: str = "model"):
     with tempfile.TemporaryDirectory(prefix="nerf-logged-model-") as scratch:
         folder = Path(scratch) / "method"
         folder.mkdir()
-        trained_folder.write_method(folder, method.name)
-        method.save(folder)
+        trained_folder.write_model(folder, method)
         with warnings.catch_warnings(record=True):  # "no input example": the signature says what predict takes
             return mlflow_module.pyfunc.log_model(name=name, python_model=NeRFRenderer(),
                                                   artifacts={"model": str(folder)}, signature=signature(),

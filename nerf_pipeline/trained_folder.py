@@ -57,6 +57,13 @@ def write_method(folder, name: str) -> None:
     atomic.write_text(Path(folder) / METHOD_FILE, json.dumps({"method": name}) + "\n")
 
 
+def write_model(folder, method) -> None:
+    """The trained ``method`` (a ``methods.Method``) in ``folder``: ``METHOD_FILE`` and the method's own files, what
+    ``methods.load`` reads back."""
+    write_method(folder, method.name)
+    method.save(folder)
+
+
 def write_cameras(folder, poses, given) -> None:
     """``CAMERAS_FILE``: the training views' poses as trained ``[V, 4, 4]`` and as ``given``."""
     np.savez(Path(folder) / CAMERAS_FILE, poses=np.asarray(poses, np.float32), given=np.asarray(given, np.float32))

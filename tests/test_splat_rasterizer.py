@@ -49,10 +49,15 @@ def random_gaussians(n, seed, spread=1.2, scales=(0.03, 0.35)):
                 colors=rng.uniform(0.0, 1.0, (n, 3)).astype(np.float32))
 
 
-def scene(kind: str, seed: int = 0):
+def scene(kind: str, seed: int = 0, width: int = WIDTH, height: int = HEIGHT):
     """Rasterizer inputs ``(means2d, conics, colors, opacities, depths, radii)`` of a test scene."""
-    camera = make_camera()
-    if kind == "mixed":
+    camera = make_camera(width, height)
+    if kind == "faint":  # opacities from 0.003, long along one axis: elongated on screen, ill-conditioned conics
+        rng = np.random.default_rng(5 + seed)
+        g = random_gaussians(300, 5 + seed)
+        g["opacities"] = np.exp(rng.uniform(np.log(0.003), 0.0, 300)).astype(np.float32)
+        g["log_scales"][:, 0] = np.log(rng.uniform(0.5, 2.0, 300))
+    elif kind == "mixed":
         g = random_gaussians(300, seed)
         # Some behind the camera or nearer than the near plane; some off-screen.
         g["means"][:20] = np.asarray(camera.c2w[:3, 3] + np.random.default_rng(seed).uniform(-0.5, 0.5, (20, 3)),
@@ -377,15 +382,7 @@ def test_opacity_radii_change_no_image_or_gradient(kind):
     op's images and gradients are those of the 3-sigma squares, bit for bit; the faint scene's (opacities from 0.003,
     stretched Gaussians: an ill-conditioned conic) squares shrink, and one under 1/255 is culled."""
     native_or_skip()
-    inputs = scene("mixed" if kind == "faint" else kind)
-    if kind == "faint":
-        rng = np.random.default_rng(5)
-        inputs[3] = tf.constant(np.exp(rng.uniform(np.log(0.003), 0.0, 300)), tf.float32)
-        g = random_gaussians(300, 5)
-        g["log_scales"][:, 0] = np.log(rng.uniform(0.5, 2.0, 300))  # long along one axis: elongated on screen
-        means2d, conics, depths, radii = splats.project(tf.constant(g["means"]), tf.constant(g["log_scales"]),
-                                                        tf.constant(g["quats"]), make_camera())
-        inputs = [means2d, conics, tf.constant(g["colors"]), inputs[3], depths, radii]
+    inputs = scene(kind)
     radii = inputs[5].numpy()
     tight = splats.opacity_radii(inputs[5], inputs[3]).numpy()
     assert tight.dtype == np.int32 and np.all(tight <= radii) and np.all((tight > 0) <= (radii > 0))
@@ -397,6 +394,35 @@ def test_opacity_radii_change_no_image_or_gradient(kind):
     for name, a, b in zip(("rgb", "depth", "alpha", "means2d", "conics", "colors", "opacities", "depths",
                            "background"), [*images, *gradients], [*tight_images, *tight_gradients]):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("kind,size", [("mixed", (WIDTH, HEIGHT)), ("dense", (WIDTH, HEIGHT)),
+                                       ("border", (WIDTH, HEIGHT)), ("faint", (WIDTH, HEIGHT)), ("faint", (97, 83)),
+                                       ("dense", (97, 83))])
+def test_ellipses_change_no_image_or_gradient(kind, size):
+    """The op's ellipses (each Gaussian's rows, rectangle and tiles cut to where its alpha can reach 1/255) leave
+    out only pixels the alpha test skips: images and gradients are the squares', bit for bit, with the 3-sigma
+    squares and with ``opacity_radii``'s; on the elongated faint scene the tiles' lists are shorter."""
+    native_or_skip()
+    width, height = size
+    inputs = scene(kind, width=width, height=height)
+    for radii in (inputs[5], splats.opacity_radii(inputs[5], inputs[3])):
+        case = [*inputs[:5], radii]
+
+        def squares(*args):
+            return splats.rasterize(*args, ellipses=False)
+
+        images, gradients = images_and_gradients(squares, case, width=width, height=height)
+        ellipse_images, ellipse_gradients = images_and_gradients(splats.rasterize, case, width=width, height=height)
+        for name, a, b in zip(("rgb", "depth", "alpha", "means2d", "conics", "colors", "opacities", "depths",
+                               "background"), [*images, *gradients], [*ellipse_images, *ellipse_gradients]):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    if kind == "faint":
+        library = splats.native_library()
+        args = splats._inputs(*inputs, tf.constant(BACKGROUND))
+        entries = [int(library.nerf_splat_rasterize(*args, width=width, height=height, ellipses=ellipses)[6].shape[0])
+                   for ellipses in (False, True)]
+        assert entries[1] < 0.8 * entries[0], entries
 
 
 def test_op_is_deterministic():

@@ -314,6 +314,51 @@ def test_the_step_is_traced_once_through_densification_and_degrees(rays_dir):
     np.testing.assert_array_equal(image, train.images[view, top:top + 16, left:left + 16])
 
 
+def test_each_training_view_learns_its_exposure_and_held_out_views_take_their_neighbours(rays_dir, tmp_path):
+    """With ``scene.appearance`` on, each training view's colour transform learns its view's exposure (two of six
+    views made half as bright): the loss ends lower than without, the dark views' transforms darken; a camera
+    takes its nearest training views' transform (a view's own at its position), the mean without training poses;
+    saved and loaded with the model; a scene without appearance plans none."""
+    from nerf_pipeline import trained_folder
+
+    train = copy.copy(ray_files.load(rays_dir, "train"))
+    gains = np.ones(train.num_views)
+    gains[:2] = 0.5
+    train.images = np.round(train.images * gains[:, None, None, None]).astype(np.uint8)
+    losses, methods_by_choice = {}, {}
+    for choice in ("on", "off"):
+        params = splats_params(steps_per_epoch=300)
+        params["scene"]["appearance"] = choice
+        params["presets"]["splats"]["optimizer"]["appearance"] = 0.02
+        params["presets"]["splats"]["init"]["num_random"] = 300
+        cfg = config.from_dict(params)
+        assert methods.plan(cfg, train) == {"model.appearance_embedding": choice}
+        method = methods.build(cfg, train)
+        trainer = method._make_trainer(total_steps=300)
+        step_losses = [trainer.train_step(step, *training.step_inputs(train, step, None, seed=0)).loss
+                       for step in range(300)]
+        assert trainer.trace_count() == 1
+        losses[choice], methods_by_choice[choice] = np.mean(step_losses[-30:]), method
+    assert losses["on"] < 0.9 * losses["off"], losses
+    method = methods_by_choice["on"]
+    assert methods_by_choice["off"].colour_transform(Camera.of_view(train, 0)) is None
+    assert method.tracking_params()["model.appearance_embedding"] == "on"
+    mean_colour = np.append(train.images.reshape(-1, 3).mean(axis=0) / 255.0, 1.0)
+    brightness = [float(np.mean(method.colour_transform(Camera.of_view(train, v)) @ mean_colour))
+                  for v in range(train.num_views)]
+    assert max(brightness[:2]) < 0.85 * min(brightness[2:]), brightness
+    # a training view's own camera takes its own transform; the mean appearance darkens its render less
+    transforms = np.stack([method.colour_transform(Camera.of_view(train, v)) for v in range(train.num_views)])
+    dark = Camera.of_view(train, 0)
+    assert method.with_training_poses(None).colour_transform(dark) == pytest.approx(transforms.mean(axis=0))
+    assert method.render(dark)["rgb"].mean() < method.with_training_poses(None).render(dark)["rgb"].mean()
+    trained_folder.write_model(tmp_path, method)
+    loaded = methods.load(tmp_path, train_part=train)
+    np.testing.assert_allclose(loaded.colour_transform(dark), transforms[0], atol=1e-7)
+    np.testing.assert_allclose(loaded.render(dark)["rgb"], method.render(dark)["rgb"], atol=1e-6)
+    np.testing.assert_allclose(methods.load(tmp_path).colour_transform(dark), transforms.mean(axis=0), atol=1e-6)
+
+
 def test_coarse_to_fine_views_are_block_means_with_their_camera(rays_dir):
     """Before ``until`` a step trains on its view averaged over ``downscale`` blocks, its camera scaled so that it
     sees what the whole view shows there (a render at the coarse camera is the block mean of the full render, to
@@ -503,9 +548,8 @@ def test_the_splats_preset_is_valid_and_chosen_by_its_method():
     assert isinstance(cfg.presets["hashgrid"], config.PresetConfig)
     assert methods.module_for(cfg.active.method) is splats_method
     params = splats_params()
-    params["scene"]["appearance"] = "on"
-    with pytest.raises(ConfigError, match="'scene.appearance' is 'on' but preset 'splats'"):
-        config.from_dict(params)
+    params["scene"]["appearance"] = "on"  # (splats have one: a colour transform per training view)
+    assert config.from_dict(params).scene.appearance == "on"
 
 
 def test_coarse_views_smaller_than_four_pixels_are_refused_by_name(rays_dir):

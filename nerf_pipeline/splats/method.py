@@ -3,7 +3,10 @@ and trains as 3DGS does (``training.py``).
 
 Its files in the trained folder (``trained_folder``): ``splats.ply``, the Gaussians in the layout 3DGS's viewers
 read (``ply.py``: open it in one), and ``splats.json``, what rendering needs besides (the background, the scene's
-box). Its checkpoint (``training/checkpoint.py``'s ``state-E.keras``, though not a Keras file) is an ``.npz`` of
+box, and with an appearance each training view's colour transform: ``training.apply_appearance``; a camera is
+rendered in the mix of its two nearest training views' as the NeRF's embedding is, ``camera.nearest_views_weights``,
+or in their mean without the training poses; 3DGS's viewers, reading the PLY, show the Gaussians' own colours).
+Its checkpoint (``training/checkpoint.py``'s ``state-E.keras``, though not a Keras file) is an ``.npz`` of
 ``Trainer.state()``: the Gaussians, Adam's moments, the density control's statistics and the step count; the view
 order, crops and split halves are drawn from the seed and the step, so a run resumed after ``kill -9`` goes on as
 the uninterrupted one would.
@@ -19,6 +22,8 @@ blend of the Gaussians' depths, not divided by the opacity: 0 where nothing is.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 from pathlib import Path
@@ -62,13 +67,17 @@ class SplatsMethod:
         bound: the half-size of the scene's box (``extent``).
         train_poses: the training views' poses ``[V, 4, 4]`` (None: loaded without them).
         cfg: the config that built it (a model that trains: its preset's schedule).
+        appearance: the training views' colour transforms ``[V, 3, 4]`` (``training.apply_appearance``; a model
+            that trains starts from ``training.identity_appearance``); None: no appearance.
     """
 
     name = NAME
 
-    def __init__(self, gaussians, background: float, bound: float, train_poses=None, cfg=None, init: str = ""):
+    def __init__(self, gaussians, background: float, bound: float, train_poses=None, cfg=None, init: str = "",
+                 appearance=None):
         self.gaussians, self._background, self.bound = gaussians, float(background), float(bound)
         self.train_poses, self.cfg, self.init = train_poses, cfg, init
+        self.appearance = None if appearance is None else np.asarray(appearance, np.float32)
         self.trainer = None
         self._renders, self._projections, self._fitting = {}, None, False
 
@@ -82,7 +91,31 @@ class SplatsMethod:
         return self.train_poses
 
     def with_training_poses(self, poses) -> SplatsMethod:
-        return self  # (no per-view appearance: the training poses change no render)
+        if self.appearance is None:
+            return self  # (the training poses change no render)
+        other = copy.copy(self)  # (the Gaussians and compiled renders shared)
+        other.train_poses = None if poses is None else np.asarray(poses)
+        return other
+
+    def _appearance_arrays(self):
+        """The training views' colour transforms ``[V, 3, 4]`` as they are now (training's), or None."""
+        if self.trainer is not None and self.trainer.appearance is not None:
+            return self.trainer.appearance.numpy()
+        return self.appearance
+
+    def colour_transform(self, cam) -> np.ndarray | None:
+        """The colour transform ``[3, 4]`` that ``cam`` is rendered in: the mix of its nearest training views'
+        (``camera.nearest_views_weights``), their mean without training poses; None without an appearance."""
+        from nerf_pipeline.camera import nearest_views_weights
+
+        transforms = self._appearance_arrays()
+        if transforms is None:
+            return None
+        poses = self.train_poses
+        if poses is None or len(poses) != len(transforms):  # (loaded without its views, or with others)
+            return transforms.mean(axis=0)
+        weights = nearest_views_weights(np.asarray(poses)[:, :3, 3], np.asarray(cam.pose)[:3, 3])
+        return np.tensordot(weights, transforms, axes=1).astype(np.float32)
 
     def extent(self) -> float:
         return self.bound
@@ -126,12 +159,8 @@ class SplatsMethod:
 
         def prepare(c2w, intrinsics, size):
             cam = rasterizer.Camera(c2w, intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3], size[0], size[1])
-            means2d, conics, depths, radii = rasterizer.project(g.means, g.log_scales, g.quats, cam)
             # Degree 3 always: the coefficients of degrees not trained yet are zeros (training.py).
-            colors = rasterizer.sh_colors(g.sh(), 3, g.means, cam.position)
-            opacities = tf.sigmoid(g.opacity_logits)
-            # (the same image as project's radii give, from fewer pixels visited)
-            return means2d, conics, colors, opacities, depths, rasterizer.opacity_radii(radii, opacities)
+            return rasterizer.frame_inputs(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh(), 3, cam)
 
         return function(prepare, autograph=False, input_signature=[
             tf.TensorSpec([4, 4], tf.float32), tf.TensorSpec([4], tf.float32), tf.TensorSpec([2], tf.float32)])
@@ -140,17 +169,21 @@ class SplatsMethod:
         height, width = int(cam.height), int(cam.width)
         intrinsics = np.asarray(cam.intrinsics, np.float32)
         rgb, depth, alpha = self._render_function(height, width)(np.asarray(cam.pose, np.float32), intrinsics)
-        fx, fy, cx, cy = (float(v) for v in intrinsics)
-        x = (np.arange(width, dtype=np.float32) + 0.5 - cx) / fx
-        y = (np.arange(height, dtype=np.float32) + 0.5 - cy) / fy
-        along_ray = np.sqrt(1.0 + x[None, :] ** 2 + y[:, None] ** 2)  # the ray's length per unit of depth
-        return {"rgb": rgb.numpy(), "depth": (depth.numpy() * along_ray).astype(np.float32),
-                "opacity": alpha.numpy()}
+        along_ray = _ray_length_per_depth(height, width, *(float(v) for v in intrinsics))
+        rgb = rgb.numpy()
+        transform = self.colour_transform(cam)
+        if transform is not None:  # (training.apply_appearance, in numpy; clipped as the image it shows)
+            rgb = np.clip(rgb @ transform[:, :3].T + transform[:, 3], 0.0, 1.0).astype(np.float32)
+        return {"rgb": rgb, "depth": (depth.numpy() * along_ray).astype(np.float32), "opacity": alpha.numpy()}
 
     def save(self, folder) -> None:
         folder = Path(folder)
         ply.write(folder / PLY_FILE, self.gaussians.numpy())
-        (folder / SETTINGS_FILE).write_text(json.dumps({"background": self._background, "bound": self.bound}) + "\n")
+        settings = {"background": self._background, "bound": self.bound}
+        transforms = self._appearance_arrays()
+        if transforms is not None:
+            settings["appearance"] = transforms.tolist()
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings) + "\n")
 
     def export_files(self, folder) -> list[str]:
         """``methods.Method.export_files``: the Gaussians as ``splats.ply`` (``ply.py``'s layout, what
@@ -204,7 +237,8 @@ class SplatsMethod:
         from nerf_pipeline.splats.training import Trainer, cameras_extent
 
         self.trainer = Trainer(self.gaussians, self.cfg.active, background=self._background,
-                               extent=cameras_extent(self.train_poses), total_steps=total_steps, seed=self.cfg.seed)
+                               extent=cameras_extent(self.train_poses), total_steps=total_steps, seed=self.cfg.seed,
+                               appearance=self.appearance)
         return self.trainer
 
     def set_total_steps(self, total_steps: int) -> None:
@@ -257,13 +291,26 @@ class SplatsMethod:
                 break
 
     def tracking_params(self) -> dict:
-        return {"model.splats_init": self.init}
+        return {"model.splats_init": self.init, **scene_choices(self.appearance is not None)}
 
     def describe(self) -> str:
-        return f"from {self.init}"
+        views = "" if self.appearance is None else (
+            f", with a colour transform per training view ({len(self.appearance)}; held-out views take their nearest "
+            "training views')")
+        return f"from {self.init}{views}"
 
     def training_figures(self) -> dict:
         return {"gaussians": self.gaussians.count}
+
+
+@functools.lru_cache(maxsize=8)
+def _ray_length_per_depth(height: int, width: int, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """``[H, W]`` float32: the length of each pixel's ray per unit of depth (a video's frames share one camera)."""
+    x = (np.arange(width, dtype=np.float32) + 0.5 - cx) / fx
+    y = (np.arange(height, dtype=np.float32) + 0.5 - cy) / fy
+    out = np.sqrt(1.0 + x[None, :] ** 2 + y[:, None] ** 2)
+    out.flags.writeable = False
+    return out
 
 
 def _call(callbacks, hook: str, *args) -> None:
@@ -285,10 +332,21 @@ def initial_gaussians(cfg, train_part) -> tuple[dict, str]:
     return gaussians_module.initial_arrays(points, colours, init.opacity), how
 
 
+def appearance(cfg, unbounded: bool) -> bool:
+    """Whether each training view learns a colour transform: ``scene.appearance`` on, or auto for a capture
+    (``unbounded``: photos, videos, COLMAP, LLFF), as the NeRF's embedding."""
+    return cfg.scene.appearance == "on" or (cfg.scene.appearance == "auto" and bool(unbounded))
+
+
+def scene_choices(appearance_on: bool) -> dict:
+    """The scene choice splats make as ``plan`` and ``tracking_params`` name it (the NeRF's name for its kind)."""
+    return {"model.appearance_embedding": "on" if appearance_on else "off"}
+
+
 def plan(cfg, train_part) -> dict:
-    """Nothing: splats decide nothing from ``scene.*``'s auto values (no contraction, appearance embedding or camera
-    refinement; where they start is the rays folder's, ``initial_gaussians``)."""
-    return {}
+    """The scene choice ``build`` makes for ``train_part`` (``scene_choices``): an appearance; splats have no
+    contraction or camera refinement, and where they start is the rays folder's (``initial_gaussians``)."""
+    return scene_choices(appearance(cfg, train_part.unbounded))
 
 
 def build(cfg, train_part, *, jit_compile: bool | None = None) -> SplatsMethod:
@@ -297,9 +355,12 @@ def build(cfg, train_part, *, jit_compile: bool | None = None) -> SplatsMethod:
     if cfg.scene.camera_refinement == "on":
         raise ConfigError("scene.camera_refinement is 'on', but the splats method does not refine camera poses; "
                           "use auto or off")
+    from nerf_pipeline.splats.training import identity_appearance
+
     arrays, how = initial_gaussians(cfg, train_part)
+    transforms = identity_appearance(train_part.num_views) if appearance(cfg, train_part.unbounded) else None
     return SplatsMethod(gaussians_module.Gaussians(arrays), cfg.data.background, cfg.scene.bound,
-                        train_poses=np.asarray(train_part.poses), cfg=cfg, init=how)
+                        train_poses=np.asarray(train_part.poses), cfg=cfg, init=how, appearance=transforms)
 
 
 def load(path, *, train_part=None, chunk_rays: int = 16384, jit_compile: bool = True) -> SplatsMethod:
@@ -311,13 +372,19 @@ def load(path, *, train_part=None, chunk_rays: int = 16384, jit_compile: bool = 
             with np.load(path) as state:
                 arrays = {name: state[name] for name in gaussians_module.NAMES}
                 background, bound = float(state["background"]), float(state["bound"])
+                transforms = state["appearance"] if "appearance" in state else None
         else:
             folder = trained_folder.folder_of(path)
             arrays = ply.read(folder / PLY_FILE if path.is_dir() else path)
             settings = json.loads((folder / SETTINGS_FILE).read_text())
             background, bound = float(settings["background"]), float(settings["bound"])
+            transforms = settings.get("appearance")  # (none in a model without one, or saved before it existed)
+        if transforms is not None:
+            transforms = np.asarray(transforms, np.float32)
+            if transforms.ndim != 3 or transforms.shape[1:] != (3, 4) or not np.isfinite(transforms).all():
+                raise ValueError(f"its appearance must be finite [V, 3, 4] colour transforms, got {transforms.shape}")
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: cannot load the trained Gaussians ({e}); run the train stage again.") from None
     poses = None if train_part is None else np.asarray(train_part.poses)
     return SplatsMethod(gaussians_module.Gaussians(arrays), background, bound, train_poses=poses,
-                        init="a trained model")
+                        init="a trained model", appearance=transforms)

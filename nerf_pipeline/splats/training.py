@@ -12,6 +12,13 @@ accumulates each Gaussian's projected-mean gradient norm in NDC units (the pixel
 size) and its largest screen radius, and every ``densify.every`` steps ``density_control`` clones, splits and
 prunes; every ``densify.opacity_reset_every`` steps, opacities are lowered to ``densify.reset_opacity``.
 
+With an appearance (``Trainer``'s ``appearance``: where ``scene.appearance`` turns it on, as for a capture), each
+training view has a colour transform of its own, ``[3, 4]``: the rendered colours' 3 x 3 matrix and an offset
+(``apply_appearance``), from the identity, learnt with the Gaussians at ``optimizer.appearance`` (3DGS's exposure
+compensation): a phone's exposure and white balance drift through a capture, and without it the Gaussians learn
+each view's light as geometry and colour. Each view's transform has its own Adam (moments and step count): it
+moves on its view's steps only.
+
 The step is one ``tf.function`` per image size, traced once: the Gaussians, Adam's moments and the statistics are
 variables of unknown first dimension (``gaussians.Gaussians``), changed in size between steps by assignment, and
 the SH degree is a tensor (a mask over the coefficients), so neither densification nor a new degree retraces it.
@@ -139,6 +146,17 @@ def image_loss(predicted, target, kept, ssim_weight: float):
 
 # -- the trainer -------------------------------------------------------------------------------------------------------
 
+def identity_appearance(num_views: int) -> np.ndarray:
+    """``[num_views, 3, 4]`` float32 colour transforms that change nothing (``apply_appearance``)."""
+    return np.tile(np.eye(3, 4, dtype=np.float32), (num_views, 1, 1))
+
+
+def apply_appearance(rgb, transform):
+    """``rgb [H, W, 3]`` through a view's colour ``transform [3, 4]``: ``transform[:, :3] @ colour + transform[:, 3]``
+    at each pixel (TensorFlow; ``method.py`` applies it to rendered numpy images the same way)."""
+    return tf.einsum("hwc,dc->hwd", rgb, transform[:, :3]) + transform[:, 3]
+
+
 def _per_gaussian(shape_tail, dtype=tf.float32, name=None):
     return tf.Variable(tf.zeros([0, *shape_tail], dtype), shape=tf.TensorShape([None, *shape_tail]), trainable=False,
                        name=name)
@@ -160,10 +178,20 @@ class Trainer:
         total_steps: the run's steps (the means' learning rate decays over them).
         seed: the view order, crops and split halves (each a function of the seed and the step, so a resumed run
             draws what the uninterrupted one would).
+        appearance: the training views' colour transforms ``[V, 3, 4]`` to start from (``identity_appearance``),
+            learnt with the Gaussians; None: no appearance.
     """
 
-    def __init__(self, gaussians: Gaussians, preset, *, background, extent: float, total_steps: int, seed: int):
+    def __init__(self, gaussians: Gaussians, preset, *, background, extent: float, total_steps: int, seed: int,
+                 appearance=None):
         self.gaussians, self.preset = gaussians, preset
+        self.appearance = None
+        if appearance is not None:
+            appearance = np.asarray(appearance, np.float32)
+            self.appearance = tf.Variable(appearance, trainable=False, name="appearance")
+            self.appearance_moments = (tf.Variable(tf.zeros_like(appearance), trainable=False, name="m_appearance"),
+                                       tf.Variable(tf.zeros_like(appearance), trainable=False, name="v_appearance"))
+            self.appearance_steps = tf.Variable(tf.zeros([len(appearance)]), trainable=False, name="appearance_steps")
         self.background = tf.constant(np.broadcast_to(np.asarray(background, np.float32), (3,)))
         self.extent, self.total_steps, self.seed = float(extent), int(total_steps), int(seed)
         self.moments = {name: (_per_gaussian(ROW_SHAPES[name], name=f"m_{name}"),
@@ -194,6 +222,9 @@ class Trainer:
             out[f"m_{name}"], out[f"v_{name}"] = (moment.numpy() for moment in self.moments[name])
         out.update({name: variable.numpy() for name, variable in self.stats.items()})
         out["iterations"] = np.int64(self.iterations.numpy())
+        if self.appearance is not None:
+            out["appearance"], out["appearance_steps"] = self.appearance.numpy(), self.appearance_steps.numpy()
+            out["m_appearance"], out["v_appearance"] = (moment.numpy() for moment in self.appearance_moments)
         return out
 
     def load_state(self, state: dict) -> None:
@@ -205,6 +236,11 @@ class Trainer:
         for name, variable in self.stats.items():
             variable.assign(np.asarray(state[name], np.float32))
         self.iterations.assign(int(state["iterations"]))
+        if self.appearance is not None and "appearance" in state:  # (else: the identities it starts from)
+            self.appearance.assign(np.asarray(state["appearance"], np.float32))
+            self.appearance_steps.assign(np.asarray(state["appearance_steps"], np.float32))
+            for moment, name in zip(self.appearance_moments, ("m_appearance", "v_appearance")):
+                moment.assign(np.asarray(state[name], np.float32))
 
     # -- the step --------------------------------------------------------------------------------------------------
 
@@ -215,12 +251,13 @@ class Trainer:
         g, preset = self.gaussians, self.preset
         opt = preset.optimizer
         rates = {name: getattr(opt, GROUPS[name]) for name in NAMES if name != "means"}
+        appearance = self.appearance
         beta_1, beta_2, epsilon = opt.beta_1, opt.beta_2, opt.epsilon
         ssim_weight = float(preset.ssim_weight)
         ndc = tf.constant([0.5 * width, 0.5 * height])
         longer = float(max(width, height))
 
-        def step(image, kept, c2w, intrinsics, degree, means_rate):
+        def step(image, kept, c2w, intrinsics, degree, means_rate, view):
             target = tf.cast(image, tf.float32) / 255.0
             cam = rasterizer.Camera(c2w, intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3], width, height)
             degree_mask = tf.cast(tf.range(16) < (degree + 1) ** 2, tf.float32)[None, :, None]
@@ -236,8 +273,16 @@ class Trainer:
                 rgb, _, _ = rasterizer.rasterize(means2d, conics, colors, opacities, depths,
                                                  rasterizer.opacity_radii(radii, opacities), width, height,
                                                  self.background)
+                if appearance is not None:
+                    transform = tf.gather(appearance, view)
+                    tape.watch(transform)
+                    rgb = apply_appearance(rgb, transform)
                 loss, mse = image_loss(rgb, target, kept, ssim_weight)
-            *grads, grad_means2d = tape.gradient(loss, [*variables, means2d])
+            if appearance is None:
+                *grads, grad_means2d = tape.gradient(loss, [*variables, means2d])
+            else:
+                *grads, grad_means2d, grad_transform = tape.gradient(loss, [*variables, means2d, transform])
+                self._appearance_step(view, transform, grad_transform)
             t = tf.cast(self.iterations + 1, tf.float32)
             correction = tf.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t)
             for name, variable, grad in zip(NAMES, variables, grads):
@@ -259,26 +304,44 @@ class Trainer:
 
         signature = [tf.TensorSpec([height, width, 3], tf.uint8), tf.TensorSpec([height, width], tf.float32),
                      tf.TensorSpec([4, 4], tf.float32), tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.int32),
-                     tf.TensorSpec([], tf.float32)]
+                     tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)]
         function = tf.function(step, input_signature=signature, autograph=False)
         self._functions[key] = function
         return function
+
+    def _appearance_step(self, view, transform, grad) -> None:
+        """Adam on view ``view``'s colour transform alone, with its own step count (inside the step function)."""
+        opt, index = self.preset.optimizer, [[view]]
+        m, v = self.appearance_moments
+        t = tf.gather(self.appearance_steps, view) + 1.0
+        m_row = opt.beta_1 * tf.gather(m, view) + (1.0 - opt.beta_1) * grad
+        v_row = opt.beta_2 * tf.gather(v, view) + (1.0 - opt.beta_2) * grad * grad
+        correction = tf.sqrt(1.0 - opt.beta_2 ** t) / (1.0 - opt.beta_1 ** t)
+        update = opt.appearance * correction * m_row / (tf.sqrt(v_row) + opt.epsilon * tf.sqrt(1.0 - opt.beta_2 ** t))
+        self.appearance.scatter_nd_update(index, (transform - update)[None])
+        m.scatter_nd_update(index, m_row[None])
+        v.scatter_nd_update(index, v_row[None])
+        self.appearance_steps.scatter_nd_update(index, t[None])
 
     def trace_count(self) -> int:
         """How many times the step functions were traced (once per image size when all is well)."""
         return sum(function.experimental_get_tracing_count() for function in self._functions.values())
 
-    def train_step(self, step: int, image, kept, c2w, intrinsics) -> StepResult:
+    def train_step(self, step: int, image, kept, c2w, intrinsics, view: int | None = None) -> StepResult:
         """Step ``step`` (0-based: what the schedules read) on one view: ``image [H, W, 3]`` uint8, ``kept [H, W]``
-        (None: every pixel), its camera ``c2w [4, 4]`` and ``intrinsics [4]``; then the density control that falls
-        on it. Returns the loss and the PSNR of the kept pixels."""
+        (None: every pixel), its camera ``c2w [4, 4]`` and ``intrinsics [4]``, and with an appearance its index
+        ``view`` among the training views (None: ``view_of_step``'s, the view ``step_inputs`` and ``StepViews``
+        give that step); then the density control that falls on it. Returns the loss and the PSNR of the kept
+        pixels."""
         height, width = np.shape(image)[:2]
         kept = np.ones((height, width), np.float32) if kept is None else np.asarray(kept, np.float32)
         function = self._step_function(int(height), int(width))
         means_rate = means_learning_rate(step, self.total_steps, self.preset.optimizer, self.extent)
+        if view is None:
+            view = 0 if self.appearance is None else view_of_step(step, int(self.appearance.shape[0]), self.seed)
         loss, mse = function(np.asarray(image, np.uint8), kept, np.asarray(c2w, np.float32),
                              np.asarray(intrinsics, np.float32), np.int32(sh_degree_at(step, self.preset)),
-                             np.float32(means_rate))
+                             np.float32(means_rate), np.int32(view))
         self.after_step(step)
         return StepResult(float(loss), float(-10.0 * np.log10(max(float(mse), 1e-10))))
 

@@ -123,8 +123,7 @@ def _train(cfg: Config, strategy, in_rays, outs: dict, read_checkpoint, track: b
                    "time": {"train_s": round(train_s, 2),
                             "steps_per_s": round(trained_steps / train_s, 3) if trained_steps else None}}
         with atomic.atomic_dir(outs["out_model"]) as folder:
-            trained_folder.write_method(folder, method.name)
-            method.save(folder)
+            trained_folder.write_model(folder, method)
             trained_folder.write_progress(folder, recorder.frames, cfg.epochs)
             if track:
                 tracking.write_run_file(folder / trained_folder.RUN_FILE, run)
