@@ -425,6 +425,65 @@ def test_ellipses_change_no_image_or_gradient(kind, size):
         assert entries[1] < 0.8 * entries[0], entries
 
 
+def frame_scene(seed: int, n: int = 300):
+    """Gaussians as a trained model holds them (``frame_inputs``' arguments but the camera), with the mixed
+    scene's hard cases: behind the camera, off-screen, a flat disc, a needle, a huge one, non-finite ones."""
+    camera = make_camera()
+    g = random_gaussians(n, seed)
+    rng = np.random.default_rng(seed)
+    g["means"][:20] = camera.c2w[:3, 3] + rng.uniform(-0.5, 0.5, (20, 3))
+    g["means"][20:30, 0] += 6.0
+    g["log_scales"][30] = np.log([1e-6, 0.2, 0.2])
+    g["log_scales"][31] = np.log([1e-6, 1e-6, 0.3])
+    g["log_scales"][32], g["means"][32] = np.log([3.0, 3.0, 3.0]), 0.0
+    g["means"][33, 1], g["log_scales"][34, 2], g["quats"][35, 0] = np.nan, np.inf, np.nan
+    logits = np.log(g["opacities"] / (1.0 - g["opacities"])).astype(np.float32)
+    logits[36] = -9.0  # under 1/255 everywhere: culled by its reach
+    sh = rng.normal(0.0, 0.3, (n, 16, 3)).astype(np.float32)
+    return g["means"], g["log_scales"], g["quats"], logits, sh
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_the_native_frame_inputs_are_the_tensorflow_ones(degree):
+    """``native_frame_inputs`` (the op a trained model's frames use) gives ``frame_inputs``' values: each drawn
+    Gaussian's mean, conic, colour, opacity and depth to float32 precision, its radius to within one pixel where
+    the ceiling of a square root falls on the other side of a whole number; the same Gaussians drawn, the same
+    image."""
+    native_or_skip()
+    camera = make_camera()
+    means, log_scales, quats, logits, sh = frame_scene(seed=degree)
+    expected = [x.numpy() for x in splats.frame_inputs(*(tf.constant(x) for x in (means, log_scales, quats, logits,
+                                                                                  sh)), degree, camera)]
+    actual = [x.numpy() for x in splats.native_frame_inputs(
+        means, log_scales, quats, logits, sh[:, :1], sh[:, 1:], degree, camera.c2w.astype(np.float32),
+        np.float32([camera.fx, camera.fy, camera.cx, camera.cy]), WIDTH, HEIGHT)]
+    radii, native_radii = expected[5], actual[5]
+    drawn = radii > 0
+    assert drawn.sum() > 200 and not drawn[20:30].any() and not drawn[33:37].any() and drawn[30:33].all()
+    np.testing.assert_array_equal(native_radii > 0, drawn)
+    assert np.abs(native_radii.astype(int) - radii).max() <= 1 and (native_radii == radii).mean() > 0.98
+    for name, a, e in zip(("means2d", "conics", "colors", "opacities", "depths"), actual, expected):
+        assert_close(a[drawn], e[drawn], rtol=2e-5, name=name)
+    background = tf.constant(BACKGROUND)
+    images = [splats.rasterize(*inputs, WIDTH, HEIGHT, background) for inputs in (expected, actual)]
+    for name, a, e in zip(("rgb", "depth", "alpha"), images[1], images[0]):
+        np.testing.assert_allclose(a.numpy(), e.numpy(), atol=2e-3, err_msg=name)
+
+
+def test_the_native_frame_inputs_refuse_what_they_cannot_read():
+    native_or_skip()
+    means, log_scales, quats, logits, sh = frame_scene(seed=0, n=40)
+    camera = make_camera()
+    c2w, intrinsics = camera.c2w.astype(np.float32), np.float32([camera.fx, camera.fy, camera.cx, camera.cy])
+    cases = [((means, log_scales, quats, logits, sh[:, :1], sh[:, 1:4], 2, c2w, intrinsics), "degree 2 needs 9"),
+             ((means, log_scales[:-1], quats, logits, sh[:, :1], sh[:, 1:], 3, c2w, intrinsics), "log_scales must be"),
+             ((means, log_scales, quats, logits, sh[:, :1], sh[:, 1:], 3, c2w, intrinsics * np.float32([0, 1, 1, 1])),
+              "positive focal lengths")]
+    for args, message in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            splats.native_frame_inputs(*args, WIDTH, HEIGHT)
+
+
 def test_op_is_deterministic():
     native_or_skip()
     inputs = scene("dense")

@@ -402,19 +402,25 @@ def test_coarse_to_fine_views_are_block_means_with_their_camera(rays_dir):
 # -- the method and its files ---------------------------------------------------------------------------------------
 
 def test_a_trained_models_frames_compile_projection_once_and_equal_training_renders(rays_dir):
-    """Out of ``fit`` the projection and colours are one XLA computation, for every image size; while ``fit`` runs
-    (validation) they are TensorFlow's ops one by one: the same frames."""
+    """Frames take their projection and colours from the native op where it is built; without it (or with
+    ``native_frames`` off), out of ``fit`` they are one XLA computation, for every image size, and while ``fit``
+    runs (validation) TensorFlow's ops one by one: the same frames."""
     cfg = config.from_dict(splats_params())
     train = ray_files.load(rays_dir, "train")
     method = methods.build(cfg, train)
     method.gaussians.assign(some_gaussians(60))
+    native = rasterizer.native_library() is not None
     for cam in (Camera.of_view(train, 0), Camera.of_view(train, 1).resized(17, 30)):
+        by_native = method.render(cam)
+        method.native_frames = False
         method._fitting = True
         by_ops = method.render(cam)
         method._fitting = False
         compiled = method.render(cam)
+        method.native_frames = True
         for key in ("rgb", "depth", "opacity"):
             np.testing.assert_allclose(compiled[key], by_ops[key], atol=2e-5, err_msg=key)
+            np.testing.assert_allclose(by_native[key], by_ops[key], atol=2e-4 if native else 0, err_msg=key)
     assert method._projections[1].experimental_get_tracing_count() == 1  # one computation for both sizes
 
 

@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 DISABLE_ENV = "NERF_PIPELINE_NATIVE"  # "0": TensorFlow's ops only
 SOURCE_DIR = Path(__file__).parent
 # A library and its sources, compiled together: the hash grid's encoding and the occupancy grid's march; the
-# Gaussian splats' rasterizer.
+# Gaussian splats' rasterizer (and SSIM) and a frame's projection.
 SOURCES = {"nerf_ops": (SOURCE_DIR / "hash_grid.cc", SOURCE_DIR / "occupancy.cc"),
-           "splat_ops": (SOURCE_DIR / "splats.cc",)}
+           "splat_ops": (SOURCE_DIR / "splats.cc", SOURCE_DIR / "splat_frame.cc")}
 BUILD_TIMEOUT_S = 600
 CHECKSUM_SUFFIX = ".sha256"  # <library>.so.sha256: the library's sha256, written after it
 

@@ -212,23 +212,20 @@ inline RowBounds RowBoundsOf(const Splat& s, bool ellipses) {
 
 // The columns [*first, *last] of row dy (float, as the loops compute it) within [lo, hi] that the Gaussian's
 // ellipse can reach; false when there are none. Float rounding here moves a border by far less than the pixel
-// added (the reach's own rounding is under 1e-6 k, its margin 1e-5 k).
-inline bool RowColumns(const Splat& s, const RowBounds& r, float dy, int lo, int hi, int* first, int* last) {
-  if (r.reach <= 0.0f) {
-    *first = lo;
-    *last = hi;
-    return lo <= hi;
-  }
+// added (the reach's own rounding is under 1e-6 k, its margin 1e-5 k). With `whole` (the range is one packet:
+// nothing to narrow), only whether the row is reached.
+inline bool RowColumns(const Splat& s, const RowBounds& r, float dy, int lo, int hi, bool whole, int* first,
+                       int* last) {
+  *first = lo;
+  *last = hi;
+  if (r.reach <= 0.0f) return true;
   const float q = r.reach - r.curvature * dy * dy;
   if (q < -1e-5f * r.reach) return false;
+  if (whole) return true;
   const float shift = r.slope * dy;
   const float half = std::sqrt((std::max(q, 0.0f) + 1e-5f * r.reach) * r.inverse_a);
   const float centre = s.u + shift;
-  if (!std::isfinite(centre) || !std::isfinite(half)) {  // (absurd conics only: the square's row)
-    *first = lo;
-    *last = hi;
-    return lo <= hi;
-  }
+  if (!std::isfinite(centre) || !std::isfinite(half)) return true;  // (absurd conics only: the square's row)
   const float margin = 1.0f + 1e-5f * (std::fabs(s.u) + std::fabs(shift) + half);
   // Pixel centres col + 0.5 within [centre - half - margin, centre + half + margin].
   const float from = std::ceil(centre - half - margin - 0.5f), to = std::floor(centre + half + margin - 0.5f);
@@ -466,6 +463,7 @@ void CompositeTile(int64_t tile, const Image& image, const std::vector<Splat>& s
     const SplatPackets g(s);
     const Packet position = ei::pset1<Packet>(static_cast<float>(k - begin + 1));
     const int cx0 = std::max<int>(s.x0, x0), cx1 = std::min<int>(s.x1, x1 - 1);
+    const bool one_packet = (cx0 - x0) / kLanes == (cx1 - x0) / kLanes;
     const int cy0 = std::max<int>(s.y0, y0), cy1 = std::min<int>(s.y1, y1 - 1);
     for (int row = cy0; row <= cy1; ++row) {
       const int r = row - y0;
@@ -473,7 +471,7 @@ void CompositeTile(int64_t tile, const Image& image, const std::vector<Splat>& s
       const float dy = (static_cast<float>(row) + 0.5f) - s.v;
       if (!(std::fabs(dy) <= s.radius)) continue;
       int first, last_column;
-      if (!RowColumns(s, ellipse, dy, cx0, cx1, &first, &last_column)) continue;
+      if (!RowColumns(s, ellipse, dy, cx0, cx1, one_packet, &first, &last_column)) continue;
       const int j0 = (first - x0) / kLanes, j1 = (last_column - x0) / kLanes;
       const Packet dy_p = ei::pset1<Packet>(dy), c_dy_dy = ei::pset1<Packet>(s.c * dy * dy);
       bool stopped = false;
@@ -700,12 +698,13 @@ void BackwardTile(int64_t tile, const Image& image, const std::vector<Splat>& sp
     Packet acc[kGradWidth];
     for (int i = 0; i < kGradWidth; ++i) acc[i] = ei::pzero(one);
     const int cx0 = std::max<int>(s.x0, x0), cx1 = std::min<int>(s.x1, x1 - 1);
+    const bool one_packet = (cx0 - x0) / kLanes == (cx1 - x0) / kLanes;
     const int cy0 = std::max<int>(s.y0, y0), cy1 = std::min<int>(s.y1, y1 - 1);
     for (int row = cy0; row <= cy1; ++row) {
       const float dy = (static_cast<float>(row) + 0.5f) - s.v;
       if (!(std::fabs(dy) <= s.radius)) continue;
       int first, last_column;
-      if (!RowColumns(s, ellipse, dy, cx0, cx1, &first, &last_column)) continue;
+      if (!RowColumns(s, ellipse, dy, cx0, cx1, one_packet, &first, &last_column)) continue;
       const int j0 = (first - x0) / kLanes, j1 = (last_column - x0) / kLanes;
       const Packet dy_p = ei::pset1<Packet>(dy), c_dy_dy = ei::pset1<Packet>(s.c * dy * dy);
       const Packet dy_dy = ei::pmul(dy_p, dy_p);

@@ -79,6 +79,9 @@ class SplatsMethod:
         self.train_poses, self.cfg, self.init = train_poses, cfg, init
         self.appearance = None if appearance is None else np.asarray(appearance, np.float32)
         self.trainer = None
+        # Frames' projection and colours by the native op (rasterizer.native_frame_inputs) where it is built; False
+        # (or no op): TensorFlow's (one XLA computation; op by op while fit runs). The same frames to float rounding.
+        self.native_frames = True
         self._renders, self._projections, self._fitting = {}, None, False
 
     # -- the protocol -----------------------------------------------------------------------------------------------
@@ -121,30 +124,42 @@ class SplatsMethod:
         return self.bound
 
     def _render_function(self, height: int, width: int):
-        """``(c2w [4, 4], intrinsics [4]) -> (rgb, depth, alpha)`` at this size: ``rasterizer.render``'s steps. Out
-        of training, projection and colours are one XLA computation (``_projection``), compiled once per number of
-        Gaussians (benchmarks/README.md gives the time it saves); while ``fit`` runs (validation, whose count
-        changes with densification) they run op by op."""
-        key = (height, width)
-        if key not in self._renders:
-            import tensorflow as tf
+        """``(c2w [4, 4], intrinsics [4]) -> (rgb, depth, alpha)`` at this size: ``rasterizer.render``'s steps. The
+        projection and colours are the native op's (``native_frames``) where it is built; else, out of training, one
+        XLA computation (``_projection``), compiled once per number of Gaussians (benchmarks/README.md gives the time
+        it saves), and while ``fit`` runs (validation, whose count changes with densification) op by op."""
+        import tensorflow as tf
 
-            from nerf_pipeline.splats import rasterizer
+        from nerf_pipeline.splats import rasterizer
 
-            background = tf.constant([self._background] * 3, tf.float32)
-            size = tf.constant([width, height], tf.float32)
-            if self._projections is None:  # (op by op, compiled: shared by every size)
-                self._projections = (self._projection(tf.function), self._projection(
-                    lambda f, **options: tf.function(f, jit_compile=True, **options)))
-            projections = self._projections
+        native = self.native_frames and rasterizer.native_library() is not None
+        key = (height, width, native)
+        if key in self._renders:
+            return self._renders[key]
+        background = tf.constant([self._background] * 3, tf.float32)
 
-            def rasterize(means2d, conics, colors, opacities, depths, radii):
-                return rasterizer.rasterize(means2d, conics, colors, opacities, depths, radii, width, height,
-                                            background)
+        def rasterize(means2d, conics, colors, opacities, depths, radii):
+            return rasterizer.rasterize(means2d, conics, colors, opacities, depths, radii, width, height, background)
 
-            rasterize = tf.function(rasterize, autograph=False)
-            self._renders[key] = lambda c2w, intrinsics: rasterize(
-                *projections[0 if self._fitting else 1](c2w, intrinsics, size))
+        if native:
+            g = self.gaussians
+
+            def render(c2w, intrinsics):  # (degree 3 always: see _projection)
+                return rasterize(*rasterizer.native_frame_inputs(g.means, g.log_scales, g.quats, g.opacity_logits,
+                                                                 g.sh_dc, g.sh_rest, 3, c2w, intrinsics, width,
+                                                                 height))
+
+            self._renders[key] = tf.function(render, autograph=False, input_signature=[
+                tf.TensorSpec([4, 4], tf.float32), tf.TensorSpec([4], tf.float32)])
+            return self._renders[key]
+        size = tf.constant([width, height], tf.float32)
+        if self._projections is None:  # (op by op, compiled: shared by every size)
+            self._projections = (self._projection(tf.function), self._projection(
+                lambda f, **options: tf.function(f, jit_compile=True, **options)))
+        projections = self._projections
+        rasterize = tf.function(rasterize, autograph=False)
+        self._renders[key] = lambda c2w, intrinsics: rasterize(
+            *projections[0 if self._fitting else 1](c2w, intrinsics, size))
         return self._renders[key]
 
     def _projection(self, function):

@@ -2,7 +2,9 @@
 
 The rasterizer is a native op (``native/splats.cc``, library ``splat_ops``) when it can be built, else
 ``reference_rasterize``: every Gaussian against every pixel in TensorFlow's ops, the op's test oracle, which
-follows the same rules in the same float32 arithmetic (the tests hold the two equal, values and gradients).
+follows the same rules in the same float32 arithmetic (the tests hold the two equal, values and gradients). A
+trained model's frames take their projection and colours from a native op as well (``native_frame_inputs``,
+``native/splat_frame.cc``; no gradient), whose reference is ``frame_inputs``.
 
 Conventions (``nerf_pipeline.camera``'s): a camera is a camera-to-world pose ``c2w [4, 4]`` (OpenGL: the camera
 looks down its -z axis, +y up), so a point's depth is ``-z`` in camera coordinates; pixel ``(row, col)`` is
@@ -324,11 +326,26 @@ def reference_composite(means2d, conics, colors, opacities, depths, radii, width
 def frame_inputs(means, log_scales, quats, opacity_logits, sh, degree: int, camera: Camera):
     """What ``rasterize`` takes to draw Gaussians seen by ``camera``: ``(means2d, conics, colors, opacities, depths,
     radii)``, from ``project``, ``sh_colors`` up to ``degree``, ``sigmoid(opacity_logits)``, and ``project``'s radii
-    shrunk by ``opacity_radii`` (the same image, from fewer pixels visited)."""
+    shrunk by ``opacity_radii`` (the same image, from fewer pixels visited). TensorFlow's ops: differentiable, and
+    ``native_frame_inputs``' reference."""
     means2d, conics, depths, radii = project(means, log_scales, quats, camera)
     colors = sh_colors(sh, degree, means, camera.position)
     opacities = tf.sigmoid(opacity_logits)
     return means2d, conics, colors, opacities, depths, opacity_radii(radii, opacities)
+
+
+def native_frame_inputs(means, log_scales, quats, opacity_logits, sh_dc, sh_rest, degree: int, c2w, intrinsics,
+                        width: int, height: int):
+    """``frame_inputs`` by the native op ``NerfSplatFrameInputs`` (``native/splat_frame.cc``: one pass over the
+    Gaussians, on every core), for rendering: no gradient. ``sh_dc [N, 1, 3]`` and ``sh_rest [N, R, 3]`` apart
+    (``Gaussians.sh()`` joined), the camera as ``c2w [4, 4]`` and ``intrinsics [4]`` (fx, fy, cx, cy). None when
+    the op library is not available."""
+    library = native_library()
+    if library is None:
+        return None
+    floats = [tf.cast(x, tf.float32) for x in (means, log_scales, quats, opacity_logits, sh_dc, sh_rest, c2w,
+                                                intrinsics)]
+    return tuple(library.nerf_splat_frame_inputs(*floats, width=int(width), height=int(height), degree=int(degree)))
 
 
 def render(means, log_scales, quats, opacity_logits, sh, degree: int, camera: Camera, background,
