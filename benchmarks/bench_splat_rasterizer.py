@@ -14,11 +14,12 @@ of pixels:
     ellipse (the default) and by its square (``rasterize(..., ellipses=False)``: the same images);
   * frame: the same 300 k Gaussians with degree-3 colours, rendered whole through the method
     (``SplatsMethod.render``: projection, colours, the op, depth along the rays), with the projection and colours
-    op by op (as during training) and as one XLA computation (a trained model's; its compilation given apart);
+    by the native op (a trained model's frames, where it is built), as one XLA computation (without it; its
+    compilation given apart) and op by op (as during training without it);
   * model (``--model FOLDER``, a trained model folder, e.g. ``bench_train.py --save-models``'s): ``--frames``
     frames of the Keras example's orbit (radius 4, 30° up) at 800 x 800 and the chair's focal length through
-    ``methods.load(FOLDER).render``, then the parts of the first: projection and colours (XLA) and the op's
-    forward, with ellipses and with squares.
+    ``methods.load(FOLDER).render`` (projection by the native op, then by XLA), then the parts of the first:
+    projection and colours (native, XLA) and the rasterizer op's forward, with ellipses and with squares.
 Times in milliseconds, the median of the repeats, of the rasterizer alone (the projection is done once,
 beforehand) but in the frame section: forward (what rendering asks), and forward plus the gradient with respect
 to the 2D means, conics, colours, opacities and depths (what training asks); the op's with this machine's
@@ -119,8 +120,8 @@ def frame(repeats: int, size: int = 800, count: int = 300_000) -> dict:
     cam = Camera(camera_math.look_at([0.0, -4.0, 1.0]), np.float32([focal, focal, size / 2, size / 2]), size, size)
     print(f"\nframe: {size} x {size}, {count:,} Gaussians, degree-3 colours, through SplatsMethod.render")
     out = {"width": size, "height": size, "gaussians": count}
-    for name, fitting in (("op_by_op", True), ("xla", False)):
-        method._fitting = fitting  # (what fit sets while it runs)
+    for name, native, fitting in (("native", True, False), ("xla", False, False), ("op_by_op", False, True)):
+        method.native_frames, method._fitting = native, fitting  # (_fitting: what fit sets while it runs)
         start = time.perf_counter()
         method.render(cam)
         first_s = time.perf_counter() - start
@@ -143,15 +144,22 @@ def trained_model(folder: str, frames: int, repeats: int, size: int = 800, focal
     cameras = [Camera(pose, intrinsics, size, size) for pose in camera_math.orbit_poses(frames + 1, 30.0, 4.0)]
     print(f"\nmodel {folder} ({method.name}" + (f", {g.count:,} Gaussians" if g is not None else "") +
           f"): {frames} orbit frames of {size} x {size}")
-    method.render(cameras[0])  # (compiles)
-    times = []
-    for cam in cameras[1:]:
-        start = time.perf_counter()
-        method.render(cam)
-        times.append(time.perf_counter() - start)
-    out = {"folder": str(folder), "method": method.name, "width": size, "height": size, "frames": frames,
-           "frame_ms_median": statistics.median(times) * 1000, "frame_ms_mean": statistics.mean(times) * 1000}
-    print(f"{'a frame through render':<34}{out['frame_ms_median']:>7.1f} ms median, {out['frame_ms_mean']:.1f} mean")
+    out = {"folder": str(folder), "method": method.name, "width": size, "height": size, "frames": frames}
+    for name, native in (("native", True), ("xla", False)):
+        if g is None and not native:
+            break
+        if g is not None:
+            method.native_frames = native
+        method.render(cameras[0])  # (compiles)
+        times = []
+        for cam in cameras[1:]:
+            start = time.perf_counter()
+            method.render(cam)
+            times.append(time.perf_counter() - start)
+        out[f"frame_ms_median_{name}"] = statistics.median(times) * 1000
+        out[f"frame_ms_mean_{name}"] = statistics.mean(times) * 1000
+        label = "a frame through render" + ("" if g is None else f" ({name})")
+        print(f"{label:<34}{out[f'frame_ms_median_{name}']:>7.1f} ms median, {out[f'frame_ms_mean_{name}']:.1f} mean")
     if g is None:
         return out
     cam = cameras[1]
@@ -163,9 +171,13 @@ def trained_model(folder: str, frames: int, repeats: int, size: int = 800, focal
     inputs = [tf.constant(x) for x in inputs]
     out["gaussians"] = g.count
     out["drawn"] = int(tf.math.count_nonzero(inputs[5]))
-    out["projection_and_colours_ms"] = timed(prepare, repeats=repeats)
-    print(f"{'projection and colours (XLA)':<34}{out['projection_and_colours_ms']:>7.1f} ms "
-          f"({out['drawn']:,} of {g.count:,} drawn)")
+    native = tf.function(lambda: splats.native_frame_inputs(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc,
+                                                            g.sh_rest, 3, camera.c2w, intrinsics, size, size),
+                         autograph=False)
+    out["projection_and_colours_ms"] = {name: timed(function, repeats=repeats)
+                                        for name, function in (("native", native), ("xla", prepare))}
+    for name, ms in out["projection_and_colours_ms"].items():
+        print(f"{'projection and colours (' + name + ')':<34}{ms:>7.1f} ms ({out['drawn']:,} of {g.count:,} drawn)")
     for name, rasterizer in (("ellipses", splats.rasterize), ("squares", squares)):
         forward, _ = functions(rasterizer, size, size, background)
         entries = tile_entries(inputs, size, size, background, name == "ellipses")
