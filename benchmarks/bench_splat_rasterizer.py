@@ -11,7 +11,7 @@ of pixels:
   * small: 128 x 128, 5 k Gaussians (scales 0.02 to 0.08): the op against the reference (TensorFlow's ops,
     traced, and XLA-compiled: every Gaussian against every pixel);
   * large: 800 x 800, 300 k Gaussians (scales 0.005 to 0.02): the op alone, each Gaussian bounded by its
-    ellipse (the default) and by its square (``rasterize(..., ellipses=False)``: the same images);
+    ellipse's box (the default) and by its square (``rasterize(..., ellipses=False)``: the same images);
   * frame: the same 300 k Gaussians with degree-3 colours, rendered whole through the method
     (``SplatsMethod.render``: projection, colours, the op, depth along the rays), with the projection and colours
     by the native op (a trained model's frames, where it is built), as one XLA computation (without it; its

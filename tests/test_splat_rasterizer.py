@@ -400,9 +400,9 @@ def test_opacity_radii_change_no_image_or_gradient(kind):
                                        ("border", (WIDTH, HEIGHT)), ("faint", (WIDTH, HEIGHT)), ("faint", (97, 83)),
                                        ("dense", (97, 83))])
 def test_ellipses_change_no_image_or_gradient(kind, size):
-    """The op's ellipses (each Gaussian's rows, rectangle and tiles cut to where its alpha can reach 1/255) leave
-    out only pixels the alpha test skips: images and gradients are the squares', bit for bit, with the 3-sigma
-    squares and with ``opacity_radii``'s; on the elongated faint scene the tiles' lists are shorter."""
+    """The op's ellipses (each Gaussian's square cut to the box of the ellipse where its alpha can reach 1/255)
+    leave out only pixels the alpha test skips: images and gradients are the squares', bit for bit, with the
+    3-sigma squares and with ``opacity_radii``'s; on the elongated faint scene the tiles' lists are shorter."""
     native_or_skip()
     width, height = size
     inputs = scene(kind, width=width, height=height)

@@ -14,10 +14,10 @@
 //   * rgb = sum_i c_i alpha_i T_i + T_final background, depth = sum_i d_i alpha_i T_i, alpha = 1 - T_final.
 //
 // Forward: the drawn Gaussians are sorted once by depth (a stable radix sort on the float's bits) and laid out
-// in that order; each is binned to the tiles that the ellipse where its alpha can reach 1/255 crosses (within its
-// square: Ellipse), in that order, so that every tile's list comes out sorted and reads memory in increasing
-// order; each tile then composites its pixels Gaussian by Gaussian, a packet of pixels at a time (in each row
-// only those the ellipse reaches), and stops when all its pixels have. Tiles run on TensorFlow's
+// in that order; each is binned to the tiles its rectangle overlaps (its square cut to the box of the ellipse where
+// its alpha can reach 1/255: Ellipse), in that order, so that every tile's list comes out sorted and reads memory
+// in increasing order; each tile then composites its pixels Gaussian by
+// Gaussian, a packet of pixels at a time, and stops when all its pixels have. Tiles run on TensorFlow's
 // intra-op threads. It also returns what the backward reuses: each pixel's final transmittance and how far
 // along its tile's list it blended, and the lists themselves.
 //
@@ -112,55 +112,30 @@ inline bool PixelRange(float centre, float radius, int size, int32_t* lo, int32_
   return *lo <= *hi;
 }
 
-// Where a Gaussian can pass the alpha test: power >= min_power, that is d^T Q d <= k with Q = [[a, b], [b, c]]
-// and k = -2 min_power, an ellipse inside its square (tighter for any Gaussian, much tighter for elongated ones).
-// A shortcut only, as min_power is: every pixel the alpha test would take lies within the ellipse of Q shrunk by
-// kConicShrink (a + c) on its diagonal, because float32 rounds each of the power's terms a dx^2, c dy^2, 2 b dx dy
-// (each at most (a + c) |d|^2) and dx, dy themselves by a few ulps, about 1e-6 (a + c) |d|^2 in all; rows, tiles
-// and rectangles add a pixel or more beside. So the images and gradients are the square's bit for bit
-// (tests/test_splat_rasterizer.py holds them equal). A Gaussian whose shrunk Q is not positive definite (nearly
-// degenerate) or that has no border (min_power >= 0: nothing drawn) keeps its square. In double precision.
+// The half-extents along x and y of the ellipse where a Gaussian can pass the alpha test: power >= min_power,
+// that is d^T Q d <= k with Q = [[a, b], [b, c]] and k = -2 min_power; its box lies inside its square, and is
+// much smaller for an elongated Gaussian. A shortcut only, as min_power is: every pixel the alpha test would take
+// lies within the ellipse of Q shrunk by kConicShrink (a + c) on its diagonal, because float32 rounds each of the
+// power's terms a dx^2, c dy^2, 2 b dx dy (each at most (a + c) |d|^2) and dx, dy themselves by a few ulps,
+// about 1e-6 (a + c) |d|^2 in all; PixelRange adds a pixel and more beside. So the images and gradients are the
+// square's bit for bit (tests/test_splat_rasterizer.py holds them equal). False for a Gaussian whose shrunk Q is
+// not positive definite (nearly degenerate) or that has no border (min_power >= 0: nothing drawn): its square.
+// In double precision. (Cutting each row of tiles and each row of pixels to the ellipse too halved the tile
+// entries again on a trained scene but cost more than it saved: benchmarks/README.md.)
 constexpr double kConicShrink = 4e-6;
-// The ellipses that bound the compositing loops' rows (kRowReach) and the tiles and rectangles (kTileReach, the
-// larger): k scaled by these, so that what a row admits lies within its tiles.
-constexpr double kRowReach = 1.0 + 1e-5, kTileReach = 1.0 + 3e-5;
 
-struct Ellipse {
-  bool bounded = false;
-  // Row dy (pixel centre minus v) holds the dx with (dx - slope dy)^2 <= (k - curvature dy^2) / a'; the ellipse's
-  // half-extents along x and y, and the dy of its rightmost point (the leftmost's is -dy_right).
-  double k = 0.0, slope = 0.0, curvature = 0.0, inverse_a = 0.0, half_width = 0.0, half_height = 0.0,
-         dy_right = 0.0;
-};
-
-inline Ellipse EllipseOf(float a_f, float b_f, float c_f, float min_power) {
-  Ellipse e;
+inline bool EllipseBox(float a_f, float b_f, float c_f, float min_power, double* half_width, double* half_height) {
   const double k = -2.0 * static_cast<double>(min_power);
   const double shrink = kConicShrink * (std::fabs(static_cast<double>(a_f)) + std::fabs(static_cast<double>(c_f)));
   const double a = a_f - shrink, b = b_f, c = c_f - shrink, det = a * c - b * b;
-  if (!(k > 0.0) || !(a > 0.0) || !(det > 0.0)) return e;
-  e.k = k;
-  e.slope = -b / a;
-  e.curvature = det / a;
-  e.inverse_a = 1.0 / a;
-  e.half_width = std::sqrt(k * c / det);
-  e.half_height = std::sqrt(k * a / det);
-  e.dy_right = -b * std::sqrt(k / (c * det));
-  const double values[] = {e.slope, e.curvature, e.inverse_a, e.half_width, e.half_height, e.dy_right};
-  for (double value : values) {
-    if (!std::isfinite(value)) return Ellipse();
-  }
-  e.bounded = true;
-  return e;
+  if (!(k > 0.0) || !(a > 0.0) || !(det > 0.0)) return false;
+  *half_width = std::sqrt(k * c / det);
+  *half_height = std::sqrt(k * a / det);
+  return std::isfinite(*half_width) && std::isfinite(*half_height);
 }
 
-// A Gaussian's ellipse as the compositing loops read it, in float (reach 0: unbounded, the square's rows).
-struct RowBounds {
-  float slope = 0.0f, curvature = 0.0f, inverse_a = 0.0f, reach = 0.0f;
-};
-
 // Gaussian g as a Splat; false when it is not drawn (culled, not finite, or touching no pixel). With `ellipses`,
-// its rectangle is the square's cut to the ellipse's bounding box.
+// its rectangle is the square's cut to its ellipse's box (EllipseBox).
 inline bool Prepare(const Inputs& in, int64_t g, int width, int height, bool ellipses, Splat* s) {
   const int32_t radius = in.radii[g];
   if (radius <= 0) return false;
@@ -183,13 +158,11 @@ inline bool Prepare(const Inputs& in, int64_t g, int width, int height, bool ell
   if (!PixelRange(s->u, s->radius, width, &s->x0, &s->x1) || !PixelRange(s->v, s->radius, height, &s->y0, &s->y1)) {
     return false;
   }
-  const Ellipse e = ellipses ? EllipseOf(s->a, s->b, s->c, s->min_power) : Ellipse();
-  if (!e.bounded) return true;
-  const double scale = std::sqrt(kTileReach);
+  double half_width, half_height;
+  if (!ellipses || !EllipseBox(s->a, s->b, s->c, s->min_power, &half_width, &half_height)) return true;
   int32_t x0, x1, y0, y1;
-  // (PixelRange adds a pixel and more to these half-extents.)
-  if (!PixelRange(s->u, static_cast<float>(e.half_width * scale), width, &x0, &x1) ||
-      !PixelRange(s->v, static_cast<float>(e.half_height * scale), height, &y0, &y1)) {
+  if (!PixelRange(s->u, static_cast<float>(half_width), width, &x0, &x1) ||
+      !PixelRange(s->v, static_cast<float>(half_height), height, &y0, &y1)) {
     return false;
   }
   s->x0 = std::max(s->x0, x0);
@@ -197,42 +170,6 @@ inline bool Prepare(const Inputs& in, int64_t g, int width, int height, bool ell
   s->y0 = std::max(s->y0, y0);
   s->y1 = std::min(s->y1, y1);
   return s->x0 <= s->x1 && s->y0 <= s->y1;
-}
-
-inline RowBounds RowBoundsOf(const Splat& s, bool ellipses) {
-  RowBounds r;
-  const Ellipse e = ellipses ? EllipseOf(s.a, s.b, s.c, s.min_power) : Ellipse();
-  if (!e.bounded) return r;
-  r.slope = static_cast<float>(e.slope);
-  r.curvature = static_cast<float>(e.curvature);
-  r.inverse_a = static_cast<float>(e.inverse_a);
-  r.reach = static_cast<float>(e.k * kRowReach);
-  return r;
-}
-
-// The columns [*first, *last] of row dy (float, as the loops compute it) within [lo, hi] that the Gaussian's
-// ellipse can reach; false when there are none. Float rounding here moves a border by far less than the pixel
-// added (the reach's own rounding is under 1e-6 k, its margin 1e-5 k). With `whole` (the range is one packet:
-// nothing to narrow), only whether the row is reached.
-inline bool RowColumns(const Splat& s, const RowBounds& r, float dy, int lo, int hi, bool whole, int* first,
-                       int* last) {
-  *first = lo;
-  *last = hi;
-  if (r.reach <= 0.0f) return true;
-  const float q = r.reach - r.curvature * dy * dy;
-  if (q < -1e-5f * r.reach) return false;
-  if (whole) return true;
-  const float shift = r.slope * dy;
-  const float half = std::sqrt((std::max(q, 0.0f) + 1e-5f * r.reach) * r.inverse_a);
-  const float centre = s.u + shift;
-  if (!std::isfinite(centre) || !std::isfinite(half)) return true;  // (absurd conics only: the square's row)
-  const float margin = 1.0f + 1e-5f * (std::fabs(s.u) + std::fabs(shift) + half);
-  // Pixel centres col + 0.5 within [centre - half - margin, centre + half + margin].
-  const float from = std::ceil(centre - half - margin - 0.5f), to = std::floor(centre + half + margin - 0.5f);
-  if (!(from <= static_cast<float>(hi)) || !(to >= static_cast<float>(lo))) return false;
-  *first = std::max(lo, static_cast<int>(std::max(from, static_cast<float>(lo))));
-  *last = std::min(hi, static_cast<int>(std::min(to, static_cast<float>(hi))));
-  return *first <= *last;
 }
 
 // The tiles' loops run over packets of kLanes pixels of a tile row (Eigen's packets: AVX, AVX-512, NEON, or
@@ -255,9 +192,9 @@ inline bool AnyLane(const Packet& mask) {
 
 // A tile's list is sparse in the depth-ordered Splats: each one is a cache miss unless fetched ahead.
 constexpr int kPrefetch = 4;
-inline void Prefetch(const void* address) {
+inline void Prefetch(const Splat* s) {
 #if defined(__GNUC__)
-  __builtin_prefetch(address);
+  __builtin_prefetch(s);
 #endif
 }
 
@@ -318,7 +255,7 @@ void SortByDepth(const std::vector<Splat>& splats, std::vector<int32_t>* ids) {
 
 struct Image {
   int width = 0, height = 0, tiles_x = 0, tiles_y = 0;
-  bool ellipses = true;  // bound each Gaussian by its ellipse (Ellipse), not only its square
+  bool ellipses = true;  // cut each Gaussian's square to its ellipse's box (EllipseBox)
   int64_t tiles() const { return static_cast<int64_t>(tiles_x) * tiles_y; }
   Status Read(OpKernelConstruction* c) {
     TF_RETURN_IF_ERROR(c->GetAttr("width", &width));
@@ -365,15 +302,15 @@ Status ReadInputs(OpKernelContext* context, Inputs* in) {
   return Status();
 }
 
-// The drawn Gaussians as Splats in depth order (`sorted`, by rank), their RowBounds (`bounds`, by rank), and each
-// one's index (`order`). Forward and backward both compute it, the same way. The tiles' lists hold ranks, so that
-// a tile reads its Splats in increasing memory order.
+// The drawn Gaussians as Splats in depth order (`sorted`, by rank), and each one's index (`order`). Forward and
+// backward both compute it, the same way. The tiles' lists hold ranks, so that a tile reads its Splats in
+// increasing memory order.
 void DepthOrder(OpKernelContext* context, const Inputs& in, const Image& image, std::vector<Splat>* sorted,
-                std::vector<RowBounds>* bounds, std::vector<int32_t>* order) {
+                std::vector<int32_t>* order) {
   std::vector<Splat> splats(in.n);
   std::vector<uint8_t> drawn(in.n, 0);
   auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  ::tensorflow::Shard(workers->num_threads, workers->workers, in.n, 300, [&](int64_t begin, int64_t end) {
+  ::tensorflow::Shard(workers->num_threads, workers->workers, in.n, 200, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       drawn[g] = Prepare(in, g, image.width, image.height, image.ellipses, &splats[g]) ? 1 : 0;
     }
@@ -384,54 +321,23 @@ void DepthOrder(OpKernelContext* context, const Inputs& in, const Image& image, 
   }
   SortByDepth(splats, order);
   sorted->resize(order->size());
-  bounds->resize(order->size());
-  ::tensorflow::Shard(workers->num_threads, workers->workers, static_cast<int64_t>(order->size()), 100,
+  ::tensorflow::Shard(workers->num_threads, workers->workers, static_cast<int64_t>(order->size()), 50,
                       [&](int64_t begin, int64_t end) {
-                        for (int64_t i = begin; i < end; ++i) {
-                          (*sorted)[i] = splats[(*order)[i]];
-                          (*bounds)[i] = RowBoundsOf((*sorted)[i], image.ellipses);
-                        }
+                        for (int64_t i = begin; i < end; ++i) (*sorted)[i] = splats[(*order)[i]];
                       });
 }
 
-// Calls visit(ty, tx0, tx1) for each row of tiles ty that Gaussian s reaches, with the columns of tiles [tx0, tx1]
-// it reaches there: its rectangle's, cut to where its ellipse (kTileReach, a pixel and a half beside) crosses that
-// band of pixel rows. The ellipse's x over a band of dy is concave on the right (convex on the left), so its
-// extreme is the ellipse's rightmost (leftmost) point where the band holds it, else at the band's nearer end.
-template <typename Visit>
-inline void ForEachTileRow(const Splat& s, bool ellipses, Visit visit) {
-  const int32_t tx0 = s.x0 / kTile, tx1 = s.x1 / kTile, ty0 = s.y0 / kTile, ty1 = s.y1 / kTile;
-  const Ellipse e = ellipses ? EllipseOf(s.a, s.b, s.c, s.min_power) : Ellipse();
-  if (!e.bounded) {
-    for (int32_t ty = ty0; ty <= ty1; ++ty) visit(ty, tx0, tx1);
-    return;
-  }
-  const double scale = std::sqrt(kTileReach), k = e.k * kTileReach;
-  const double half_height = e.half_height * scale, half_width = e.half_width * scale, dy_right = e.dy_right * scale;
-  const double margin = 1.5 + 1e-6 * (std::fabs(static_cast<double>(s.u)) + half_width);
-  auto x_at = [&](double dy, double side) {
-    return e.slope * dy + side * std::sqrt(std::max(k - e.curvature * dy * dy, 0.0) * e.inverse_a);
-  };
-  for (int32_t ty = ty0; ty <= ty1; ++ty) {
-    const int32_t row_lo = std::max(s.y0, ty * kTile), row_hi = std::min(s.y1, ty * kTile + kTile - 1);
-    const double lo = std::max(row_lo + 0.5 - s.v - 1e-3, -half_height);
-    const double hi = std::min(row_hi + 0.5 - s.v + 1e-3, half_height);
-    if (lo > hi) continue;
-    const double right = (lo <= dy_right && dy_right <= hi) ? half_width : std::max(x_at(lo, 1.0), x_at(hi, 1.0));
-    const double left = (lo <= -dy_right && -dy_right <= hi) ? -half_width : std::min(x_at(lo, -1.0), x_at(hi, -1.0));
-    const double from = std::ceil(s.u + left - margin - 0.5), to = std::floor(s.u + right + margin - 0.5);
-    if (from > s.x1 || to < s.x0) continue;
-    const int32_t first = std::max<int32_t>(s.x0, static_cast<int32_t>(std::max<double>(from, s.x0)));
-    const int32_t last = std::min<int32_t>(s.x1, static_cast<int32_t>(std::min<double>(to, s.x1)));
-    if (first <= last) visit(ty, first / kTile, last / kTile);
-  }
+inline void TileRange(const Splat& s, int32_t* tx0, int32_t* tx1, int32_t* ty0, int32_t* ty1) {
+  *tx0 = s.x0 / kTile;
+  *tx1 = s.x1 / kTile;
+  *ty0 = s.y0 / kTile;
+  *ty1 = s.y1 / kTile;
 }
 
 // One tile, front to back: its pixels' colour, depth, transmittance and how far along the list each blended.
-void CompositeTile(int64_t tile, const Image& image, const std::vector<Splat>& splats,
-                   const std::vector<RowBounds>& bounds, const int32_t* offsets, const int32_t* entries,
-                   const float* background, float* rgb, float* depth_out, float* alpha_out, float* transmittance_out,
-                   int32_t* last_out) {
+void CompositeTile(int64_t tile, const Image& image, const std::vector<Splat>& splats, const int32_t* offsets,
+                   const int32_t* entries, const float* background, float* rgb, float* depth_out, float* alpha_out,
+                   float* transmittance_out, int32_t* last_out) {
   const int x0 = static_cast<int>(tile % image.tiles_x) * kTile;
   const int y0 = static_cast<int>(tile / image.tiles_x) * kTile;
   const int x1 = std::min(x0 + kTile, image.width);  // exclusive
@@ -454,25 +360,17 @@ void CompositeTile(int64_t tile, const Image& image, const std::vector<Splat>& s
   const Packet min_alpha = ei::pset1<Packet>(kMinAlpha), min_transmittance = ei::pset1<Packet>(kMinTransmittance);
   const int32_t begin = offsets[tile], end = offsets[tile + 1];
   for (int32_t k = begin; k < end && active_rows > 0; ++k) {
-    if (k + kPrefetch < end) {
-      Prefetch(&splats[entries[k + kPrefetch]]);
-      Prefetch(&bounds[entries[k + kPrefetch]]);
-    }
+    if (k + kPrefetch < end) Prefetch(&splats[entries[k + kPrefetch]]);
     const Splat& s = splats[entries[k]];
-    const RowBounds& ellipse = bounds[entries[k]];
     const SplatPackets g(s);
     const Packet position = ei::pset1<Packet>(static_cast<float>(k - begin + 1));
-    const int cx0 = std::max<int>(s.x0, x0), cx1 = std::min<int>(s.x1, x1 - 1);
-    const bool one_packet = (cx0 - x0) / kLanes == (cx1 - x0) / kLanes;
+    const int j0 = (std::max<int>(s.x0, x0) - x0) / kLanes, j1 = (std::min<int>(s.x1, x1 - 1) - x0) / kLanes;
     const int cy0 = std::max<int>(s.y0, y0), cy1 = std::min<int>(s.y1, y1 - 1);
     for (int row = cy0; row <= cy1; ++row) {
       const int r = row - y0;
       if (!row_active[r]) continue;
       const float dy = (static_cast<float>(row) + 0.5f) - s.v;
       if (!(std::fabs(dy) <= s.radius)) continue;
-      int first, last_column;
-      if (!RowColumns(s, ellipse, dy, cx0, cx1, one_packet, &first, &last_column)) continue;
-      const int j0 = (first - x0) / kLanes, j1 = (last_column - x0) / kLanes;
       const Packet dy_p = ei::pset1<Packet>(dy), c_dy_dy = ei::pset1<Packet>(s.c * dy * dy);
       bool stopped = false;
       for (int j = j0; j <= j1; ++j) {
@@ -543,12 +441,22 @@ class RasterizeOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(5, TensorShape({num_tiles + 1}), &offsets_tensor));
     int32_t* offsets = offsets_tensor->flat<int32_t>().data();
 
-    // The drawn Gaussians in depth order.
+    // The drawn Gaussians in depth order, and how many (Gaussian, tile) entries the lists will hold.
     std::vector<Splat> splats;
-    std::vector<RowBounds> bounds;
     std::vector<int32_t> order;
-    DepthOrder(context, in, image_, &splats, &bounds, &order);
+    DepthOrder(context, in, image_, &splats, &order);
     const int64_t drawn_count = static_cast<int64_t>(order.size());
+    int64_t num_entries = 0;
+    for (int64_t i = 0; i < drawn_count; ++i) {
+      int32_t tx0, tx1, ty0, ty1;
+      TileRange(splats[i], &tx0, &tx1, &ty0, &ty1);
+      num_entries += static_cast<int64_t>(tx1 - tx0 + 1) * (ty1 - ty0 + 1);
+    }
+    OP_REQUIRES(context, num_entries < std::numeric_limits<int32_t>::max(),
+                InvalidArgument("the Gaussians cover ", num_entries, " (Gaussian, tile) pairs; at most 2^31 - 1"));
+    Tensor* entries_tensor = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(6, TensorShape({num_entries}), &entries_tensor));
+    int32_t* entries = entries_tensor->flat<int32_t>().data();
 
     // Each chunk of the depth order counts its entries per tile; a tile's list is then the chunks' entries in
     // chunk order, so every list comes out sorted by depth. Chunks fill their parts of the lists in parallel.
@@ -568,19 +476,13 @@ class RasterizeOp : public OpKernel {
     for_chunks([&](int64_t chunk, int64_t begin, int64_t end) {
       int32_t* counts = cursor.data() + chunk * num_tiles;
       for (int64_t i = begin; i < end; ++i) {
-        ForEachTileRow(splats[i], image_.ellipses, [&](int32_t ty, int32_t tx0, int32_t tx1) {
+        int32_t tx0, tx1, ty0, ty1;
+        TileRange(splats[i], &tx0, &tx1, &ty0, &ty1);
+        for (int32_t ty = ty0; ty <= ty1; ++ty) {
           for (int32_t tx = tx0; tx <= tx1; ++tx) ++counts[static_cast<int64_t>(ty) * image_.tiles_x + tx];
-        });
+        }
       }
     });
-    // How many (Gaussian, tile) entries the lists hold.
-    int64_t num_entries = 0;
-    for (int32_t count : cursor) num_entries += count;
-    OP_REQUIRES(context, num_entries < std::numeric_limits<int32_t>::max(),
-                InvalidArgument("the Gaussians cover ", num_entries, " (Gaussian, tile) pairs; at most 2^31 - 1"));
-    Tensor* entries_tensor = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(6, TensorShape({num_entries}), &entries_tensor));
-    int32_t* entries = entries_tensor->flat<int32_t>().data();
     int64_t total = 0;
     for (int64_t tile = 0; tile < num_tiles; ++tile) {
       offsets[tile] = static_cast<int32_t>(total);
@@ -598,12 +500,14 @@ class RasterizeOp : public OpKernel {
     for_chunks([&](int64_t chunk, int64_t begin, int64_t end) {
       int32_t* at = cursor.data() + chunk * num_tiles;
       for (int64_t i = begin; i < end; ++i) {
-        ForEachTileRow(splats[i], image_.ellipses, [&](int32_t ty, int32_t tx0, int32_t tx1) {
+        int32_t tx0, tx1, ty0, ty1;
+        TileRange(splats[i], &tx0, &tx1, &ty0, &ty1);
+        for (int32_t ty = ty0; ty <= ty1; ++ty) {
           for (int32_t tx = tx0; tx <= tx1; ++tx) {
             const int32_t position = at[static_cast<int64_t>(ty) * image_.tiles_x + tx]++;
             entries[position] = static_cast<int32_t>(i);
           }
-        });
+        }
       }
     });
 
@@ -615,8 +519,8 @@ class RasterizeOp : public OpKernel {
     const int64_t cost = kTilePixels * 40 * std::max<int64_t>(1, num_entries / std::max<int64_t>(num_tiles, 1));
     ::tensorflow::Shard(workers->num_threads, workers->workers, num_tiles, cost, [&](int64_t first, int64_t end) {
       for (int64_t tile = first; tile < end; ++tile) {
-        CompositeTile(tile, image_, splats, bounds, offsets, entries, in.background, rgb_data, depth_data,
-                      alpha_data, transmittance_data, last_data);
+        CompositeTile(tile, image_, splats, offsets, entries, in.background, rgb_data, depth_data, alpha_data,
+                      transmittance_data, last_data);
       }
     });
   }
@@ -635,9 +539,8 @@ struct Upstream {
 
 // One tile, back to front: each of its entries receives (in grads, by entry) the gradient of its Gaussian's
 // parameters through this tile's pixels.
-void BackwardTile(int64_t tile, const Image& image, const std::vector<Splat>& splats,
-                  const std::vector<RowBounds>& bounds, const int32_t* offsets, const int32_t* entries,
-                  const float* background, const Upstream& up, float* grads) {
+void BackwardTile(int64_t tile, const Image& image, const std::vector<Splat>& splats, const int32_t* offsets,
+                  const int32_t* entries, const float* background, const Upstream& up, float* grads) {
   const int x0 = static_cast<int>(tile % image.tiles_x) * kTile;
   const int y0 = static_cast<int>(tile / image.tiles_x) * kTile;
   const int x1 = std::min(x0 + kTile, image.width);
@@ -686,26 +589,18 @@ void BackwardTile(int64_t tile, const Image& image, const std::vector<Splat>& sp
   const Packet one = ei::pset1<Packet>(1.0f), max_alpha = ei::pset1<Packet>(kMaxAlpha);
   const Packet min_alpha = ei::pset1<Packet>(kMinAlpha), minus_half = ei::pset1<Packet>(-0.5f);
   for (int32_t k = begin + max_last - 1; k >= begin; --k) {
-    if (k - kPrefetch >= begin) {
-      Prefetch(&splats[entries[k - kPrefetch]]);
-      Prefetch(&bounds[entries[k - kPrefetch]]);
-    }
+    if (k - kPrefetch >= begin) Prefetch(&splats[entries[k - kPrefetch]]);
     const Splat& s = splats[entries[k]];
-    const RowBounds& ellipse = bounds[entries[k]];
     const SplatPackets g(s);
     const Packet position = ei::pset1<Packet>(static_cast<float>(k - begin));
     // u, v, a, b, c, red, green, blue, opacity, depth
     Packet acc[kGradWidth];
     for (int i = 0; i < kGradWidth; ++i) acc[i] = ei::pzero(one);
-    const int cx0 = std::max<int>(s.x0, x0), cx1 = std::min<int>(s.x1, x1 - 1);
-    const bool one_packet = (cx0 - x0) / kLanes == (cx1 - x0) / kLanes;
+    const int j0 = (std::max<int>(s.x0, x0) - x0) / kLanes, j1 = (std::min<int>(s.x1, x1 - 1) - x0) / kLanes;
     const int cy0 = std::max<int>(s.y0, y0), cy1 = std::min<int>(s.y1, y1 - 1);
     for (int row = cy0; row <= cy1; ++row) {
       const float dy = (static_cast<float>(row) + 0.5f) - s.v;
       if (!(std::fabs(dy) <= s.radius)) continue;
-      int first, last_column;
-      if (!RowColumns(s, ellipse, dy, cx0, cx1, one_packet, &first, &last_column)) continue;
-      const int j0 = (first - x0) / kLanes, j1 = (last_column - x0) / kLanes;
       const Packet dy_p = ei::pset1<Packet>(dy), c_dy_dy = ei::pset1<Packet>(s.c * dy * dy);
       const Packet dy_dy = ei::pmul(dy_p, dy_p);
       for (int j = j0; j <= j1; ++j) {
@@ -799,9 +694,8 @@ class RasterizeGradOp : public OpKernel {
     }
 
     std::vector<Splat> splats;
-    std::vector<RowBounds> bounds;
     std::vector<int32_t> order;
-    DepthOrder(context, in, image_, &splats, &bounds, &order);
+    DepthOrder(context, in, image_, &splats, &order);
     const int64_t drawn_count = static_cast<int64_t>(order.size());
 
     // What the forward saved must be what it would save: lists within bounds, of drawn Gaussians only, pixels
@@ -846,7 +740,7 @@ class RasterizeGradOp : public OpKernel {
     const int64_t cost = kTilePixels * 80 * std::max<int64_t>(1, num_entries / std::max<int64_t>(num_tiles, 1));
     ::tensorflow::Shard(workers->num_threads, workers->workers, num_tiles, cost, [&](int64_t first, int64_t end) {
       for (int64_t tile = first; tile < end; ++tile) {
-        BackwardTile(tile, image_, splats, bounds, offsets, entries, in.background, up, grads);
+        BackwardTile(tile, image_, splats, offsets, entries, in.background, up, grads);
       }
     });
 

@@ -230,9 +230,10 @@ def rasterize(means2d, conics, colors, opacities, depths, radii, width: int, hei
     Args:
         means2d [N, 2], conics [N, 3], colors [N, 3], opacities [N] (in [0, 1]), depths [N], radii [N] int:
             ``project``'s and ``sh_colors``' outputs. background: [3].
-        ellipses: the native op visits only the pixels and tiles within the ellipse where each Gaussian's alpha
-            can reach 1/255 (with margins for float32's rounding) rather than its whole square; False: the
-            squares. The same images and gradients bit for bit (a test holds them so); fewer pixels visited.
+        ellipses: the native op visits only the pixels and tiles within the box of the ellipse where each
+            Gaussian's alpha can reach 1/255 (with margins for float32's rounding) rather than its whole square;
+            False: the squares. The same images and gradients bit for bit (a test holds them so); fewer pixels
+            visited.
 
     Returns:
         rgb [H, W, 3] (``background`` weighted by the final transmittance included), depth [H, W] (the blend's
