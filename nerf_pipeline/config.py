@@ -326,8 +326,8 @@ class SplatsOptimizerConfig(Section):
     opacity: PositiveFloat  # opacity logits
     scales: PositiveFloat  # log scales
     quats: PositiveFloat  # rotations (quaternions)
-    # each training view's colour transform (3 x 3 and an offset, from the identity), where scene.appearance
-    # turns it on (3DGS's exposure compensation: 0.01 decaying to 0.001)
+    # each training view's colour transform (3 x 3 and an offset, from the identity), when scene.appearance is
+    # on (3DGS's exposure compensation: 0.01 decaying to 0.001)
     appearance: PositiveFloat
     beta_1: Annotated[float, Field(ge=0, lt=1)]
     beta_2: Annotated[float, Field(ge=0, lt=1)]

@@ -12,12 +12,11 @@ accumulates each Gaussian's projected-mean gradient norm in NDC units (the pixel
 size) and its largest screen radius, and every ``densify.every`` steps ``density_control`` clones, splits and
 prunes; every ``densify.opacity_reset_every`` steps, opacities are lowered to ``densify.reset_opacity``.
 
-With an appearance (``Trainer``'s ``appearance``: where ``scene.appearance`` turns it on, as for a capture), each
-training view has a colour transform of its own, ``[3, 4]``: the rendered colours' 3 x 3 matrix and an offset
-(``apply_appearance``), from the identity, learnt with the Gaussians at ``optimizer.appearance`` (3DGS's exposure
-compensation): a phone's exposure and white balance drift through a capture, and without it the Gaussians learn
-each view's light as geometry and colour. Each view's transform has its own Adam (moments and step count): it
-moves on its view's steps only.
+With an appearance (``Trainer``'s ``appearance``: where ``scene.appearance`` is on), each training view has a
+colour transform of its own, ``[3, 4]``: the rendered colours' 3 x 3 matrix and an offset (``apply_appearance``),
+from the identity, learnt with the Gaussians at ``optimizer.appearance`` (3DGS's exposure compensation, for a
+capture whose exposure and white balance drift; on beer it measured no gain: ``method.appearance``). Each view's
+transform has its own Adam (moments and step count): it moves on its view's steps only.
 
 The step is one ``tf.function`` per image size, traced once: the Gaussians, Adam's moments and the statistics are
 variables of unknown first dimension (``gaussians.Gaussians``), changed in size between steps by assignment, and
