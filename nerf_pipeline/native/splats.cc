@@ -15,7 +15,7 @@
 //
 // Forward: the drawn Gaussians are sorted once by depth (a stable radix sort on the float's bits) and laid out
 // in that order; each is binned to the tiles its rectangle overlaps (its square cut to the box of the ellipse where
-// its alpha can reach 1/255: Ellipse), in that order, so that every tile's list comes out sorted and reads memory
+// its alpha can reach 1/255: EllipseBox), in that order, so that every tile's list comes out sorted and reads memory
 // in increasing order; each tile then composites its pixels Gaussian by
 // Gaussian, a packet of pixels at a time, and stops when all its pixels have. Tiles run on TensorFlow's
 // intra-op threads. It also returns what the backward reuses: each pixel's final transmittance and how far
