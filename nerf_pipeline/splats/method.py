@@ -185,10 +185,13 @@ class SplatsMethod:
         intrinsics = np.asarray(cam.intrinsics, np.float32)
         rgb, depth, alpha = self._render_function(height, width)(np.asarray(cam.pose, np.float32), intrinsics)
         along_ray = _ray_length_per_depth(height, width, *(float(v) for v in intrinsics))
-        rgb = rgb.numpy()
         transform = self.colour_transform(cam)
-        if transform is not None:  # (training.apply_appearance, in numpy; clipped as the image it shows)
-            rgb = np.clip(rgb @ transform[:, :3].T + transform[:, 3], 0.0, 1.0).astype(np.float32)
+        if transform is not None:  # (clipped as the image it shows; training's loss sees it unclipped)
+            from nerf_pipeline.splats.training import apply_appearance
+
+            rgb = np.clip(apply_appearance(rgb, transform).numpy(), 0.0, 1.0)
+        else:
+            rgb = rgb.numpy()
         return {"rgb": rgb, "depth": (depth.numpy() * along_ray).astype(np.float32), "opacity": alpha.numpy()}
 
     def save(self, folder) -> None:

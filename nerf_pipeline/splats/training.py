@@ -152,8 +152,18 @@ def identity_appearance(num_views: int) -> np.ndarray:
 
 def apply_appearance(rgb, transform):
     """``rgb [H, W, 3]`` through a view's colour ``transform [3, 4]``: ``transform[:, :3] @ colour + transform[:, 3]``
-    at each pixel (TensorFlow; ``method.py`` applies it to rendered numpy images the same way)."""
+    at each pixel (TensorFlow: training's renders, and ``SplatsMethod.render``'s frames)."""
     return tf.einsum("hwc,dc->hwd", rgb, transform[:, :3]) + transform[:, 3]
+
+
+def adam(m, v, grad, t, rate, opt):
+    """One Adam update of a parameter (``opt``: the preset's optimizer, its betas and epsilon): ``(m, v, update)``,
+    its new moments from ``m``, ``v`` and ``grad``, and what to subtract from it at its ``t``-th update (from 1)
+    with learning rate ``rate``."""
+    m = opt.beta_1 * m + (1.0 - opt.beta_1) * grad
+    v = opt.beta_2 * v + (1.0 - opt.beta_2) * grad * grad
+    correction = tf.sqrt(1.0 - opt.beta_2 ** t) / (1.0 - opt.beta_1 ** t)
+    return m, v, rate * correction * m / (tf.sqrt(v) + opt.epsilon * tf.sqrt(1.0 - opt.beta_2 ** t))
 
 
 def _per_gaussian(shape_tail, dtype=tf.float32, name=None):
@@ -251,7 +261,6 @@ class Trainer:
         opt = preset.optimizer
         rates = {name: getattr(opt, GROUPS[name]) for name in NAMES if name != "means"}
         appearance = self.appearance
-        beta_1, beta_2, epsilon = opt.beta_1, opt.beta_2, opt.epsilon
         ssim_weight = float(preset.ssim_weight)
         ndc = tf.constant([0.5 * width, 0.5 * height])
         longer = float(max(width, height))
@@ -283,13 +292,12 @@ class Trainer:
                 *grads, grad_means2d, grad_transform = tape.gradient(loss, [*variables, means2d, transform])
                 self._appearance_step(view, transform, grad_transform)
             t = tf.cast(self.iterations + 1, tf.float32)
-            correction = tf.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t)
             for name, variable, grad in zip(NAMES, variables, grads):
                 m, v = self.moments[name]
-                m.assign(beta_1 * m + (1.0 - beta_1) * grad)
-                v.assign(beta_2 * v + (1.0 - beta_2) * grad * grad)
-                rate = means_rate if name == "means" else rates[name]
-                variable.assign_sub(rate * correction * m / (tf.sqrt(v) + epsilon * tf.sqrt(1.0 - beta_2 ** t)))
+                new_m, new_v, update = adam(m, v, grad, t, means_rate if name == "means" else rates[name], opt)
+                m.assign(new_m)
+                v.assign(new_v)
+                variable.assign_sub(update)
             self.iterations.assign_add(1)
             # The density control's statistics (cheap: kept up after densify.stop too, and never read then).
             visible = radii > 0
@@ -313,10 +321,7 @@ class Trainer:
         opt, index = self.preset.optimizer, [[view]]
         m, v = self.appearance_moments
         t = tf.gather(self.appearance_steps, view) + 1.0
-        m_row = opt.beta_1 * tf.gather(m, view) + (1.0 - opt.beta_1) * grad
-        v_row = opt.beta_2 * tf.gather(v, view) + (1.0 - opt.beta_2) * grad * grad
-        correction = tf.sqrt(1.0 - opt.beta_2 ** t) / (1.0 - opt.beta_1 ** t)
-        update = opt.appearance * correction * m_row / (tf.sqrt(v_row) + opt.epsilon * tf.sqrt(1.0 - opt.beta_2 ** t))
+        m_row, v_row, update = adam(tf.gather(m, view), tf.gather(v, view), grad, t, opt.appearance, opt)
         self.appearance.scatter_nd_update(index, (transform - update)[None])
         m.scatter_nd_update(index, m_row[None])
         v.scatter_nd_update(index, v_row[None])
