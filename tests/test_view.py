@@ -76,9 +76,19 @@ def connected(viewer, browser, port: int):
     return client
 
 
-def browser_view(viewer, client, browser, position=None) -> np.ndarray:
+def canvas_image(browser) -> np.ndarray:
+    """The browser's canvas left of the control panel: ``[H, W, 3]`` float32 in 0..255."""
+    png = browser.find_element("tag name", "canvas").screenshot_as_png
+    image = tf.io.decode_png(png, channels=3).numpy().astype(np.float32)
+    return image[:, : image.shape[1] // 2]
+
+
+def browser_view(viewer, client, browser, position=None, until=None, timeout=60.0) -> np.ndarray:
     """The browser's view (its canvas, left of the control panel) from ``position`` (looking at the origin; None:
-    where it is), once the viewer's full render for it is shown: ``[H, W, 3]`` float32 in 0..255."""
+    where it is), once the viewer's full render for it is shown: ``[H, W, 3]`` float32 in 0..255.
+
+    ``until(image) -> bool``: screenshots are taken until it holds or ``timeout`` s pass (the last one is returned,
+    for the caller's assert to report); a loaded machine can take seconds to draw what arrived."""
     from nerf_pipeline.view import viser_pose
 
     viewer.live.last_render = None
@@ -90,9 +100,12 @@ def browser_view(viewer, client, browser, position=None) -> np.ndarray:
             client.camera.wxyz, client.camera.position = wxyz, origin
     wait_for(lambda: (viewer.live.last_render or {}).get("stage") == "full")
     time.sleep(1.5)  # the image reaches the browser and is drawn
-    png = browser.find_element("tag name", "canvas").screenshot_as_png
-    image = tf.io.decode_png(png, channels=3).numpy().astype(np.float32)
-    return image[:, : image.shape[1] // 2]
+    image = canvas_image(browser)
+    deadline = time.time() + timeout
+    while until is not None and not until(image) and time.time() < deadline:
+        time.sleep(0.5)
+        image = canvas_image(browser)
+    return image
 
 
 def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser, tmp_path):
@@ -109,15 +122,15 @@ def test_the_viewer_renders_in_a_browser_and_follows_its_camera(project, browser
         assert listening and set(listening) <= {"127.0.0.1"}, listening  # this machine only, by default
 
         client = connected(viewer, browser, port)
-        def look_from(position) -> np.ndarray:
-            return browser_view(viewer, client, browser, position)
+        def look_from(position, until=None) -> np.ndarray:
+            return browser_view(viewer, client, browser, position, until)
 
-        first = look_from([0.0, -4.0, 2.0])
+        first = look_from([0.0, -4.0, 2.0], until=lambda im: np.median(im) < 60 and im.std() > 10)
         # The render (black behind the scene) replaced viser's white background, and it is not blank.
         assert np.median(first) < 60 and first.std() > 10
         shown = viewer.live.last_render
         assert max(shown["width"], shown["height"]) == viewer.live.resolution.value  # full size
-        second = look_from([4.0, 0.0, 1.0])
+        second = look_from([4.0, 0.0, 1.0], until=lambda im: np.abs(im - first).mean() > 5)
         assert np.abs(second - first).mean() > 5  # the camera moved: so did the image
 
         # the camera-path editor: two keyframes, 1 s at 6 fps, saved where the render stage reads it
@@ -187,11 +200,11 @@ def test_the_viewer_shows_splats_that_the_browser_draws(splats_project, browser)
         assert viewer.source.method.name == "splats" and viewer.show_splats is not None
         client = connected(viewer, browser, port)
         viewer.live.output.value = "Opacity"  # the server's render in grey: green can only be the browser's splats
-        shown = browser_view(viewer, client, browser, [0.0, -3.0, 1.5])
+        shown = browser_view(viewer, client, browser, [0.0, -3.0, 1.5], until=lambda im: green_share(im) > 0.02)
         assert viewer.live.last_render["stage"] == "full"
         assert green_share(shown) > 0.02, green_share(shown)
         viewer.show_splats.value = False
-        hidden = browser_view(viewer, client, browser)
+        hidden = browser_view(viewer, client, browser, until=lambda im: green_share(im) < 0.002)
         assert green_share(hidden) < 0.002, green_share(hidden)
         # the server's render still shows the Gaussians' opacity where they are: the image is no blank
         assert hidden.std() > 10
