@@ -470,6 +470,27 @@ def test_the_native_frame_inputs_are_the_tensorflow_ones(degree):
         np.testing.assert_allclose(a.numpy(), e.numpy(), atol=2e-3, err_msg=name)
 
 
+def test_the_native_frame_inputs_of_a_gaussian_do_not_depend_on_the_others():
+    """The op takes the Gaussians in blocks (64 lanes, the last block padded): a Gaussian's values are the same bit
+    for bit whatever the count, in a full block, a partial one, or alone."""
+    native_or_skip()
+    camera = make_camera()
+    means, log_scales, quats, logits, sh = frame_scene(seed=4)
+    c2w, intrinsics = camera.c2w.astype(np.float32), np.float32([camera.fx, camera.fy, camera.cx, camera.cy])
+
+    def frame(count: int, start: int = 0):
+        part = slice(start, start + count)
+        return [x.numpy() for x in splats.native_frame_inputs(
+            means[part], log_scales[part], quats[part], logits[part], sh[part, :1], sh[part, 1:], 3, c2w,
+            intrinsics, WIDTH, HEIGHT)]
+
+    whole = frame(len(means))
+    for count, start in ((1, 0), (65, 0), (130, 1), (1, 299), (0, 0)):
+        for name, part, full in zip(("means2d", "conics", "colors", "opacities", "depths", "radii"),
+                                    frame(count, start), whole):
+            np.testing.assert_array_equal(part, full[start:start + count], err_msg=f"{name}, {count} from {start}")
+
+
 def test_the_native_frame_inputs_refuse_what_they_cannot_read():
     native_or_skip()
     means, log_scales, quats, logits, sh = frame_scene(seed=0, n=40)
