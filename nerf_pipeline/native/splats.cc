@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -87,6 +88,8 @@ struct Splat {
   // Below this power, alpha < 1/255 whatever the rounding of exp: lanes under it are skipped before the exp (a
   // shortcut only; the alpha test decides).
   float min_power;
+  // Left uninitialized: the depth order's vectors of Splats are filled in parallel, not zeroed first.
+  Splat() {}
 };
 
 struct Inputs {
@@ -233,12 +236,11 @@ inline uint32_t DepthKey(float depth) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// Stable LSD radix sort of `ids` by the keys of their depths: ascending depth, ties in the given order.
-void SortByDepth(const std::vector<Splat>& splats, std::vector<int32_t>* ids) {
+// Stable LSD radix sort of `ids` by `keys` (DepthKey of each one's depth): ascending depth, ties in the given order.
+void SortByDepth(std::vector<uint32_t> keys, std::vector<int32_t>* ids) {
   const size_t count = ids->size();
-  std::vector<uint32_t> keys(count), keys_out(count);
+  std::vector<uint32_t> keys_out(count);
   std::vector<int32_t> ids_out(count);
-  for (size_t i = 0; i < count; ++i) keys[i] = DepthKey(splats[(*ids)[i]].depth);
   for (int shift = 0; shift < 32; shift += 8) {
     size_t histogram[257] = {};
     for (size_t i = 0; i < count; ++i) ++histogram[((keys[i] >> shift) & 0xFF) + 1];
@@ -316,10 +318,14 @@ void DepthOrder(OpKernelContext* context, const Inputs& in, const Image& image, 
     }
   });
   order->clear();
+  std::vector<uint32_t> keys;  // (read here, in memory order: the sort's first pass read them by index)
   for (int64_t g = 0; g < in.n; ++g) {
-    if (drawn[g]) order->push_back(static_cast<int32_t>(g));
+    if (drawn[g]) {
+      order->push_back(static_cast<int32_t>(g));
+      keys.push_back(DepthKey(splats[g].depth));
+    }
   }
-  SortByDepth(splats, order);
+  SortByDepth(std::move(keys), order);
   sorted->resize(order->size());
   ::tensorflow::Shard(workers->num_threads, workers->workers, static_cast<int64_t>(order->size()), 50,
                       [&](int64_t begin, int64_t end) {
