@@ -214,6 +214,8 @@ def main() -> None:
                         help="save each trained model to FOLDER/<preset> (to render or profile it later)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.render_frames < 1:  # (the orbit's time is a figure of every record)
+        parser.error(f"--render-frames must be at least 1, got {args.render_frames}")
 
     cfg = load_config(args.params, args.set)
     background = cfg.data.background if args.background is None else args.background
