@@ -352,10 +352,10 @@ def initial_gaussians(cfg, train_part) -> tuple[dict, str]:
     return gaussians_module.initial_arrays(points, colours, init.opacity), how
 
 
-def appearance(cfg, unbounded: bool) -> bool:
+def appearance(cfg) -> bool:
     """Whether each training view learns a colour transform: ``scene.appearance`` on. Auto leaves it off, for
-    captures too (``unbounded``), unlike the NeRF's embedding: on beer in 240 s it gave no gain (held-out 23.35 dB
-    with it, 24.04 without; benchmarks/README.md)."""
+    captures too, unlike the NeRF's embedding: on beer in 240 s it gave no gain (held-out 23.35 dB with it, 24.04
+    without; benchmarks/README.md)."""
     return cfg.scene.appearance == "on"
 
 
@@ -367,7 +367,7 @@ def scene_choices(appearance_on: bool) -> dict:
 def plan(cfg, train_part) -> dict:
     """The scene choice ``build`` makes for ``train_part`` (``scene_choices``): an appearance; splats have no
     contraction or camera refinement, and where they start is the rays folder's (``initial_gaussians``)."""
-    return scene_choices(appearance(cfg, train_part.unbounded))
+    return scene_choices(appearance(cfg))
 
 
 def build(cfg, train_part, *, jit_compile: bool | None = None) -> SplatsMethod:
@@ -379,7 +379,7 @@ def build(cfg, train_part, *, jit_compile: bool | None = None) -> SplatsMethod:
     from nerf_pipeline.splats.training import identity_appearance
 
     arrays, how = initial_gaussians(cfg, train_part)
-    transforms = identity_appearance(train_part.num_views) if appearance(cfg, train_part.unbounded) else None
+    transforms = identity_appearance(train_part.num_views) if appearance(cfg) else None
     return SplatsMethod(gaussians_module.Gaussians(arrays), cfg.data.background, cfg.scene.bound,
                         train_poses=np.asarray(train_part.poses), cfg=cfg, init=how, appearance=transforms)
 
